@@ -1,0 +1,93 @@
+"""Command line: ``python -m core predict [--model VERSION] [--json] FILE_OR_FOLDER...`` and ``python -m core info``."""
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from core import registry
+
+
+def expand_inputs(items) -> list:
+    """Files as given; folders expanded to the files inside them (recursively, sorted, hidden files skipped)."""
+    paths = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            paths += sorted(
+                p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+        else:
+            paths.append(path)
+    return paths
+
+
+def command_predict(args) -> int:
+    from core.inference import Predictor, predicted_class
+
+    predictor = Predictor(args.model)
+    all_read = True
+    for path, probs, error in predictor.predict_files(expand_inputs(args.files), batch_size=args.batch_size):
+        if error is not None:
+            all_read = False
+            if args.json:
+                print(json.dumps({"file": str(path), "error": error}), flush=True)
+            else:
+                print(f"{path}\tERROR\t{error}", flush=True)
+            continue
+        prediction = predicted_class(probs, predictor.class_names)
+        if args.json:
+            probabilities = {name: round(float(p), 6) for name, p in zip(predictor.class_names, probs)}
+            print(json.dumps({"file": str(path), "probabilities": probabilities, "prediction": prediction}), flush=True)
+        else:
+            shown = "  ".join(f"{name} {p:.3f}" for name, p in zip(predictor.class_names, probs))
+            print(f"{path}\t{prediction}\t{shown}", flush=True)
+    return 0 if all_read else 1
+
+
+def command_info(args) -> int:
+    card = registry.load_card(args.model)
+    if args.json:
+        print(json.dumps(card, indent=2))
+        return 0
+    print(f"version       {card['version']}  ({'active' if card['version'] == registry.active_version() else 'inactive'})")
+    print(f"architecture  {card['architecture']}  input {card['input_size']}×{card['input_size']}×3")
+    print(f"classes       {', '.join(card['class_names'])}")
+    print(f"temperature   {card.get('temperature', 1.0):.3f}")
+    print(f"grad-cam      {card.get('gradcam_layer')}")
+    for split in ("validation", "test"):
+        metrics = card.get("metrics", {}).get(split)
+        if metrics:
+            auc = metrics["macro_auc"]
+            print(
+                f"{split:<13} accuracy {metrics['accuracy']['value']:.3f}  macro AUC {auc['value']:.3f} "
+                f"[{auc['ci95'][0]:.3f}, {auc['ci95'][1]:.3f}]  n={metrics['n']}"
+            )
+    if card.get("caveat"):
+        print(f"caveat        {card['caveat']}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m core", description="CXR Triage inference tools.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    predict = commands.add_parser("predict", help="classify chest X-rays (files or folders)")
+    predict.add_argument("files", nargs="+", help="image files (PNG, JPEG, DICOM, ...) or folders of them")
+    predict.add_argument("--model", help="model version (default: the active one)")
+    predict.add_argument("--json", action="store_true", help="one JSON object per line")
+    predict.add_argument("--batch-size", type=int, default=64)
+    info = commands.add_parser("info", help="show a model version's card")
+    info.add_argument("--model", help="model version (default: the active one)")
+    info.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        return {"predict": command_predict, "info": command_info}[args.command](args)
+    except registry.ModelVersionError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

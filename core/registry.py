@@ -1,0 +1,167 @@
+"""Model versions on disk.
+
+A version is a folder ``<weights>/<version>/`` holding ``model.keras``, ``card.json`` (everything needed to use
+and judge the model) and the calibrated ``val_predictions.csv`` / ``test_predictions.csv``. The active version
+is named by the one-line file ``<weights>/ACTIVE``. Versions are published by renaming a finished staging folder
+into place, so a reader never sees a half-written version; folders starting with "." are never listed.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ACTIVE_FILE = "ACTIVE"
+CARD_FILE = "card.json"
+MODEL_FILE = "model.keras"
+VAL_PREDICTIONS = "val_predictions.csv"
+TEST_PREDICTIONS = "test_predictions.csv"
+REQUIRED_FILES = (CARD_FILE, MODEL_FILE)
+STAGING_PREFIX = ".staging-"
+
+
+class ModelVersionError(RuntimeError):
+    """A model version is missing, incomplete or cannot be loaded; the message says which and why."""
+
+
+def weights_dir(root=None) -> Path:
+    """The weights folder: ``root``, else ``$CXR_WEIGHTS_DIR``, else ``weights/`` in the repository."""
+    return Path(root or os.environ.get("CXR_WEIGHTS_DIR") or REPO_ROOT / "weights")
+
+
+def version_dir(version: str, root=None) -> Path:
+    if not version or version.startswith(".") or "/" in version or "\\" in version or version in ("..", ACTIVE_FILE):
+        raise ModelVersionError(f"'{version}' is not a valid model version name.")
+    return weights_dir(root) / version
+
+
+def is_complete(path: Path) -> bool:
+    return path.is_dir() and all((path / name).is_file() for name in REQUIRED_FILES)
+
+
+def list_versions(root=None) -> list:
+    """Names of the complete versions, oldest first (by the card's ``created`` time)."""
+    base = weights_dir(root)
+    if not base.is_dir():
+        return []
+    found = [p for p in base.iterdir() if not p.name.startswith(".") and is_complete(p)]
+    return [p.name for p in sorted(found, key=lambda p: (_created(p), p.name))]
+
+
+def _created(path: Path) -> str:
+    try:
+        return json.loads((path / CARD_FILE).read_text()).get("created", "")
+    except (OSError, ValueError):
+        return ""
+
+
+def active_version(root=None):
+    """The active version's name, or ``None`` when no valid version is active."""
+    pointer = weights_dir(root) / ACTIVE_FILE
+    try:
+        name = pointer.read_text().strip()
+    except OSError:
+        return None
+    if name and is_complete(weights_dir(root) / name):
+        return name
+    return None
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def set_active(version: str, root=None) -> None:
+    """Make ``version`` the active one (an atomic rewrite of the pointer file)."""
+    path = version_dir(version, root)
+    if not is_complete(path):
+        raise ModelVersionError(f"Model version '{version}' does not exist or is incomplete.")
+    _write_atomically(weights_dir(root) / ACTIVE_FILE, version + "\n")
+
+
+def resolve_version(version=None, root=None) -> str:
+    """``version`` if given, else the active one; raises ``ModelVersionError`` when there is none."""
+    name = version or active_version(root)
+    if not name:
+        raise ModelVersionError(
+            f"No active model version in {weights_dir(root)}. Train one with `python -m train --publish NAME`."
+        )
+    if not is_complete(version_dir(name, root)):
+        raise ModelVersionError(f"Model version '{name}' does not exist or is incomplete in {weights_dir(root)}.")
+    return name
+
+
+def load_card(version=None, root=None) -> dict:
+    name = resolve_version(version, root)
+    try:
+        return json.loads((version_dir(name, root) / CARD_FILE).read_text())
+    except (OSError, ValueError) as error:
+        raise ModelVersionError(f"The model card of version '{name}' cannot be read: {error}") from error
+
+
+def save_card(card: dict, root=None) -> None:
+    """Rewrite a published version's card atomically (used to store operating points)."""
+    path = version_dir(card["version"], root) / CARD_FILE
+    _write_atomically(path, json.dumps(card, indent=2, sort_keys=False) + "\n")
+
+
+def load_model(version=None, root=None):
+    """Load a version's Keras model (compile=False: inference only)."""
+    import keras
+
+    name = resolve_version(version, root)
+    try:
+        return keras.saving.load_model(version_dir(name, root) / MODEL_FILE, compile=False)
+    except Exception as error:  # keras raises many types for a damaged file
+        raise ModelVersionError(f"The model file of version '{name}' cannot be loaded: {error}") from error
+
+
+def new_staging_dir(root=None) -> Path:
+    """An empty hidden folder inside the weights folder (same filesystem, so publishing is one rename)."""
+    base = weights_dir(root)
+    base.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=base, prefix=STAGING_PREFIX))
+
+
+def publish(staging: Path, version: str, activate: bool = False, root=None) -> Path:
+    """Move a finished staging folder into place as ``version``; optionally make it active."""
+    target = version_dir(version, root)
+    if target.exists():
+        raise ModelVersionError(f"Model version '{version}' already exists; choose another name.")
+    if not is_complete(Path(staging)):
+        raise ModelVersionError(f"The staging folder {staging} is incomplete; nothing was published.")
+    os.replace(staging, target)
+    if activate:
+        set_active(version, root)
+    return target
+
+
+def delete_version(version: str, root=None) -> None:
+    if version == active_version(root):
+        raise ModelVersionError(f"'{version}' is the active version; activate another one before deleting it.")
+    path = version_dir(version, root)
+    if not path.is_dir():
+        raise ModelVersionError(f"Model version '{version}' does not exist.")
+    graveyard = weights_dir(root) / f".deleting-{version}"
+    os.replace(path, graveyard)
+    shutil.rmtree(graveyard)
+
+
+def remove_stale_staging(root=None) -> None:
+    """Remove staging folders left by a killed publish or delete."""
+    base = weights_dir(root)
+    if base.is_dir():
+        for path in base.iterdir():
+            if path.is_dir() and path.name.startswith((STAGING_PREFIX, ".deleting-")):
+                shutil.rmtree(path, ignore_errors=True)

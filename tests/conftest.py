@@ -1,0 +1,67 @@
+"""Shared fixtures: real data locations, isolated weights/cache/run folders, a small published model version."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+CXR_POOL = SHARED_DATA / "cxr"
+FULLRES = SHARED_DATA / "fullres"
+DICOM_SAMPLE = SHARED_DATA / "dicom" / "rsna_cr_jpeg_baseline.dcm"
+
+needs_shared_data = pytest.mark.skipif(not CXR_POOL.is_dir(), reason="../shared/data is not present")
+
+
+@pytest.fixture(autouse=True)
+def isolated_folders(tmp_path_factory, monkeypatch):
+    """Every test gets its own weights and runs folders; the decode cache is shared across the session."""
+    base = tmp_path_factory.mktemp("cxr")
+    monkeypatch.setenv("CXR_WEIGHTS_DIR", str(base / "weights"))
+    monkeypatch.setenv("CXR_RUNS_DIR", str(base / "runs"))
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+    return base
+
+
+def publish_random_version(root: Path, name: str = "tiny", arch: str = "dcnn80-compact", activate=True, seed=0,
+                           temperature=1.0):
+    """Publish an untrained (random, seeded) model with a minimal valid card and predictions: for tests that
+    need a loadable version, not a good one."""
+    import keras
+
+    from core import CLASS_NAMES, registry
+    from core.preprocess import PREPROCESSING
+    from train.architectures import ARCHITECTURES, build_model, conv_layer_names
+
+    keras.utils.set_random_seed(seed)
+    model = build_model(arch)
+    staging = registry.new_staging_dir(root)
+    model.save(staging / registry.MODEL_FILE)
+    rng = np.random.default_rng(seed)
+    for filename in (registry.VAL_PREDICTIONS, registry.TEST_PREDICTIONS):
+        probs = rng.dirichlet(np.ones(3), size=60)
+        labels = [CLASS_NAMES[i % 3] for i in range(60)]
+        lines = ["path,label,source," + ",".join(f"p_{c}" for c in CLASS_NAMES)]
+        lines += [f"img{i}.png,{labels[i]},{'a' if i % 2 else 'b'}," + ",".join(f"{p:.6f}" for p in probs[i]) for i in range(60)]
+        (staging / filename).write_text("\n".join(lines) + "\n")
+    card = {
+        "version": name, "created": "2026-01-01T00:00:00+00:00", "architecture": arch,
+        "input_size": ARCHITECTURES[arch]["input_size"], "class_names": list(CLASS_NAMES),
+        "preprocessing": PREPROCESSING, "gradcam_layer": ARCHITECTURES[arch]["gradcam_layer"],
+        "conv_layers": conv_layer_names(model), "temperature": temperature, "operating_point": None,
+        "metrics": {}, "caveat": "Test model with random weights.",
+    }
+    (staging / registry.CARD_FILE).write_text(json.dumps(card))
+    registry.publish(staging, name, activate=activate, root=root)
+    return name
+
+
+@pytest.fixture
+def tiny_version(isolated_folders):
+    """An active, loadable (untrained) model version in the test's weights folder."""
+    return publish_random_version(isolated_folders / "weights")

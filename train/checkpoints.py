@@ -1,0 +1,58 @@
+"""Crash-safe checkpoints: each epoch's weights (model + optimizer) go to a new file, then ``state.json`` is
+atomically rewritten to point at it, then files no longer pointed at are removed. A kill at any moment leaves
+a state that names complete files."""
+
+import json
+import math
+import os
+from pathlib import Path
+
+import keras
+
+STATE_FILE = "state.json"
+
+
+def read_state(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return {"epoch": 0, "checkpoint": None, "best": None, "best_val_loss": None, "best_epoch": None}
+
+
+def write_json_atomically(path: Path, data) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    with open(partial, "w") as stream:
+        json.dump(data, stream, indent=2)
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(partial, path)
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    def __init__(self, run_dir: Path):
+        super().__init__()
+        self.run_dir = run_dir
+        self.state = read_state(run_dir)
+
+    def on_epoch_end(self, epoch, logs=None):
+        name = f"epoch-{epoch + 1:03d}.weights.h5"
+        partial = self.run_dir / f".partial-{name}"
+        self.model.save_weights(partial)
+        os.replace(partial, self.run_dir / name)
+        val_loss = float((logs or {}).get("val_loss", math.nan))
+        best = self.state.get("best_val_loss")
+        state = dict(self.state, epoch=epoch + 1, checkpoint=name)
+        if math.isfinite(val_loss) and (best is None or val_loss < best):
+            state.update(best=name, best_val_loss=val_loss, best_epoch=epoch + 1)
+        write_json_atomically(self.run_dir / STATE_FILE, state)
+        self.state = state
+        remove_unreferenced(self.run_dir, state)
+
+
+def remove_unreferenced(run_dir: Path, state: dict) -> None:
+    keep = {state.get("checkpoint"), state.get("best")}
+    for path in run_dir.glob("*.weights.h5"):
+        if path.name not in keep:
+            path.unlink(missing_ok=True)
+    for path in run_dir.glob(".partial-*"):
+        path.unlink(missing_ok=True)

@@ -1,0 +1,328 @@
+"""One training run: data → fit (with checkpoints and progress events) → calibration and evaluation on the
+validation and test splits → a complete candidate version in ``<run>/candidate`` → optionally published.
+
+A run folder holds config.json, split.csv, events.jsonl, state.json, the epoch checkpoints, log.txt (when
+started by the app) and, once finished, candidate/ (model.keras, card.json, val/test predictions).
+"""
+
+import datetime
+import json
+import logging
+import platform
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from core import CLASS_NAMES, registry
+from core.calibration import expected_calibration_error, fit_temperature, reliability_bins
+from core.inference import softmax
+from core.metrics import classification_report, per_source_reports
+from core.preprocess import PREPROCESSING
+from train.checkpoints import EpochCheckpoint, read_state, write_json_atomically
+from train.config import TrainConfig, parse_class_weights
+from train.datasets import label_indices, manifest_hash, scan_dataset, split_by_patient
+from train.progress import ProgressEvents, write_event
+
+log = logging.getLogger(__name__)
+
+CANDIDATE = "candidate"
+SPLITS = ("train", "val", "test")
+CAVEAT = (
+    "Research and demonstration use only; not a medical device and not for diagnosis. Trained on public "
+    "data in which almost every pneumonia image (and part of the normals) comes from children aged 1–5 "
+    "(Kermany) while COVID-19 images come from adults: the model may use age, hospital and positioning cues "
+    "instead of disease and is expected to do worse on adult pneumonia and on images from other hospitals "
+    "than the figures measured on this pool. Probabilities are calibrated on the validation split of this pool only."
+)
+
+
+@dataclass
+class PreparedData:
+    frame: pd.DataFrame  # path, label, patient_id, source, split
+    images: dict  # split -> uint8 (N, S, S); train at the cache size, val/test at the input size
+    labels: dict  # split -> int (N,)
+    manifest_sha256: str
+    skipped: dict  # unreadable path -> message
+
+
+def prepare_data(config: TrainConfig, input_size: int, split_file: Path = None) -> PreparedData:
+    """Scan, decode once (cached), drop unreadable files and split by patient (or reuse a run's split)."""
+    from train.cache import load_resized
+
+    if split_file is not None and split_file.is_file():
+        frame = pd.read_csv(split_file, dtype=str, keep_default_na=False)
+    else:
+        frame = scan_dataset(config.data)
+        if config.limit_per_class:
+            shuffled = frame.sample(frac=1.0, random_state=config.seed)
+            frame = shuffled.groupby("label").head(config.limit_per_class).sort_values("path").reset_index(drop=True)
+    sizes = (config.cache_size, input_size)
+    arrays, readable, skipped = load_resized(frame["path"].tolist(), sizes)
+    frame = frame[readable].reset_index(drop=True)
+    arrays = {size: array[readable] for size, array in arrays.items()}
+    if "split" not in frame.columns:
+        frame["split"] = split_by_patient(frame, config.val_fraction, config.test_fraction, config.seed).to_numpy()
+    images, labels = {}, {}
+    for split in SPLITS:
+        rows = (frame["split"] == split).to_numpy()
+        images[split] = arrays[config.cache_size if split == "train" else input_size][rows]
+        labels[split] = label_indices(frame.loc[rows, "label"])
+    return PreparedData(frame, images, labels, manifest_hash(frame), skipped)
+
+
+def device_description() -> dict:
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return {"kind": "CPU", "name": platform.processor() or platform.machine(), "count": 0}
+    details = tf.config.experimental.get_device_details(gpus[0])
+    return {"kind": "GPU", "name": details.get("device_name", gpus[0].name), "count": len(gpus)}
+
+
+def distribution_strategy(device: dict):
+    import tensorflow as tf
+
+    if device["kind"] == "GPU" and device["count"] > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def compile_model(config: TrainConfig, steps_per_epoch: int):
+    import keras
+
+    from train.architectures import build_model
+    from train.schedules import make_schedule
+
+    model = build_model(config.arch, len(CLASS_NAMES))
+    schedule = make_schedule(config.lr_schedule, steps_per_epoch, config.epochs, config.lr, config.warmup_epochs)
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=schedule),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+        metrics=["accuracy", keras.metrics.AUC(name="auc")],
+    )
+    return model
+
+
+def fit(config: TrainConfig, data: PreparedData, run_dir: Path, verbose: bool = True):
+    """Train (or continue training) and return the model holding the weights chosen by ``config.checkpoint``."""
+    import keras
+
+    from train.architectures import ARCHITECTURES
+    from train.pipeline import Augmentation, evaluation_dataset, training_dataset
+
+    device = device_description()
+    if device["kind"] == "GPU":
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    keras.utils.set_random_seed(config.seed)
+    input_size = ARCHITECTURES[config.arch]["input_size"]
+    train_counts = {name: int((data.labels["train"] == i).sum()) for i, name in enumerate(CLASS_NAMES)}
+    class_weights = parse_class_weights(config.class_weights, CLASS_NAMES, train_counts)
+    onehot = np.eye(len(CLASS_NAMES), dtype=np.float32)
+    weights = np.array([class_weights[name] for name in CLASS_NAMES], np.float32)[data.labels["train"]]
+    augmentation = Augmentation(config.flip, config.brightness, config.contrast, config.crop_scale_min, config.crop_scale_max)
+    train_data = training_dataset(data.images["train"], onehot[data.labels["train"]], weights, input_size,
+                                  config.batch_size, augmentation, config.seed)
+    val_data = evaluation_dataset(data.images["val"], onehot[data.labels["val"]])
+    steps = int(np.ceil(len(data.labels["train"]) / config.batch_size))
+
+    with distribution_strategy(device).scope():
+        model = compile_model(config, steps)
+    state = read_state(run_dir)
+    if state.get("checkpoint"):
+        model.optimizer.build(model.trainable_variables)
+        model.load_weights(run_dir / state["checkpoint"])
+    write_event(run_dir, "start", device=device, epochs=config.epochs, initial_epoch=state["epoch"],
+                steps_per_epoch=steps, n=({s: int(len(data.labels[s])) for s in SPLITS}),
+                class_weights=class_weights, parameters=int(model.count_params()))
+    callbacks = [ProgressEvents(run_dir, config.epochs, steps, config.batch_size, len(data.labels["train"])),
+                 EpochCheckpoint(run_dir)]
+    if state["epoch"] < config.epochs:
+        model.fit(train_data, epochs=config.epochs, initial_epoch=state["epoch"], validation_data=val_data,
+                  callbacks=callbacks, verbose=1 if verbose else 0)
+    state = read_state(run_dir)
+    chosen = state["best"] if config.checkpoint == "best" and state.get("best") else state["checkpoint"]
+    model.load_weights(run_dir / chosen)
+    keras.mixed_precision.set_global_policy("float32")
+    return model, class_weights, device, state
+
+
+def predict_logits(model, images_uint8: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Logits for cached uint8 images at the input size (the same arrays ``core.preprocess`` yields)."""
+    import tensorflow as tf
+
+    from core.inference import logits_model
+    from train.pipeline import evaluation_dataset
+
+    forward = tf.function(lambda x: logits_model(model)(x, training=False))
+    outputs = [forward(batch).numpy() for batch in evaluation_dataset(images_uint8, batch_size=batch_size)]
+    return np.concatenate(outputs).astype(np.float64) if outputs else np.zeros((0, len(CLASS_NAMES)))
+
+
+def evaluate(model, data: PreparedData) -> dict:
+    """Temperature fitted on validation; figures for validation and test (overall and per source)."""
+    logits = {split: predict_logits(model, data.images[split]) for split in ("val", "test")}
+    temperature = fit_temperature(logits["val"], data.labels["val"])
+    result = {"temperature": temperature, "metrics": {}, "probabilities": {}}
+    for split, name in (("val", "validation"), ("test", "test")):
+        labels = data.labels[split]
+        raw, calibrated = softmax(logits[split]), softmax(logits[split], temperature)
+        sources = data.frame.loc[data.frame["split"] == split, "source"].to_numpy()
+        report = classification_report(labels, calibrated, CLASS_NAMES)
+        report["ece_uncalibrated"] = expected_calibration_error(labels, raw)
+        report["reliability"] = reliability_bins(labels, calibrated)
+        report["per_source"] = per_source_reports(labels, calibrated, sources, CLASS_NAMES)
+        result["metrics"][name] = report
+        result["probabilities"][split] = calibrated
+    return result
+
+
+def library_versions() -> dict:
+    import cv2
+    import keras
+    import sklearn
+    import tensorflow as tf
+
+    return {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
+            "numpy": np.__version__, "opencv": cv2.__version__, "scikit-learn": sklearn.__version__}
+
+
+def write_candidate(model, config, data, evaluation, class_weights, device, state, run_dir: Path) -> Path:
+    """A complete version folder (card version unset) in ``<run>/candidate``, written then renamed."""
+    from train.architectures import ARCHITECTURES, build_model, conv_layer_names
+
+    spec = ARCHITECTURES[config.arch]
+    partial = run_dir / f".{CANDIDATE}-partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    export = build_model(config.arch, len(CLASS_NAMES))
+    export.set_weights(model.get_weights())
+    export.save(partial / registry.MODEL_FILE)
+    for split, filename in (("val", registry.VAL_PREDICTIONS), ("test", registry.TEST_PREDICTIONS)):
+        rows = data.frame[data.frame["split"] == split]
+        table = pd.DataFrame({"path": rows["path"].map(lambda p: _relative(p, config.data)).to_numpy(),
+                              "label": rows["label"].to_numpy(), "source": rows["source"].to_numpy()})
+        for index, name in enumerate(CLASS_NAMES):
+            table[f"p_{name}"] = np.round(evaluation["probabilities"][split][:, index], 6)
+        table.to_csv(partial / filename, index=False)
+    card = {
+        "version": None,
+        "created": None,
+        "architecture": config.arch,
+        "architecture_reference": spec["reference"],
+        "parameters": int(export.count_params()),
+        "initialisation": "random (Glorot uniform); no pretrained weights",
+        "input_size": spec["input_size"],
+        "class_names": list(CLASS_NAMES),
+        "output": "softmax over class_names; layer 'logits' holds the pre-softmax scores",
+        "preprocessing": PREPROCESSING,
+        "gradcam_layer": spec["gradcam_layer"],
+        "conv_layers": conv_layer_names(export),
+        "temperature": evaluation["temperature"],
+        "operating_point": None,
+        "training": {**asdict(config), "class_weight_values": class_weights, "device": device,
+                     "epochs_trained": state["epoch"], "chosen_epoch": state.get("best_epoch")
+                     if config.checkpoint == "best" else state["epoch"], "best_val_loss": state.get("best_val_loss"),
+                     "run": run_dir.name, "seconds": _training_seconds(run_dir)},
+        "seed": config.seed,
+        "data": {"root": config.data, "manifest_sha256": data.manifest_sha256,
+                 "split": "patient-level, stratified by class (sklearn StratifiedGroupKFold)",
+                 "split_sizes": {s: int(len(data.labels[s])) for s in SPLITS},
+                 "class_counts": {s: {n: int((data.labels[s] == i).sum()) for i, n in enumerate(CLASS_NAMES)}
+                                  for s in SPLITS},
+                 "patients": {s: int(data.frame.loc[data.frame["split"] == s, "patient_id"].nunique()) for s in SPLITS},
+                 "unreadable_skipped": len(data.skipped)},
+        "libraries": library_versions(),
+        "metrics": evaluation["metrics"],
+        "caveat": CAVEAT,
+    }
+    (partial / registry.CARD_FILE).write_text(json.dumps(_finite(card), indent=2) + "\n")
+    target = run_dir / CANDIDATE
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    return target
+
+
+def _relative(path: str, root: str) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path(root).resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _training_seconds(run_dir: Path) -> float:
+    from train.progress import read_events
+
+    return float(sum(e.get("seconds", 0.0) for e in read_events(run_dir) if e["event"] == "epoch"))
+
+
+def _finite(value):
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, np.generic):
+        return _finite(value.item())
+    return value
+
+
+def publish_candidate(run_dir: Path, version: str, activate: bool = False, root=None) -> Path:
+    """Copy a run's candidate into the weights folder as ``version`` (staged, then one rename)."""
+    candidate = run_dir / CANDIDATE
+    if not registry.is_complete(candidate):
+        raise registry.ModelVersionError(f"Run {run_dir.name} has no finished candidate to publish.")
+    registry.version_dir(version, root)  # validates the name
+    if registry.version_dir(version, root).exists():
+        raise registry.ModelVersionError(f"Model version '{version}' already exists; choose another name.")
+    staging = registry.new_staging_dir(root)
+    try:
+        for item in candidate.iterdir():
+            shutil.copy2(item, staging / item.name)
+        card = json.loads((staging / registry.CARD_FILE).read_text())
+        card.update(version=version, created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+        (staging / registry.CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+        target = registry.publish(staging, version, activate=activate, root=root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    write_event(run_dir, "published", version=version, activated=activate)
+    return target
+
+
+def new_run_dir(config: TrainConfig, runs_root: Path) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = runs_root / f"{stamp}-{config.arch}"
+    suffix = 1
+    while run_dir.exists():
+        suffix += 1
+        run_dir = runs_root / f"{stamp}-{config.arch}-{suffix}"
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def run(config: TrainConfig, run_dir: Path, verbose: bool = True) -> Path:
+    """Train, evaluate and write the candidate for ``run_dir`` (new or interrupted); returns the candidate."""
+    from train.architectures import ARCHITECTURES
+
+    write_json_atomically(run_dir / "config.json", asdict(config))
+    input_size = ARCHITECTURES[config.arch]["input_size"]
+    data = prepare_data(config, input_size, split_file=run_dir / "split.csv")
+    if not (run_dir / "split.csv").is_file():
+        data.frame.to_csv(run_dir / ".split.partial.csv", index=False)
+        (run_dir / ".split.partial.csv").rename(run_dir / "split.csv")
+    model, class_weights, device, state = fit(config, data, run_dir, verbose)
+    write_event(run_dir, "evaluating")
+    evaluation = evaluate(model, data)
+    candidate = write_candidate(model, config, data, evaluation, class_weights, device, state, run_dir)
+    test = evaluation["metrics"]["test"]
+    write_event(run_dir, "done", candidate=str(candidate), temperature=evaluation["temperature"],
+                val_accuracy=evaluation["metrics"]["validation"]["accuracy"]["value"],
+                test_accuracy=test["accuracy"]["value"], test_macro_auc=(test["macro_auc"] or {}).get("value"))
+    return candidate
