@@ -24,7 +24,8 @@ def expand_inputs(items) -> list:
 
 
 def command_predict(args) -> int:
-    from core.inference import Predictor, predicted_class
+    from core.inference import Predictor
+    from core.operating_point import decide
 
     predictor = Predictor(args.model)
     all_read = True
@@ -36,7 +37,7 @@ def command_predict(args) -> int:
             else:
                 print(f"{path}\tERROR\t{error}", flush=True)
             continue
-        prediction = predicted_class(probs, predictor.class_names)
+        prediction = decide(probs, predictor.card).label
         if args.json:
             probabilities = {name: round(float(p), 6) for name, p in zip(predictor.class_names, probs)}
             print(json.dumps({"file": str(path), "probabilities": probabilities, "prediction": prediction}), flush=True)
