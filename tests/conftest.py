@@ -65,3 +65,21 @@ def publish_random_version(root: Path, name: str = "tiny", arch: str = "dcnn80-c
 def tiny_version(isolated_folders):
     """An active, loadable (untrained) model version in the test's weights folder."""
     return publish_random_version(isolated_folders / "weights")
+
+
+@pytest.fixture
+def shipped_version(isolated_folders):
+    """A copy of the repository's active (shipped) version in the test's weights folder, active there, so a
+    test may change it (e.g. save an operating point) without touching ``weights/``."""
+    import shutil
+
+    from core import registry
+
+    name = registry.active_version(REPO / "weights")
+    if name is None:
+        pytest.skip("no shipped model version in weights/ yet")
+    target = isolated_folders / "weights"
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(REPO / "weights" / name, target / name)
+    registry.set_active(name, target)
+    return name
