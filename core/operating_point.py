@@ -1,11 +1,34 @@
 """Operating points: a threshold on one class's calibrated probability, stored in a model version's card.
 
-One comparison rule everywhere: a case is positive when ``p ≥ threshold``.
+One comparison rule everywhere: a case is positive when ``p ≥ threshold``. The positive class is one of the
+classes, or the pseudo-class "abnormal" (anything but Normal) scored by 1 − p(Normal). Every figure used to
+choose a threshold comes from the version's validation predictions; test predictions are only reported.
+Curves come from scikit-learn, intervals from statsmodels and the bootstrap in ``core.metrics``, the AUC from
+scipy's Mann–Whitney U.
 """
 
+import json
+import math
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
+from scipy.stats import mannwhitneyu
+from sklearn.metrics import average_precision_score, confusion_matrix, precision_recall_curve, roc_curve
+
+from core import registry
+from core.metrics import BOOTSTRAP_RESAMPLES, bootstrap_ci, proportion
+
+ABNORMAL = "abnormal"
+NORMAL = "Normal"
+DEFAULT_POSITIVE = "COVID-19"
+TARGET_SENSITIVITIES = (1.0, 0.975, 0.95, 0.90)
+SENSITIVITY_TOLERANCE = 1e-9  # a sensitivity k/n counts as reaching a target within float rounding
+PREDICTION_FILES = {"val": registry.VAL_PREDICTIONS, "test": registry.TEST_PREDICTIONS}
+SPLIT_NAMES = {"val": "validation", "test": "test"}
+CHOSEN_ON = "validation"
 
 
 @dataclass(frozen=True)
@@ -26,17 +49,275 @@ def decide(probabilities, card: dict) -> Decision:
     if not point:
         return Decision(names[int(np.argmax(probabilities))], "most probable class (no saved operating point)")
     positive, threshold = point["positive_class"], float(point["threshold"])
-    if positive == "abnormal":
-        normal = names.index("Normal")
+    if positive == ABNORMAL:
+        normal = names.index(NORMAL)
         abnormal = 1.0 - probabilities[normal]
         if abnormal >= threshold:
             others = [i for i in range(len(names)) if i != normal]
             label = names[max(others, key=lambda i: probabilities[i])]
             return Decision(label, f"abnormal: 1 − p(Normal) = {abnormal:.3f} ≥ {threshold:.3f}")
-        return Decision("Normal", f"1 − p(Normal) = {abnormal:.3f} < {threshold:.3f}")
+        return Decision(NORMAL, f"1 − p(Normal) = {abnormal:.3f} < {threshold:.3f}")
     index = names.index(positive)
     if probabilities[index] >= threshold:
         return Decision(positive, f"p({positive}) = {probabilities[index]:.3f} ≥ {threshold:.3f}")
     others = [i for i in range(len(names)) if i != index]
     label = names[max(others, key=lambda i: probabilities[i])]
     return Decision(label, f"p({positive}) = {probabilities[index]:.3f} < {threshold:.3f}; most probable other class")
+
+
+# --- predictions -------------------------------------------------------------------------------------------
+
+
+def probability_columns(class_names) -> list:
+    return [f"p_{name}" for name in class_names]
+
+
+def predictions_path(version=None, split="val", root=None) -> Path:
+    """Where a version's predictions for ``split`` ("val" or "test") are stored."""
+    name = registry.resolve_version(version, root)
+    return registry.version_dir(name, root) / PREDICTION_FILES[split]
+
+
+def load_predictions(version=None, split="val", root=None) -> pd.DataFrame:
+    """A version's calibrated predictions for one split: ``path, label, source`` and ``p_<class>`` per class.
+
+    Raises ``registry.ModelVersionError`` when the file is missing or does not match the version's classes.
+    """
+    card = registry.load_card(version, root)
+    path = predictions_path(card["version"], split, root)
+    what = f"The {SPLIT_NAMES[split]} predictions of version '{card['version']}'"
+    try:
+        frame = pd.read_csv(path, dtype={"path": str, "label": str, "source": str}, keep_default_na=False)
+    except (OSError, ValueError) as error:
+        raise registry.ModelVersionError(f"{what} cannot be read: {error}") from error
+    missing = [c for c in ("label", "source", *probability_columns(card["class_names"])) if c not in frame]
+    if missing:
+        raise registry.ModelVersionError(f"{what} lack the columns {', '.join(missing)}.")
+    unknown = sorted(set(frame["label"]) - set(card["class_names"]))
+    if unknown:
+        raise registry.ModelVersionError(f"{what} have labels that are not classes of the model: {', '.join(unknown)}.")
+    return frame
+
+
+def positive_classes(class_names) -> list:
+    """The choices of positive class: every class but Normal, then "abnormal" (anything but Normal)."""
+    return [name for name in class_names if name != NORMAL] + [ABNORMAL]
+
+
+def positive_members(class_names, positive) -> list:
+    """The classes that count as positive: the class itself, or every class but Normal for "abnormal"."""
+    if positive == ABNORMAL:
+        return [name for name in class_names if name != NORMAL]
+    if positive not in class_names or positive == NORMAL:
+        raise ValueError(f"'{positive}' cannot be the positive class; choose one of {positive_classes(class_names)}.")
+    return [positive]
+
+
+def scores_and_truth(frame: pd.DataFrame, positive: str):
+    """Each case's positive-class score (1 − p(Normal) for "abnormal") and whether it truly is positive."""
+    class_names = [column[2:] for column in frame.columns if column.startswith("p_")]
+    truth = frame["label"].isin(positive_members(class_names, positive)).to_numpy()
+    if positive == ABNORMAL:
+        return 1.0 - frame[f"p_{NORMAL}"].to_numpy(np.float64), truth
+    return frame[f"p_{positive}"].to_numpy(np.float64), truth
+
+
+# --- figures at one threshold ------------------------------------------------------------------------------
+
+
+def counts(truth, scores, threshold) -> dict:
+    """TP, FP, TN, FN when a case is called positive at ``score ≥ threshold``."""
+    called = np.asarray(scores) >= threshold
+    tn, fp, fn, tp = confusion_matrix(np.asarray(truth, dtype=bool), called, labels=[False, True]).ravel()
+    return {"tp": int(tp), "fp": int(fp), "tn": int(tn), "fn": int(fn)}
+
+
+def rates(tp: int, fp: int, tn: int, fn: int) -> dict:
+    """Sensitivity, specificity, PPV, NPV and accuracy, each with its count and Wilson 95 % interval."""
+    return {
+        "sensitivity": proportion(tp, tp + fn),
+        "specificity": proportion(tn, tn + fp),
+        "ppv": proportion(tp, tp + fp),
+        "npv": proportion(tn, tn + fn),
+        "accuracy": proportion(tp + tn, tp + fp + tn + fn),
+    }
+
+
+def f1(truth, called) -> float:
+    """F1 = 2TP / (2TP + FP + FN); ValueError when undefined (no positive cases and no positive calls)."""
+    truth, called = np.asarray(truth, dtype=bool), np.asarray(called, dtype=bool)
+    true_positives, wrong = np.sum(truth & called), np.sum(truth != called)
+    if true_positives + wrong == 0:
+        raise ValueError("F1 is undefined without positive cases or positive calls.")
+    return float(2 * true_positives / (2 * true_positives + wrong))
+
+
+def figures(truth, scores, threshold, resamples=BOOTSTRAP_RESAMPLES, seed=0) -> dict:
+    """Everything at one threshold: counts, the Wilson-interval rates, and F1 with a percentile-bootstrap
+    95 % interval (F1 is not a proportion, so it has no Wilson interval)."""
+    truth, scores = np.asarray(truth, dtype=bool), np.asarray(scores, dtype=np.float64)
+    found = counts(truth, scores, threshold)
+    try:
+        f1_value = f1(truth, scores >= threshold)
+    except ValueError:
+        f1_value = math.nan
+
+    def f1_of(resampled_truth, resampled_scores):
+        return f1(resampled_truth, resampled_scores >= threshold)
+
+    return {
+        "threshold": float(threshold),
+        "n": int(len(truth)),
+        **found,
+        **rates(**found),
+        "f1": {"value": f1_value, "ci95": bootstrap_ci(f1_of, (truth, scores), resamples, seed)},
+    }
+
+
+def predictive_values(sensitivity: float, specificity: float, prevalence: float):
+    """(PPV, NPV) at ``prevalence`` by Bayes' rule; nan where a denominator is zero."""
+    true_pos, false_pos = sensitivity * prevalence, (1 - specificity) * (1 - prevalence)
+    true_neg, false_neg = specificity * (1 - prevalence), (1 - sensitivity) * prevalence
+    ppv = true_pos / (true_pos + false_pos) if true_pos + false_pos else math.nan
+    npv = true_neg / (true_neg + false_neg) if true_neg + false_neg else math.nan
+    return ppv, npv
+
+
+def predictive_values_at(point: dict, prevalence: float) -> dict:
+    """PPV and NPV at ``prevalence`` from a ``figures`` result, each with the range spanned by the Wilson
+    intervals of sensitivity and specificity (both values rise with both rates, so the bounds map to bounds)."""
+    sensitivity, specificity = point["sensitivity"], point["specificity"]
+    value = predictive_values(sensitivity["value"], specificity["value"], prevalence)
+    low = predictive_values(sensitivity["ci95"][0], specificity["ci95"][0], prevalence)
+    high = predictive_values(sensitivity["ci95"][1], specificity["ci95"][1], prevalence)
+    return {
+        "prevalence": float(prevalence),
+        "ppv": {"value": value[0], "range": [low[0], high[0]]},
+        "npv": {"value": value[1], "range": [low[1], high[1]]},
+    }
+
+
+# --- curves and threshold tables ---------------------------------------------------------------------------
+
+
+def auc(truth, scores) -> float:
+    """ROC AUC as the Mann–Whitney U statistic over the number of (positive, negative) pairs, ties counting
+    half: the same value as sklearn's roc_auc_score, about three times faster, which the bootstrap needs."""
+    truth, scores = np.asarray(truth, dtype=bool), np.asarray(scores, dtype=np.float64)
+    positives, negatives = scores[truth], scores[~truth]
+    if not len(positives) or not len(negatives):
+        raise ValueError("The AUC needs both positive and negative cases.")
+    return float(mannwhitneyu(positives, negatives).statistic / (len(positives) * len(negatives)))
+
+
+def roc(truth, scores, resamples=BOOTSTRAP_RESAMPLES, seed=0):
+    """ROC curve and AUC with a percentile-bootstrap 95 % interval; None when only one class is present."""
+    truth, scores = np.asarray(truth, dtype=bool), np.asarray(scores, dtype=np.float64)
+    if truth.all() or not truth.any():
+        return None
+    fpr, tpr, thresholds = roc_curve(truth, scores)
+    area = {"value": auc(truth, scores), "ci95": bootstrap_ci(auc, (truth, scores), resamples, seed)}
+    return {"fpr": fpr, "tpr": tpr, "thresholds": thresholds, "auc": area}
+
+
+def precision_recall(truth, scores):
+    """Precision–recall curve and average precision; None without positive cases."""
+    truth = np.asarray(truth, dtype=bool)
+    if not truth.any():
+        return None
+    precision, recall, thresholds = precision_recall_curve(truth, scores)
+    return {"precision": precision, "recall": recall, "thresholds": thresholds,
+            "average_precision": float(average_precision_score(truth, scores))}
+
+
+def threshold_for_sensitivity(truth, scores, target: float):
+    """The highest threshold whose sensitivity reaches ``target`` (always an observed score, so the cases
+    scored exactly at it count as positive); None without positive cases."""
+    truth = np.asarray(truth, dtype=bool)
+    if not truth.any():
+        return None
+    _, tpr, thresholds = roc_curve(truth, scores, drop_intermediate=False)
+    first = int(np.flatnonzero(tpr >= target - SENSITIVITY_TOLERANCE)[0])
+    return float(thresholds[first])
+
+
+def sensitivity_table(truth, scores, targets=TARGET_SENSITIVITIES) -> list:
+    """The Deep-COVID table: for each target sensitivity, the highest threshold reaching it and the
+    sensitivity and specificity (with Wilson intervals) and counts there."""
+    rows = []
+    for target in targets:
+        threshold = threshold_for_sensitivity(truth, scores, target)
+        if threshold is None:
+            continue
+        found = counts(truth, scores, threshold)
+        reached = rates(**found)
+        rows.append({"target_sensitivity": float(target), "threshold": threshold, **found,
+                     "sensitivity": reached["sensitivity"], "specificity": reached["specificity"]})
+    return rows
+
+
+# --- the full decision -------------------------------------------------------------------------------------
+
+
+def decision_matrix(frame: pd.DataFrame, class_names, positive: str, threshold: float) -> np.ndarray:
+    """The confusion matrix (rows true class, columns call, in ``class_names`` order) when every case is
+    called by ``decide`` at this operating point."""
+    card = {"class_names": list(class_names), "operating_point": {"positive_class": positive, "threshold": threshold}}
+    probabilities = frame[probability_columns(class_names)].to_numpy(np.float64)
+    called = [decide(row, card).label for row in probabilities]
+    return confusion_matrix(frame["label"], called, labels=list(class_names))
+
+
+def collapse(matrix, class_names, positive: str) -> dict:
+    """TP, FP, TN, FN of the positive class read off a full confusion matrix."""
+    members = np.isin(list(class_names), positive_members(class_names, positive))
+    matrix = np.asarray(matrix)
+    return {
+        "tp": int(matrix[members][:, members].sum()),
+        "fp": int(matrix[~members][:, members].sum()),
+        "tn": int(matrix[~members][:, ~members].sum()),
+        "fn": int(matrix[members][:, ~members].sum()),
+    }
+
+
+def per_source(frame: pd.DataFrame, positive: str, threshold: float) -> list:
+    """Counts and Wilson-interval rates at this threshold for each source separately (shortcut check)."""
+    rows = []
+    for source, group in frame.groupby("source", sort=True):
+        scores, truth = scores_and_truth(group, positive)
+        found = counts(truth, scores, threshold)
+        rows.append({"source": str(source), "n": int(len(group)), "positives": int(truth.sum()), **found,
+                     **rates(**found)})
+    return rows
+
+
+# --- saved operating points --------------------------------------------------------------------------------
+
+
+def save_operating_point(version, positive_class: str, threshold: float, root=None) -> dict:
+    """Store ``positive_class`` at ``threshold`` in the version's card with its validation figures there,
+    atomically; ``decide`` (the Diagnose page and the CLI) uses it from then on. Returns the stored point."""
+    card = registry.load_card(version, root)
+    positive_members(card["class_names"], positive_class)
+    threshold = float(threshold)
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"A threshold must lie between 0 and 1, not {threshold}.")
+    scores, truth = scores_and_truth(load_predictions(card["version"], "val", root), positive_class)
+    found = figures(truth, scores, threshold)
+    point = {
+        "positive_class": positive_class,
+        "threshold": threshold,
+        "chosen_on": CHOSEN_ON,
+        "figures": json.loads(json.dumps(found), parse_constant=lambda _: None),  # nan → null: strict JSON
+        "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    card["operating_point"] = point
+    registry.save_card(card, root)
+    return point
+
+
+def clear_operating_point(version, root=None) -> None:
+    """Remove the version's saved operating point: calls fall back to the most probable class."""
+    card = registry.load_card(version, root)
+    card["operating_point"] = None
+    registry.save_card(card, root)
