@@ -1,4 +1,5 @@
-"""Command line: ``python -m core predict [--model VERSION] [--json] FILE_OR_FOLDER...`` and ``python -m core info``."""
+"""Command line: ``python -m core predict [--model VERSION] [--json] [--cam-dir DIR] FILE_OR_FOLDER...`` and
+``python -m core info``."""
 
 import argparse
 import json
@@ -28,8 +29,14 @@ def command_predict(args) -> int:
     from core.operating_point import decide
 
     predictor = Predictor(args.model)
+    if args.cam_dir:
+        from core.gradcam import explain_files
+
+        results = explain_files(predictor, expand_inputs(args.files), args.cam_dir)
+    else:
+        results = predictor.predict_files(expand_inputs(args.files), batch_size=args.batch_size)
     all_read = True
-    for path, probs, error in predictor.predict_files(expand_inputs(args.files), batch_size=args.batch_size):
+    for path, probs, error in results:
         if error is not None:
             all_read = False
             if args.json:
@@ -78,6 +85,8 @@ def main(argv=None) -> int:
     predict.add_argument("--model", help="model version (default: the active one)")
     predict.add_argument("--json", action="store_true", help="one JSON object per line")
     predict.add_argument("--batch-size", type=int, default=64)
+    predict.add_argument("--cam-dir", help="also write each readable file's Grad-CAM overlay (of the called class) "
+                         "to CAM_DIR/<name>_gradcam.png")
     info = commands.add_parser("info", help="show a model version's card")
     info.add_argument("--model", help="model version (default: the active one)")
     info.add_argument("--json", action="store_true")

@@ -1,10 +1,13 @@
 """Streamlit pieces shared by the pages: cached model loading and the sidebar. Logic lives in ``core``."""
 
 import html
+import re
 
 import streamlit as st
 
 from core import registry
+
+MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")  # backslash-escaped by escape_markdown
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=3)
@@ -32,3 +35,8 @@ def render_sidebar() -> None:
         else:
             st.warning("No active model version.")
         st.caption("Research use only — not for clinical diagnosis.")
+
+
+def escape_markdown(text) -> str:
+    """``text`` (e.g. a file name or a DICOM field) made literal for st.markdown, st.error and the like."""
+    return MARKDOWN_SPECIALS.sub(r"\\\1", str(text))

@@ -1,0 +1,217 @@
+"""Grad-CAM / Grad-CAM++: shapes, class-logit consistency, localisation on a model trained to find a square,
+the model-randomisation sanity check (Adebayo et al. 2018), and the full-resolution overlay."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from core import CLASS_NAMES, gradcam
+from core.imaging import read_image
+from core.inference import LOGITS_LAYER, Predictor
+from tests.conftest import FULLRES, publish_random_version
+
+SQUARE_IMAGE = 32
+SQUARE_SIDE = 6
+SQUARE_TRAINING_IMAGES = 512
+SQUARE_CARD = {"version": "square", "class_names": ["empty", "square"], "input_size": SQUARE_IMAGE,
+               "gradcam_layer": "block2_conv1", "temperature": 1.0}
+
+
+@pytest.fixture
+def predictor(tiny_version):
+    return Predictor(tiny_version)
+
+
+def square_images(count, rng):
+    """Noise images; every odd one has a bright square at a random place. Returns images, labels, boxes."""
+    images = rng.uniform(0.0, 0.4, size=(count, SQUARE_IMAGE, SQUARE_IMAGE)).astype(np.float32)
+    labels = np.arange(count) % 2
+    boxes = rng.integers(0, SQUARE_IMAGE - SQUARE_SIDE, size=(count, 2))
+    for image, label, (row, col) in zip(images, labels, boxes):
+        if label:
+            image[row : row + SQUARE_SIDE, col : col + SQUARE_SIDE] = 1.0
+    return np.repeat(images[..., np.newaxis], 3, axis=-1), labels, boxes
+
+
+def square_model(seed):
+    """A flat two-conv classifier with a linear ``logits`` layer, as the project's architectures have."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((SQUARE_IMAGE, SQUARE_IMAGE, 3))
+    x = layers.Conv2D(8, 3, padding="same", activation="relu", name="block1_conv1")(inputs)
+    x = layers.MaxPooling2D(2, name="block1_pool")(x)
+    x = layers.Conv2D(16, 3, padding="same", activation="relu", name="block2_conv1")(x)
+    x = layers.GlobalMaxPooling2D(name="pool")(x)
+    logits = layers.Dense(2, name=LOGITS_LAYER)(x)
+    return keras.Model(inputs, layers.Activation("softmax", name="probabilities")(logits))
+
+
+@pytest.fixture(scope="module")
+def square_detector():
+    """A model trained (a few seconds) to say whether a bright square is present, and held-out test images."""
+    import keras
+
+    rng = np.random.default_rng(0)
+    images, labels, _ = square_images(SQUARE_TRAINING_IMAGES, rng)
+    model = square_model(seed=0)
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(images, labels, epochs=4, batch_size=32, verbose=0)
+    test = square_images(64, rng)
+    assert model.evaluate(test[0], test[1], verbose=0)[1] > 0.95
+    return Predictor(model=model, card=SQUARE_CARD), test
+
+
+def with_square(test):
+    images, labels, boxes = test
+    return images[labels == 1], boxes[labels == 1]
+
+
+def upsampled(maps):
+    return np.stack([cv2.resize(m, (SQUARE_IMAGE, SQUARE_IMAGE), interpolation=cv2.INTER_LINEAR) for m in maps])
+
+
+def square_masks(boxes):
+    masks = np.zeros((len(boxes), SQUARE_IMAGE, SQUARE_IMAGE), dtype=bool)
+    for mask, (row, col) in zip(masks, boxes):
+        mask[row : row + SQUARE_SIDE, col : col + SQUARE_SIDE] = True
+    return masks
+
+
+def test_shapes_for_a_batch_a_single_image_and_another_layer(predictor):
+    batch = np.random.default_rng(0).random((3, 80, 80, 3), dtype=np.float32)
+    explanation = gradcam.explain(predictor, batch)
+    assert explanation.probabilities.shape == (3, 3) and explanation.targets.shape == (3,)
+    for maps in explanation.maps.values():
+        assert maps.shape == (3, 10, 10) and maps.min() >= 0.0 and maps.max() <= 1.0
+    single = gradcam.explain(predictor, batch[0], layer="block1_conv1")
+    assert single.probabilities.shape == (3,) and np.ndim(single.targets) == 0
+    assert set(single.maps) == set(gradcam.METHODS)
+    assert all(m.shape == (80, 80) for m in single.maps.values())
+
+
+def test_probabilities_are_the_predictors_calibrated_ones(isolated_folders):
+    version = publish_random_version(isolated_folders / "weights", name="hot", temperature=2.5)
+    predictor = Predictor(version)
+    batch = np.random.default_rng(1).random((4, 80, 80, 3), dtype=np.float32)
+    explanation = gradcam.explain(predictor, batch)
+    np.testing.assert_allclose(explanation.probabilities, predictor.probabilities(batch), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(explanation.targets, predictor.logits(batch).argmax(axis=1))
+
+
+def reference_gradcam(predictor, image, class_index, layer):
+    """Grad-CAM written out eagerly: gradient of logit ``class_index`` w.r.t. ``layer``'s output."""
+    import keras
+    import tensorflow as tf
+
+    model = predictor.model
+    probe = keras.Model(model.inputs, [model.get_layer(layer).output, model.get_layer(LOGITS_LAYER).output])
+    with tf.GradientTape() as tape:
+        features, logits = probe([image[np.newaxis]], training=False)
+        score = logits[0, class_index]
+    grads = tape.gradient(score, features)[0].numpy()
+    cam = np.maximum((grads.mean(axis=(0, 1)) * features[0].numpy()).sum(axis=-1), 0.0)
+    return cam / max(cam.max(), gradcam.EPSILON)
+
+
+def test_the_map_for_class_k_uses_logit_k(predictor):
+    image = np.random.default_rng(2).random((80, 80, 3), dtype=np.float32)
+    for k in range(len(CLASS_NAMES)):
+        explanation = gradcam.explain(predictor, image, targets=k, layer="block3_conv3")
+        assert explanation.targets == k
+        expected = reference_gradcam(predictor, image, k, "block3_conv3")
+        np.testing.assert_allclose(explanation.maps[gradcam.GRADCAM], expected, atol=1e-4)
+
+
+def test_per_image_targets_in_a_batch(predictor):
+    batch = np.random.default_rng(3).random((3, 80, 80, 3), dtype=np.float32)
+    together = gradcam.explain(predictor, batch, targets=[0, 1, 2])
+    for k in range(3):
+        alone = gradcam.explain(predictor, batch[k], targets=k)
+        np.testing.assert_allclose(together.maps[gradcam.GRADCAM_PLUS_PLUS][k], alone.maps[gradcam.GRADCAM_PLUS_PLUS], atol=1e-4)
+
+
+def test_a_layer_without_a_feature_map_is_refused(predictor):
+    with pytest.raises(ValueError, match="not a convolution layer"):
+        gradcam.explain(predictor, np.zeros((80, 80, 3), np.float32), layer="dense1")
+
+
+@pytest.mark.parametrize("method", gradcam.METHODS)
+def test_the_square_detectors_map_peaks_on_the_square(square_detector, method):
+    detector, test = square_detector
+    images, boxes = with_square(test)
+    maps = upsampled(gradcam.explain(detector, images, targets=1).maps[method])
+    masks = square_masks(boxes)
+    peaks = [mask.flat[m.argmax()] for m, mask in zip(maps, masks)]
+    assert np.mean(peaks) >= 0.9
+    assert maps[masks].mean() > 3 * maps[~masks].mean()
+
+
+def test_the_map_changes_when_the_weights_are_randomised(square_detector):
+    """Adebayo et al.'s model-parameter randomisation test: an explanation that survives randomising the
+    weights explains the image, not the model."""
+    detector, test = square_detector
+    images, _ = with_square(test)
+    trained = gradcam.explain(detector, images, targets=1).maps[gradcam.GRADCAM]
+    randomised = gradcam.explain(Predictor(model=square_model(seed=7), card=SQUARE_CARD), images, targets=1)
+    correlations = [correlation(a, b) for a, b in zip(trained, randomised.maps[gradcam.GRADCAM])]
+    assert np.mean(correlations) < 0.5
+
+
+def correlation(a, b) -> float:
+    """Pearson correlation of two maps; 0 when one is flat (a flat map says nothing about the square)."""
+    if a.std() == 0 or b.std() == 0:
+        return 0.0
+    return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+
+def test_explain_call_explains_the_class_called_at_the_operating_point(tiny_version):
+    predictor = Predictor(tiny_version)
+    image = np.random.default_rng(4).random((80, 80, 3), dtype=np.float32)
+    top = int(gradcam.explain(predictor, image).targets)
+    other = CLASS_NAMES[(top + 1) % 3]
+    card = dict(predictor.card, operating_point={"positive_class": other, "threshold": 0.0})
+    explanation, decision = gradcam.explain_call(Predictor(model=predictor.model, card=card), image)
+    assert decision.label == other and explanation.targets == CLASS_NAMES.index(other)
+
+
+def test_overlay_covers_the_full_resolution_image():
+    grey = np.full((30, 50), 0.5, np.float32)
+    cam = np.zeros((5, 5), np.float32)
+    cam[0, 0] = 1.0
+    rgb = gradcam.overlay(grey, cam, colormap="jet", opacity=0.5)
+    assert rgb.shape == (30, 50, 3) and rgb.dtype == np.uint8
+    hot, cold = rgb[0, 0], rgb[-1, -1]
+    assert hot[0] > hot[2] and cold[2] > cold[0]  # jet: red where the map is 1, blue where it is 0
+    np.testing.assert_array_equal(gradcam.overlay(grey, cam, opacity=0.0), np.full((30, 50, 3), 128, np.uint8))
+
+
+def test_overlay_png_of_a_real_radiograph_keeps_its_size(predictor):
+    grey = read_image(sorted(FULLRES.glob("*.jp*g"))[0]).pixels
+    explanation = gradcam.explain(predictor, predictor.preprocess(grey))
+    png = gradcam.overlay_png(grey, explanation.maps[gradcam.GRADCAM], colormap="inferno", opacity=0.3)
+    decoded = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    assert decoded.shape == (*grey.shape, 3)
+    np.testing.assert_array_equal(decoded[..., ::-1], gradcam.overlay(grey, explanation.maps[gradcam.GRADCAM], "inferno", 0.3))
+
+
+def test_cli_cam_dir_writes_overlays_and_keeps_the_json(tiny_version, tmp_path, capsys):
+    from core.__main__ import main
+
+    cxr = sorted(FULLRES.glob("PNEUMONIA*"))[0]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    assert main(["predict", "--json", str(cxr), str(broken)]) == 1
+    plain = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert main(["predict", "--json", "--cam-dir", str(tmp_path / "cams"), str(cxr), str(broken)]) == 1
+    with_cams = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r.keys() for r in with_cams] == [r.keys() for r in plain] and with_cams[1] == plain[1]
+    assert with_cams[0]["prediction"] == plain[0]["prediction"]
+    assert with_cams[0]["probabilities"] == pytest.approx(plain[0]["probabilities"], abs=1e-5)
+    written = sorted(p.name for p in (tmp_path / "cams").iterdir())
+    assert written == [f"{cxr.stem}_gradcam.png"]
+    overlay = cv2.imread(str(tmp_path / "cams" / written[0]))
+    assert overlay.shape == (*read_image(cxr).pixels.shape, 3)
