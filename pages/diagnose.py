@@ -17,11 +17,10 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core import gradcam, registry
-from core.imaging import Radiograph, UnusableImageError, read_image
+from core.imaging import Radiograph, UnusableImageError, dicom_fields_for_display, read_image
 from pages.common import active_card, escape_markdown, load_predictor
 
 CALLED_CLASS = "The called class"
-DICOM = "DICOM"
 FILES_STATE = "diagnose_files"
 INTERNAL_ERROR = "This file could not be analysed because of an internal error (logged for the developers)."
 RESEARCH_ONLY = "Research use only — not for clinical diagnosis."
@@ -67,7 +66,7 @@ def render_controls(card: dict) -> Controls:
         opacity = st.slider("Opacity", 0.0, 1.0, gradcam.DEFAULT_OPACITY, OPACITY_STEP, key="diagnose_opacity")
         colormap = st.selectbox("Colormap", list(gradcam.COLORMAPS), key="diagnose_colormap")
         show_patient = st.checkbox("Show patient fields", key="diagnose_patient_fields",
-                                   help="DICOM header fields, which may identify the patient.")
+                                   help="Patient and study fields from DICOM headers, which may identify the patient.")
     return Controls(None if explained == CALLED_CLASS else explained, method, layer, opacity, colormap, show_patient)
 
 
@@ -162,18 +161,20 @@ def render_result(predictor, controls: Controls, result: FileResult, stem: str, 
             data=lambda: gradcam.overlay_png(result.radiograph.pixels, cam, controls.colormap, controls.opacity),
             on_click="ignore",
         )
-        st.caption(f"decode {result.decode_ms:.0f} ms · model + Grad-CAM {model_ms:.0f} ms · overlay {overlay_ms:.0f} ms")
-    if result.radiograph.format == DICOM:
-        render_dicom_fields(result.radiograph.metadata, controls.show_patient_fields)
+        st.caption(f"decode {result.decode_ms:.0f} ms · model + Grad-CAM {model_ms:.0f} ms · "
+                   f"overlay {overlay_ms:.0f} ms")
+    render_patient_fields(result.radiograph.metadata, controls.show_patient_fields)
 
 
-def render_dicom_fields(metadata: dict, show: bool) -> None:
-    """DICOM header fields (patient ones among them) only when the reader asks, as plain text: never markup."""
-    fields = {name: value for name, value in metadata.items() if str(value).strip()}
+def render_patient_fields(metadata: dict, show: bool) -> None:
+    """The DICOM patient and study fields only when the reader asks, as plain text: never markup."""
+    fields = dicom_fields_for_display(metadata)
+    if not fields:
+        return
     if show:
-        st.code("\n".join(f"{name}: {value}" for name, value in fields.items()), language=None)
+        st.code("\n".join(f"{label}: {text}" for label, text in fields.items()), language=None)
     else:
-        st.caption("DICOM header fields hidden; tick “Show patient fields” in the sidebar to see them.")
+        st.caption("Patient fields hidden; tick “Show patient fields” in the sidebar to see them.")
 
 
 def prepare(predictor, layer: str) -> None:

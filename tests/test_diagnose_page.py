@@ -125,5 +125,5 @@ def test_dicom_renders_and_patient_fields_stay_hidden_until_asked_then_show_as_t
 
     assert "<b>x</b>" not in rendered_text() and str(dataset.PatientID) not in rendered_text()
     app.checkbox(key="diagnose_patient_fields").check().run()
-    assert "PatientName: <b>x</b>" in [line for code in app.code for line in code.value.splitlines()]
+    assert "Patient name: <b>x</b>" in [line for code in app.code for line in code.value.splitlines()]
     assert not any("<b>" in e.value for kind in ("markdown", "caption") for e in app.get(kind))

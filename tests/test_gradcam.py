@@ -131,7 +131,8 @@ def test_per_image_targets_in_a_batch(predictor):
     together = gradcam.explain(predictor, batch, targets=[0, 1, 2])
     for k in range(3):
         alone = gradcam.explain(predictor, batch[k], targets=k)
-        np.testing.assert_allclose(together.maps[gradcam.GRADCAM_PLUS_PLUS][k], alone.maps[gradcam.GRADCAM_PLUS_PLUS], atol=1e-4)
+        plus_plus = gradcam.GRADCAM_PLUS_PLUS
+        np.testing.assert_allclose(together.maps[plus_plus][k], alone.maps[plus_plus], atol=1e-4)
 
 
 def test_a_layer_without_a_feature_map_is_refused(predictor):
@@ -195,7 +196,8 @@ def test_overlay_png_of_a_real_radiograph_keeps_its_size(predictor):
     png = gradcam.overlay_png(grey, explanation.maps[gradcam.GRADCAM], colormap="inferno", opacity=0.3)
     decoded = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
     assert decoded.shape == (*grey.shape, 3)
-    np.testing.assert_array_equal(decoded[..., ::-1], gradcam.overlay(grey, explanation.maps[gradcam.GRADCAM], "inferno", 0.3))
+    expected = gradcam.overlay(grey, explanation.maps[gradcam.GRADCAM], "inferno", 0.3)
+    np.testing.assert_array_equal(decoded[..., ::-1], expected)
 
 
 def test_cli_cam_dir_writes_overlays_and_keeps_the_json(tiny_version, tmp_path, capsys):
