@@ -26,7 +26,7 @@ class TrainConfig:
     contrast: float = 0.2
     crop_scale_min: float = 80 / 96
     crop_scale_max: float = 80 / 96
-    cache_size: int = 96
+    cache_size: int = 0  # side of the cached training images; 0: round(1.2 × input size), 96 for the 80-px models
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     checkpoint: str = "best"
@@ -75,7 +75,8 @@ def argument_parser() -> argparse.ArgumentParser:
         description="Train a CXR Triage model (defaults: Zhong 2020's recipe) and optionally publish it.",
     )
     parser.add_argument("--data", help="dataset folder: one folder per class, optional manifest.csv")
-    parser.add_argument("--arch", default=d.arch, choices=sorted(ARCHITECTURES))
+    parser.add_argument("--arch", default=d.arch, choices=sorted(ARCHITECTURES), help="; ".join(
+        f"{name}: {spec['reference']}" for name, spec in sorted(ARCHITECTURES.items())))
     parser.add_argument("--epochs", type=int, default=d.epochs)
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (paper: 4e-4)")

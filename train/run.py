@@ -31,6 +31,7 @@ from train.progress import ProgressEvents, write_event
 log = logging.getLogger(__name__)
 
 CANDIDATE = "candidate"
+CACHE_SCALE = 1.2  # training images are cached this much larger than the input, then randomly cropped back
 SPLITS = ("train", "val", "test")
 CAVEAT = (
     "Research and demonstration use only; not a medical device and not for diagnosis. Trained on public "
@@ -50,6 +51,12 @@ class PreparedData:
     skipped: dict  # unreadable path -> message
 
 
+def cache_size(config: TrainConfig, input_size: int) -> int:
+    """The side of the cached training images: ``config.cache_size``, or when 0 (the default) 1.2 × the
+    architecture's input size (96 for the 80-px models)."""
+    return config.cache_size or round(input_size * CACHE_SCALE)
+
+
 def prepare_data(config: TrainConfig, input_size: int, split_file: Path = None) -> PreparedData:
     """Scan, decode once (cached), drop unreadable files and split by patient (or reuse a run's split)."""
     from train.cache import load_resized
@@ -61,7 +68,8 @@ def prepare_data(config: TrainConfig, input_size: int, split_file: Path = None) 
         if config.limit_per_class:
             shuffled = frame.sample(frac=1.0, random_state=config.seed)
             frame = shuffled.groupby("label").head(config.limit_per_class).sort_values("path").reset_index(drop=True)
-    sizes = (config.cache_size, input_size)
+    train_size = cache_size(config, input_size)
+    sizes = (train_size, input_size)
     arrays, readable, skipped = load_resized(frame["path"].tolist(), sizes)
     frame = frame[readable].reset_index(drop=True)
     arrays = {size: array[readable] for size, array in arrays.items()}
@@ -70,7 +78,7 @@ def prepare_data(config: TrainConfig, input_size: int, split_file: Path = None) 
     images, labels = {}, {}
     for split in SPLITS:
         rows = (frame["split"] == split).to_numpy()
-        images[split] = arrays[config.cache_size if split == "train" else input_size][rows]
+        images[split] = arrays[train_size if split == "train" else input_size][rows]
         labels[split] = label_indices(frame.loc[rows, "label"])
     return PreparedData(frame, images, labels, manifest_hash(frame), skipped)
 
@@ -194,7 +202,7 @@ def library_versions() -> dict:
 
 def write_candidate(model, config, data, evaluation, class_weights, device, state, run_dir: Path) -> Path:
     """A complete version folder (card version unset) in ``<run>/candidate``, written then renamed."""
-    from train.architectures import ARCHITECTURES, build_model, conv_layer_names
+    from train.architectures import ARCHITECTURES, build_model, conv_layer_names, initialisation
 
     spec = ARCHITECTURES[config.arch]
     partial = run_dir / f".{CANDIDATE}-partial"
@@ -216,7 +224,7 @@ def write_candidate(model, config, data, evaluation, class_weights, device, stat
         "architecture": config.arch,
         "architecture_reference": spec["reference"],
         "parameters": int(export.count_params()),
-        "initialisation": "random (Glorot uniform); no pretrained weights",
+        "initialisation": initialisation(config.arch),
         "input_size": spec["input_size"],
         "class_names": list(CLASS_NAMES),
         "output": "softmax over class_names; layer 'logits' holds the pre-softmax scores",
@@ -225,7 +233,8 @@ def write_candidate(model, config, data, evaluation, class_weights, device, stat
         "conv_layers": conv_layer_names(export),
         "temperature": evaluation["temperature"],
         "operating_point": None,
-        "training": {**asdict(config), "class_weight_values": class_weights, "device": device,
+        "training": {**asdict(config), "cache_size": cache_size(config, spec["input_size"]),
+                     "class_weight_values": class_weights, "device": device,
                      "epochs_trained": state["epoch"], "chosen_epoch": state.get("best_epoch")
                      if config.checkpoint == "best" else state["epoch"], "best_val_loss": state.get("best_val_loss"),
                      "run": run_dir.name, "seconds": _training_seconds(run_dir)},
