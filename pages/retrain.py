@@ -1,6 +1,361 @@
-"""retrain page (being built)."""
+"""Retrain: choose the data, set the recipe, train in the background, follow the run, compare its model with the
+active version, then publish and activate it as separate steps. The logic lives in ``train.jobs``."""
 
+import re
+
+import plotly.express as px
+import plotly.graph_objects as go
 import streamlit as st
 
-st.title("retrain")
-st.info("This page is being built.")
+from core import CLASS_NAMES, registry
+from train import jobs
+from train.archive import ArchiveError
+from train.architectures import ARCHITECTURES
+from train.config import PAPER_CLASS_WEIGHTS, TrainConfig
+from train.datasets import DatasetError
+from train.run import device_description
+from train.schedules import SCHEDULES
+
+DEFAULTS = TrainConfig()
+REFRESH_SECONDS = 2
+CURVES = (("loss", "Loss"), ("accuracy", "Accuracy"), ("auc", "AUC"))
+STATUS_LABELS = {"running": "⏳ running", "finished": "✅ finished", "failed": "❌ failed",
+                 "cancelled": "⏹️ cancelled", "interrupted": "⚠️ interrupted (resumable)"}
+CLASS_WEIGHT_MODES = ("paper", "balanced", "none", "custom")
+ARCHITECTURE_HELP = "  \n".join(f"{name}: {spec['reference']}" for name, spec in sorted(ARCHITECTURES.items()))
+SCHEDULE_HELP = ("paper: Zhong 2020's steps, 4e-4 for epochs 0–2, 2e-4 for 3–5, 1e-4 after (scaled to the peak). "
+                 "warmup-cosine: linear warm-up from a tenth of the peak, then cosine decay. constant: the peak throughout.")
+MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
+FIGURE_LAYOUT = {"height": 260, "margin": {"l": 10, "r": 10, "t": 40, "b": 10}}
+LR_AXIS = {"rangemode": "tozero", "exponentformat": "e", "title": "learning rate"}
+NUMBER_FORMAT = {name: st.column_config.NumberColumn(format="%.3f")
+                 for name in ("active", "candidate", "difference", "ci95_low", "ci95_high")}
+
+
+def escape(text) -> str:
+    """Data-derived text made inert for Streamlit markdown."""
+    return MARKDOWN_SPECIALS.sub(r"\\\1", str(text))
+
+
+@st.cache_resource(show_spinner="Looking for the compute device…")
+def device() -> dict:
+    return device_description()
+
+
+@st.cache_data(show_spinner="Reading the dataset…", max_entries=8, ttl=600)
+def dataset_summary(folder: str) -> dict:
+    return jobs.summarize_dataset(folder)
+
+
+@st.cache_data(show_spinner="Checking every image…", max_entries=4)
+def image_check(folder: str) -> dict:
+    return jobs.check_images(dataset_summary(folder)["frame"])
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def lr_curve(config: TrainConfig, training_images: int):
+    return jobs.planned_lr(config, training_images)
+
+
+@st.cache_data(show_spinner="Comparing with the active version…", max_entries=8)
+def comparison(run_dir: str, version: str) -> dict:
+    return jobs.compare_with_version(run_dir, version)
+
+
+def duration_text(seconds: float) -> str:
+    minutes = seconds / 60
+    return f"{seconds:.0f} s" if minutes < 1 else f"{minutes:.0f} min" if minutes < 90 else f"{minutes / 60:.1f} h"
+
+
+# --- runs -----------------------------------------------------------------------------------------------------
+
+
+def render_curves(events) -> None:
+    curves = jobs.training_curves(events)
+    if curves.empty:
+        st.caption("Curves appear after the first training steps.")
+        return
+    columns = st.columns(len(CURVES) + 1)
+    for column, (metric, title) in zip(columns, CURVES):
+        figure = go.Figure(layout={**FIGURE_LAYOUT, "title": title, "xaxis_title": "epoch"})
+        if metric in curves:
+            figure.add_scatter(x=curves["epoch"], y=curves[metric], name="train", mode="lines")
+        if f"val_{metric}" in curves:
+            validation = curves.dropna(subset=[f"val_{metric}"])
+            figure.add_scatter(x=validation["epoch"], y=validation[f"val_{metric}"], name="validation", mode="lines+markers")
+        column.plotly_chart(figure, key=f"curve-{metric}")
+    used = px.line(curves, x="epoch", y="lr", title="Learning rate used", markers=True)
+    columns[-1].plotly_chart(used.update_layout(**FIGURE_LAYOUT).update_yaxes(**LR_AXIS), key="curve-lr")
+
+
+@st.fragment(run_every=REFRESH_SECONDS)
+def live_progress(run_dir) -> None:
+    """Redrawn every few seconds on its own while the run trains; the whole page reruns once it ends."""
+    info = jobs.run_info(run_dir)
+    if info.status != "running":
+        st.rerun()
+    state = jobs.progress(info)
+    if state["phase"] == "training":
+        text = f"Training: epoch {state['epochs_done']:.1f} of {state['epochs']}"
+    else:
+        text = "Loading data…" if state["phase"] == "loading data" else "Evaluating and writing the model…"
+    st.progress(state["fraction"], text=text)
+    if state["phase"] != "loading data":
+        eta, speed, lr = state["eta_s"], state["images_per_s"], state["lr"]
+        columns = st.columns(4)
+        columns[0].metric("Time left (training)", duration_text(eta) if eta is not None else "—")
+        columns[1].metric("Images / s", f"{speed:.1f}" if speed else "—")
+        columns[2].metric("Learning rate now", f"{lr:.2e}" if lr else "—")
+        columns[3].metric("Device", state["device"]["kind"])
+    render_curves(info.events)
+    if st.button("Cancel run", key="cancel"):
+        with st.spinner("Stopping the trainer…"):
+            jobs.cancel_run(run_dir)
+        st.rerun()
+
+
+def render_comparison(info) -> None:
+    active = registry.active_version()
+    if active is None:
+        st.info("There is no active version to compare with.")
+        return
+    result = comparison(str(info.path), active)
+    st.markdown(f"**Candidate versus the active version:** {escape(active)}")
+    if not result["comparable"]:
+        st.warning("Not comparable on the same split: differences below are only indicative.\n\n"
+                   + "\n".join(f"- {escape(reason)}" for reason in result["reasons"]))
+    cards = result["cards"]
+    active_figures, candidate_figures = (
+        jobs.headline_metrics(cards[role])[["split", "metric", "figure"]].rename(columns={"figure": role})
+        for role in ("active", "candidate")
+    )
+    side_by_side = active_figures.merge(candidate_figures, on=["split", "metric"], how="outer")
+    st.caption("Each model on its own validation and test split, with 95 % intervals. Decide on validation; the "
+               "test split is for the report.")
+    st.dataframe(side_by_side.fillna("—"), hide_index=True)
+    for split, table in result["splits"].items():
+        if not table.empty:
+            st.caption(f"{split.capitalize()}: both models on the same {int(table['n'].iloc[0])} images; difference "
+                       "= candidate − active, with a 95 % paired bootstrap interval.")
+            st.dataframe(table, hide_index=True, column_config=NUMBER_FORMAT)
+    columns = st.columns(2)
+    for column, (role, card) in zip(columns, (("Active", cards["active"]), ("Candidate", cards["candidate"]))):
+        matrix = ((card.get("metrics") or {}).get("test") or {}).get("confusion_matrix")
+        if matrix is None:
+            column.caption(f"{role}: no test confusion matrix recorded.")
+            continue
+        figure = px.imshow(matrix, x=list(CLASS_NAMES), y=list(CLASS_NAMES), text_auto=True, color_continuous_scale="Blues",
+                           labels={"x": "predicted", "y": "true", "color": "images"}, title=f"{role} — test split")
+        column.plotly_chart(figure.update_layout(**FIGURE_LAYOUT), key=f"matrix-{role}")
+
+
+def render_publish(info) -> None:
+    st.subheader("Publish and activate")
+    published = [v for v in info.published if v in registry.list_versions()]
+    if not published:
+        name = st.text_input("New version name", value=f"{info.config.get('arch', 'model')}-{info.name[:15]}",
+                             key="version_name", help="Letters, digits, '.', '_' or '-'; must not exist yet.")
+        if st.button("Publish", key="publish", help="Copies the model into the versions folder; does not activate it."):
+            try:
+                with st.spinner("Publishing…"):
+                    jobs.publish_run(info.path, name)
+            except registry.ModelVersionError as error:
+                st.error(escape(error))
+            else:
+                st.rerun()
+        return
+    version = published[-1]
+    st.text(f"Published as {version}.")
+    if registry.active_version() == version:
+        st.success("This version is active: Diagnose uses it. Roll back on the Models page.")
+    elif st.button("Activate", key="activate", type="primary", help="Make this version the one Diagnose uses."):
+        registry.set_active(version)
+        st.rerun()
+
+
+def render_run(info) -> None:
+    st.markdown(f"**Status:** {STATUS_LABELS[info.status]}")
+    with st.expander("Settings of this run"):
+        st.json(info.config)
+    if info.status == "running":
+        live_progress(info.path)
+        return
+    if info.status == "failed":
+        st.error("The run failed.")
+        st.code(info.error or "(no message)", language=None)
+        st.code(jobs.log_tail(info.path) or "(empty log)", language=None)
+    render_curves(info.events)
+    if info.resumable:
+        st.warning("The run stopped before it finished; resuming continues from its last saved epoch.")
+        if st.button("Resume", key="resume"):
+            try:
+                jobs.resume_run(info.path)
+            except (jobs.RunBusyError, ValueError) as error:
+                st.error(escape(error))
+            else:
+                st.rerun()
+        with st.expander("Log"):
+            st.code(jobs.log_tail(info.path) or "(empty log)", language=None)
+    if info.status == "finished":
+        render_comparison(info)
+        render_publish(info)
+
+
+def render_runs(runs) -> None:
+    st.header("Runs")
+    names = [info.name for info in runs]
+    if "selected_run" in st.session_state:  # a run just started: show it
+        st.session_state.run_choice = st.session_state.pop("selected_run")
+    if st.session_state.get("run_choice") not in names:
+        st.session_state.run_choice = names[0]
+    chosen = st.selectbox("Run", names, key="run_choice")
+    render_run(next(info for info in runs if info.name == chosen))
+
+
+# --- a new run ------------------------------------------------------------------------------------------------
+
+
+def choose_dataset():
+    """The chosen dataset folder (or None), after an optional zip upload."""
+    st.subheader("1 · Data")
+    with st.expander("Upload a zip (one folder per class, optional manifest.csv)"):
+        upload = st.file_uploader("Dataset zip", type="zip")
+        if upload is not None and st.button("Unpack", key="unpack"):
+            try:
+                with st.spinner("Unpacking…"):
+                    st.session_state.dataset = str(jobs.unpack_upload(upload, upload.name))
+            except (ArchiveError, DatasetError) as error:
+                st.error(escape(error))
+    folders = [str(folder) for folder in jobs.dataset_folders()]
+    if not folders:
+        st.warning("No dataset folder (class folders or a manifest.csv) under the data folder:")
+        st.code(str(jobs.data_root()), language=None)
+        return None
+    return st.selectbox("Dataset folder", folders, key="dataset",
+                        help=f"Folders under the data root {jobs.data_root()} (set CXR_DATA_ROOT to change it).")
+
+
+def render_summary(folder: str):
+    """The dataset's summary; returns it, or None when the folder cannot be used."""
+    try:
+        summary = dataset_summary(folder)
+    except DatasetError as error:
+        st.error("This folder cannot be used for training.")
+        st.code(str(error), language=None)
+        return None
+    classes, sources = st.columns(2)
+    classes.dataframe(summary["classes"])
+    sources.dataframe(summary["sources"])
+    for warning in summary["warnings"]:
+        st.warning(escape(warning))
+    if st.button("Check every image (unreadable files, near-duplicates)", key="check_images"):
+        st.session_state[f"checked:{folder}"] = True
+    if st.session_state.get(f"checked:{folder}"):
+        check = image_check(folder)
+        st.text(f"{len(check['unreadable'])} unreadable file(s); {check['near_duplicates']} near-duplicate(s) "
+                f"(identical 16×16 thumbnails), {check['conflicting_labels']} of them with different labels.")
+        if check["unreadable"]:
+            st.dataframe(list(check["unreadable"].items()), hide_index=True)
+        if check["near_duplicates"]:
+            st.dataframe(check["duplicate_examples"], hide_index=True)
+    return summary
+
+
+def recipe(folder: str) -> TrainConfig:
+    """The hyperparameter controls (defaults: Zhong 2020), as a TrainConfig."""
+    st.subheader("2 · Recipe")
+    st.caption("The defaults reproduce Zhong 2020. On our data 'balanced' class weights and warmup-cosine did "
+               "better on validation; choose on the validation split, never on test.")
+    left, middle, right = st.columns(3)
+    arch = left.selectbox("Architecture", sorted(ARCHITECTURES), index=sorted(ARCHITECTURES).index(DEFAULTS.arch),
+                          key="arch", help=ARCHITECTURE_HELP)
+    epochs = middle.number_input("Epochs", 1, 500, DEFAULTS.epochs, key="epochs", help="Paper: 12.")
+    batch_size = right.number_input("Batch size", 1, 1024, DEFAULTS.batch_size, key="batch", help="Paper: 32.")
+    lr = left.number_input("Peak learning rate", 1e-7, 1e-1, DEFAULTS.lr, step=1e-5, format="%.1e", key="lr",
+                           help="Paper: 4e-4.")
+    schedule = middle.selectbox("Learning-rate schedule", SCHEDULES, key="schedule", help=SCHEDULE_HELP)
+    warmup = right.number_input("Warm-up epochs", 0.0, 100.0, DEFAULTS.warmup_epochs, step=0.5, key="warmup",
+                                disabled=schedule != "warmup-cosine", help="For warmup-cosine only.")
+    smoothing = left.number_input("Label smoothing", 0.0, 0.5, DEFAULTS.label_smoothing, step=0.01, key="smoothing",
+                                  help="Paper: 0.12.")
+    limit = middle.number_input("Images per class (quick run)", 0, 1_000_000, 0, key="limit",
+                                help="0 uses every image; a small number gives a quick trial run.")
+    seed = right.number_input("Seed", 0, 2**31 - 1, DEFAULTS.seed, key="seed", help="Split, initialisation, augmentation.")
+    mode = st.radio("Class weights", CLASS_WEIGHT_MODES, horizontal=True, key="weights",
+                    help="paper: COVID-19 10, Normal 3, Pneumonia 1. balanced: inverse class frequency on the "
+                    "training split. none: all 1.")
+    class_weights = mode
+    if mode == "custom":
+        columns = st.columns(len(CLASS_NAMES))
+        values = [column.number_input(name, 0.0, 1000.0, PAPER_CLASS_WEIGHTS[name], key=f"weight:{name}")
+                  for column, name in zip(columns, CLASS_NAMES)]
+        class_weights = ",".join(f"{name}={value:g}" for name, value in zip(CLASS_NAMES, values))
+    st.markdown("**Augmentation** (training only; never a vertical flip)")
+    left, middle, right = st.columns(3)
+    flip = left.checkbox("Horizontal flip", DEFAULTS.flip, key="flip")
+    brightness = middle.slider("Brightness ±", 0.0, 0.5, DEFAULTS.brightness, key="brightness")
+    contrast = right.slider("Contrast ±", 0.0, 0.5, DEFAULTS.contrast, key="contrast")
+    crop = st.slider("Random crop side (fraction of the cached image, 1.2 × the input size)", 0.5, 1.0,
+                     (DEFAULTS.crop_scale_min, DEFAULTS.crop_scale_max), key="crop",
+                     help="Paper: 80/96 (resize to 96, random 80-px crop).")
+    with st.expander("Splits and checkpoint"):
+        left, middle, right = st.columns(3)
+        val_fraction = left.number_input("Validation fraction", 0.05, 0.4, DEFAULTS.val_fraction, key="val_fraction")
+        test_fraction = middle.number_input("Test fraction", 0.05, 0.4, DEFAULTS.test_fraction, key="test_fraction")
+        checkpoint = right.selectbox("Keep", ("best", "last"), key="checkpoint",
+                                     help="best: the epoch with the lowest validation loss.")
+    return TrainConfig(data=folder, arch=arch, epochs=int(epochs), batch_size=int(batch_size), lr=float(lr),
+                       lr_schedule=schedule, warmup_epochs=float(warmup), label_smoothing=float(smoothing),
+                       class_weights=class_weights, flip=flip, brightness=brightness, contrast=contrast,
+                       crop_scale_min=crop[0], crop_scale_max=crop[1], val_fraction=val_fraction,
+                       test_fraction=test_fraction, checkpoint=checkpoint, seed=int(seed), limit_per_class=int(limit))
+
+
+def render_plan(config: TrainConfig, summary: dict, busy: bool) -> None:
+    """The schedule it will run, the device, the estimated duration and the Start button."""
+    st.subheader("3 · Start")
+    training_images = jobs.expected_training_images(summary["classes"], config)
+    curve = lr_curve(config, training_images)
+    figure = px.line(curve, x="epoch", y="lr", title=f"Learning rate it will use (~{training_images:,} training images)")
+    st.plotly_chart(figure.update_layout(**FIGURE_LAYOUT).update_yaxes(**LR_AXIS), key="planned-lr")
+    hardware = device()
+    st.text(f"Device: {hardware['kind']} ({hardware['name']})")
+    speed_key = f"speed:{config.arch}:{config.batch_size}"
+    speed = jobs.measured_speed(config.arch, config.batch_size) or st.session_state.get(speed_key)
+    if speed is None and st.button("Estimate the duration (times a few training steps)", key="measure"):
+        with st.spinner("Timing a few training steps…"):
+            speed = st.session_state[speed_key] = jobs.benchmark_speed(config.arch, config.batch_size)
+    if speed:
+        st.metric("Estimated training time", duration_text(config.epochs * training_images / speed),
+                  help=f"{speed:.1f} images/s; plus data loading and evaluation (usually a minute or two).")
+    if st.button("Start training", key="start", type="primary", disabled=busy,
+                 help="Runs in the background: you may leave this page and come back."):
+        try:
+            st.session_state.selected_run = jobs.start_run(config).name
+        except (jobs.RunBusyError, DatasetError) as error:
+            st.error(escape(error))
+        else:
+            st.rerun()
+    if busy:
+        st.caption("A run is training; one run at a time.")
+
+
+def render_new_run(busy: bool) -> None:
+    folder = choose_dataset()
+    if folder is None:
+        return
+    summary = render_summary(folder)
+    if summary is None:
+        return
+    render_plan(recipe(folder), summary, busy)
+
+
+st.title("Retrain")
+st.caption("Train a new model version in the background, compare it with the active one, then publish and "
+           "activate it. Research use only.")
+runs = jobs.list_runs()
+busy = any(info.status == "running" for info in runs)
+if runs:
+    render_runs(runs)
+st.header("New training run")
+render_new_run(busy)

@@ -5,13 +5,17 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from core import registry
 from core.registry import REPO_ROOT
+from train.checkpoints import write_json_atomically
 from train.config import TrainConfig, argument_parser
 from train.datasets import DatasetError
 from train.progress import write_event
+
+PROCESS_FILE = "process.json"  # the live trainer's pid and start time, so the app sees a run is still going
 
 
 def runs_root() -> Path:
@@ -46,6 +50,7 @@ def main(argv=None) -> int:
         run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(config, runs_root())
         run_dir.mkdir(parents=True, exist_ok=True)
     print(f"run folder: {run_dir}", flush=True)
+    write_json_atomically(run_dir / PROCESS_FILE, {"pid": os.getpid(), "started": time.time()})
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     from train.run import publish_candidate, run
 
