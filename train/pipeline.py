@@ -29,7 +29,7 @@ def augment_batch(images, size: int, augmentation: Augmentation, seed=None):
     """Augment a float batch (N, H, W, 1) in [0, 1] and return (N, size, size, 1)."""
     batch = tf.shape(images)[0]
     uniform = lambda low, high: tf.random.uniform([batch], low, high, seed=seed)
-    scale = uniform(augmentation.crop_scale_min, augmentation.crop_scale_max + 1e-6)
+    scale = uniform(augmentation.crop_scale_min, augmentation.crop_scale_max)
     top, left = uniform(0.0, 1.0) * (1 - scale), uniform(0.0, 1.0) * (1 - scale)
     boxes = tf.stack([top, left, top + scale, left + scale], axis=1)
     if augmentation.flip:

@@ -1,0 +1,55 @@
+"""python -m core predict / info: one line per file, errors as messages, exit codes."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import FULLRES, REPO, needs_shared_data
+
+
+def run_core(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "core", *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+@needs_shared_data
+def test_predict_json_on_a_folder_with_bad_files(tiny_version, tmp_path):
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    for source in sorted(FULLRES.glob("*.jp*g"))[:3]:
+        shutil.copy(source, folder / source.name)
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "truncated.jpg").write_bytes((FULLRES / sorted(p.name for p in FULLRES.glob("*.jp*g"))[0]).read_bytes()[:500])
+    (folder / "empty.png").write_bytes(b"")
+    result = run_core("predict", "--json", str(folder))
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(lines) == 6
+    good = [line for line in lines if "probabilities" in line]
+    bad = [line for line in lines if "error" in line]
+    assert len(good) == 3 and len(bad) == 3
+    for line in good:
+        assert set(line["probabilities"]) == {"COVID-19", "Normal", "Pneumonia"}
+        assert sum(line["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert line["prediction"] in line["probabilities"]
+    for line in bad:
+        assert line["error"] and "Traceback" not in line["error"]
+
+
+@needs_shared_data
+def test_predict_exit_zero_when_all_files_read(tiny_version):
+    files = [str(p) for p in sorted(FULLRES.glob("*.jp*g"))[:2]]
+    result = run_core("predict", *files)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 2
+
+
+def test_info_and_missing_model(tiny_version):
+    result = run_core("info", "--json")
+    assert result.returncode == 0
+    assert json.loads(result.stdout)["version"] == tiny_version
+    result = run_core("info", "--model", "nope")
+    assert result.returncode == 2 and "nope" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,100 @@
+"""train.datasets: labels from class folders or the manifest, patient-level stratified splits."""
+
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from tests.conftest import CXR_POOL, needs_shared_data
+from train.datasets import DatasetError, canonical_label, manifest_hash, scan_dataset, split_by_patient
+
+
+def write_png(path, value=128, size=96):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size, size), value, np.uint8)).save(path)
+
+
+@pytest.mark.parametrize(
+    "folder, label",
+    [("COVID19", "COVID-19"), ("COVID-19", "COVID-19"), ("covid", "COVID-19"), ("NORMAL", "Normal"),
+     ("normal", "Normal"), ("PNEUMONIA", "Pneumonia"), ("Pneumonia", "Pneumonia")],
+)
+def test_class_aliases(folder, label):
+    assert canonical_label(folder) == label
+
+
+def test_labels_come_from_class_folder_not_the_path(tmp_path):
+    root = tmp_path / "COVID19-collection"  # a parent folder name that a path regex would mislabel
+    for folder in ("covid", "NORMAL", "Pneumonia"):
+        write_png(root / folder / "sub" / f"{folder}-a.png")
+    frame = scan_dataset(root)
+    assert sorted(frame["label"]) == ["COVID-19", "Normal", "Pneumonia"]
+    assert (frame["source"] == "unknown").all()
+
+
+def test_unknown_class_folder_is_a_clear_error(tmp_path):
+    for folder in ("COVID19", "NORMAL", "PNEUMONIA", "tuberculosis"):
+        write_png(tmp_path / folder / "a.png")
+    with pytest.raises(DatasetError, match="tuberculosis.*Accepted class names"):
+        scan_dataset(tmp_path)
+
+
+def test_empty_class_folder_is_a_clear_error(tmp_path):
+    for folder in ("COVID19", "NORMAL"):
+        write_png(tmp_path / folder / "a.png")
+    (tmp_path / "PNEUMONIA").mkdir()
+    with pytest.raises(DatasetError, match="PNEUMONIA.*empty"):
+        scan_dataset(tmp_path)
+
+
+def test_manifest_labels_patients_and_missing_files(tmp_path, caplog):
+    for name in ("COVID19/x.png", "NORMAL/y.png", "PNEUMONIA/z.png"):
+        write_png(tmp_path / name)
+    pd.DataFrame({
+        "path": ["COVID19/x.png", "NORMAL/y.png", "PNEUMONIA/z.png", "NORMAL/gone.png"],
+        "label": ["COVID19", "NORMAL", "PNEUMONIA", "NORMAL"],
+        "patient_id": ["p1", "p2", "p3", "p4"],
+        "source": ["s1", "s2", "s2", "s2"],
+    }).to_csv(tmp_path / "manifest.csv", index=False)
+    with caplog.at_level(logging.WARNING):
+        frame = scan_dataset(tmp_path)
+    assert list(frame["label"]) == ["COVID-19", "Normal", "Pneumonia"]
+    assert list(frame["patient_id"]) == ["p1", "p2", "p3"]
+    assert "gone.png" in caplog.text
+
+
+def synthetic_frame(patients=300, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(patients):
+        label = ("COVID-19", "Normal", "Pneumonia")[p % 3]
+        rows += [(f"/d/{p}-{i}.png", label, f"pt{p}", "s") for i in range(rng.integers(1, 5))]
+    return pd.DataFrame(rows, columns=["path", "label", "patient_id", "source"])
+
+
+def test_split_is_patient_disjoint_stratified_and_seeded():
+    frame = synthetic_frame()
+    split = split_by_patient(frame, 0.15, 0.15, seed=3)
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        assert not set(frame.patient_id[split == a]) & set(frame.patient_id[split == b])
+    fractions = split.value_counts(normalize=True)
+    assert 0.1 < fractions["test"] < 0.2 and 0.1 < fractions["val"] < 0.2
+    for name in ("train", "val", "test"):
+        assert set(frame.label[split == name]) == {"COVID-19", "Normal", "Pneumonia"}
+    assert split.equals(split_by_patient(frame, 0.15, 0.15, seed=3))
+    assert not split.equals(split_by_patient(frame, 0.15, 0.15, seed=4))
+
+
+@needs_shared_data
+def test_real_pool_split_has_no_patient_in_two_splits():
+    frame = scan_dataset(CXR_POOL)
+    assert len(frame) == 11020
+    assert set(frame["source"]) == {"radiography_db", "ieee8023", "kermany"}
+    split = split_by_patient(frame, seed=0)
+    patients = {name: set(frame.patient_id[split == name]) for name in ("train", "val", "test")}
+    assert not patients["train"] & patients["val"]
+    assert not patients["train"] & patients["test"]
+    assert not patients["val"] & patients["test"]
+    assert len(manifest_hash(frame)) == 64

@@ -1,0 +1,75 @@
+"""core.metrics and core.calibration against scikit-learn / statsmodels on fixtures."""
+
+import numpy as np
+import pytest
+from scipy.special import softmax
+from sklearn.metrics import accuracy_score, confusion_matrix, precision_score, recall_score, roc_auc_score
+from statsmodels.stats.proportion import proportion_confint
+
+from core import CLASS_NAMES
+from core.calibration import expected_calibration_error, fit_temperature
+from core.metrics import classification_report, per_source_reports, sensitivity_at_specificity, wilson_interval
+
+
+@pytest.fixture
+def predictions():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 400)
+    logits = rng.normal(size=(400, 3)) + 2.0 * np.eye(3)[labels]
+    return labels, softmax(logits, axis=1)
+
+
+def test_report_matches_sklearn(predictions):
+    labels, probs = predictions
+    report = classification_report(labels, probs, CLASS_NAMES, resamples=50)
+    predicted = probs.argmax(1)
+    assert report["accuracy"]["value"] == pytest.approx(accuracy_score(labels, predicted))
+    assert report["confusion_matrix"] == confusion_matrix(labels, predicted).tolist()
+    recalls = recall_score(labels, predicted, average=None)
+    precisions = precision_score(labels, predicted, average=None)
+    for index, name in enumerate(CLASS_NAMES):
+        entry = report["per_class"][name]
+        assert entry["recall"]["value"] == pytest.approx(recalls[index])
+        assert entry["precision"]["value"] == pytest.approx(precisions[index])
+        negatives = labels != index
+        assert entry["specificity"]["value"] == pytest.approx((predicted[negatives] != index).mean())
+        assert entry["auc"]["value"] == pytest.approx(roc_auc_score(labels == index, probs[:, index]))
+        low, high = entry["auc"]["ci95"]
+        assert low <= entry["auc"]["value"] <= high
+    assert report["macro_auc"]["value"] == pytest.approx(roc_auc_score(labels, probs, multi_class="ovr"))
+
+
+def test_wilson_matches_statsmodels():
+    for k, n in ((0, 10), (7, 10), (98, 100), (100, 100)):
+        assert wilson_interval(k, n) == pytest.approx(proportion_confint(k, n, method="wilson"))
+    assert np.isnan(wilson_interval(0, 0)).all()
+
+
+def test_sensitivity_at_specificity_respects_the_constraint(predictions):
+    labels, probs = predictions
+    result = sensitivity_at_specificity(labels, probs[:, 0], 0, 0.95)
+    negatives = labels != 0
+    called = probs[:, 0] >= result["threshold"]
+    assert (~called[negatives]).mean() >= 0.95
+    assert called[~negatives].mean() == pytest.approx(result["value"])
+
+
+def test_per_source_reports_handle_single_class_sources(predictions):
+    labels, probs = predictions
+    sources = np.where(labels == 2, "kids", "adults")
+    reports = per_source_reports(labels, probs, sources, CLASS_NAMES, resamples=20)
+    assert reports["kids"]["n"] == (labels == 2).sum()
+    assert reports["kids"]["macro_auc"] is None
+    assert reports["kids"]["per_class"]["Pneumonia"]["recall"]["n"] == (labels == 2).sum()
+
+
+def test_temperature_scaling_recovers_overconfidence():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 3, 3000)
+    scores = rng.normal(size=(3000, 3)) + 1.5 * np.eye(3)[labels]
+    # With unit-variance noise the true posterior is softmax(1.5 · scores), so 3 · scores needs T = 2.
+    logits = 3.0 * scores
+    temperature = fit_temperature(logits, labels)
+    assert temperature == pytest.approx(2.0, rel=0.1)
+    calibrated = expected_calibration_error(labels, softmax(logits / temperature, axis=1))
+    assert calibrated < expected_calibration_error(labels, softmax(logits, axis=1))

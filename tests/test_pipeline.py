@@ -1,0 +1,77 @@
+"""train.cache and train.pipeline: decode once, augment per image, evaluate exactly as core.preprocess."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.imaging import read_grey
+from core.preprocess import to_model_input
+from train import cache
+from train.pipeline import NO_AUGMENTATION, Augmentation, augment_batch, evaluation_dataset, training_dataset
+
+
+@pytest.fixture
+def image_files(tmp_path):
+    rng = np.random.default_rng(0)
+    paths = []
+    for index in range(6):
+        path = tmp_path / f"img{index}.png"
+        Image.fromarray(rng.integers(0, 256, (120 + index, 100), dtype=np.uint8)).save(path)
+        paths.append(path)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return paths + [broken]
+
+
+def test_cache_decodes_once_and_reports_unreadable(image_files, monkeypatch, caplog):
+    arrays, readable, errors = cache.load_resized(image_files, (96, 80))
+    assert readable.tolist() == [True] * 6 + [False]
+    assert list(errors) == [str(image_files[-1])]
+    assert "broken.png" in caplog.text
+    expected = np.round(to_model_input(read_grey(image_files[0]), 80)[..., 0] * 255)
+    np.testing.assert_array_equal(arrays[80][0], expected.astype(np.uint8))
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded again despite a cache hit")
+
+    monkeypatch.setattr(cache, "decode_resized", no_decoding)
+    again, _, _ = cache.load_resized(image_files, (96, 80))
+    np.testing.assert_array_equal(again[96], arrays[96])
+
+
+def test_cache_key_changes_with_files_and_sizes(image_files):
+    key = cache.cache_key(image_files, (96, 80))
+    assert key != cache.cache_key(image_files, (96, 64))
+    assert key != cache.cache_key(image_files[:-1], (96, 80))
+
+
+def test_augmentation_shapes_range_and_no_vertical_flip():
+    gradient = np.tile(np.linspace(0, 1, 96, dtype=np.float32)[:, None], (1, 96))  # dark top, bright bottom
+    batch = np.repeat(gradient[None, ..., None], 64, axis=0)
+    out = augment_batch(batch, 80, Augmentation(crop_scale_min=0.75, crop_scale_max=1.0), seed=1).numpy()
+    assert out.shape == (64, 80, 80, 1)
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    assert (out[:, :10].mean(axis=(1, 2, 3)) < out[:, -10:].mean(axis=(1, 2, 3))).all()
+
+
+def test_horizontal_flips_happen():
+    ramp = np.tile(np.linspace(0, 1, 96, dtype=np.float32)[None, :], (96, 1))
+    batch = np.repeat(ramp[None, ..., None], 200, axis=0)
+    out = augment_batch(batch, 80, Augmentation(brightness=0, contrast=0), seed=2).numpy()
+    flipped = out[:, :, :10].mean(axis=(1, 2, 3)) > out[:, :, -10:].mean(axis=(1, 2, 3))
+    assert 0.3 < flipped.mean() < 0.7
+
+
+def test_without_augmentation_the_crop_is_the_whole_image():
+    image = np.random.default_rng(0).random((1, 80, 80, 1)).astype(np.float32)
+    out = augment_batch(image, 80, NO_AUGMENTATION).numpy()
+    np.testing.assert_allclose(out, image, atol=1e-5)
+
+
+def test_datasets_yield_model_inputs():
+    images = np.random.default_rng(0).integers(0, 256, (10, 96, 96), dtype=np.uint8)
+    onehot = np.eye(3, dtype=np.float32)[np.arange(10) % 3]
+    x, y, w = next(iter(training_dataset(images, onehot, np.ones(10), 80, 4, Augmentation())))
+    assert x.shape == (4, 80, 80, 3) and y.shape == (4, 3) and w.shape == (4,)
+    x = next(iter(evaluation_dataset(images[:, :80, :80], batch_size=5)))
+    np.testing.assert_allclose(x.numpy()[..., 0], images[:5, :80, :80] / 255.0, atol=1e-6)
