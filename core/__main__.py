@@ -77,6 +77,14 @@ def command_info(args) -> int:
     return 0
 
 
+def command_report(args) -> int:
+    from core.report import markdown_report
+
+    card = json.loads(Path(args.card).read_text()) if args.card else registry.load_card(args.model)
+    print(markdown_report(card))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core", description="CXR Triage inference tools.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -90,10 +98,13 @@ def main(argv=None) -> int:
     info = commands.add_parser("info", help="show a model version's card")
     info.add_argument("--model", help="model version (default: the active one)")
     info.add_argument("--json", action="store_true")
+    report = commands.add_parser("report", help="a version's validation/test figures as Markdown tables")
+    report.add_argument("--model", help="model version (default: the active one)")
+    report.add_argument("--card", help="a card.json file instead, e.g. runs/<run>/candidate/card.json")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        return {"predict": command_predict, "info": command_info}[args.command](args)
+        return {"predict": command_predict, "info": command_info, "report": command_report}[args.command](args)
     except registry.ModelVersionError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,0 +1,72 @@
+"""A model version's measured figures as Markdown tables (the README's numbers come from here)."""
+
+
+def _pct(entry) -> str:
+    if not entry or entry.get("value") is None:
+        return "–"
+    low, high = entry.get("ci95") or (None, None)
+    interval = f" [{100 * low:.1f}, {100 * high:.1f}]" if low is not None and high is not None else ""
+    count = f" ({entry['k']}/{entry['n']})" if "k" in entry else ""
+    return f"{100 * entry['value']:.1f}{interval}{count}"
+
+
+def _auc(entry) -> str:
+    if not entry or entry.get("value") is None:
+        return "–"
+    low, high = entry["ci95"]
+    return f"{entry['value']:.3f} [{low:.3f}, {high:.3f}]" if low is not None else f"{entry['value']:.3f}"
+
+
+def summary_table(card: dict) -> str:
+    """Validation and test side by side: accuracy, per-class recall/precision/specificity/AUC, macro AUC,
+    COVID-19 sensitivity at 95 % specificity, calibration error. Percentages with Wilson 95 % intervals."""
+    splits = [(name, card["metrics"][name]) for name in ("validation", "test") if card.get("metrics", {}).get(name)]
+    rows = [("images", lambda m: str(m["n"])), ("accuracy %", lambda m: _pct(m["accuracy"]))]
+    for name in card["class_names"]:
+        rows += [
+            (f"{name} recall %", lambda m, n=name: _pct(m["per_class"][n]["recall"])),
+            (f"{name} precision %", lambda m, n=name: _pct(m["per_class"][n]["precision"])),
+            (f"{name} specificity %", lambda m, n=name: _pct(m["per_class"][n]["specificity"])),
+            (f"{name} AUC (one-vs-rest)", lambda m, n=name: _auc(m["per_class"][n]["auc"])),
+        ]
+    rows += [
+        ("macro AUC [bootstrap 95 % CI]", lambda m: _auc(m["macro_auc"])),
+        ("COVID-19 sensitivity at 95 % specificity %", lambda m: _pct(m.get("covid_sensitivity_at_95_specificity"))),
+        ("ECE before → after temperature scaling",
+         lambda m: f"{m['ece_uncalibrated']:.3f} → {m['ece']:.3f}" if m.get("ece") is not None else "–"),
+    ]
+    lines = ["| figure | " + " | ".join(name for name, _ in splits) + " |", "|---|" + "---|" * len(splits)]
+    lines += [f"| {label} | " + " | ".join(render(m) for _, m in splits) + " |" for label, render in rows]
+    return "\n".join(lines)
+
+
+def per_source_table(card: dict, split: str = "test") -> str:
+    """Per data source: images, accuracy and the recall of each class present (Wilson 95 % intervals)."""
+    metrics = card["metrics"][split]["per_source"]
+    names = card["class_names"]
+    lines = ["| source | images | accuracy % | " + " | ".join(f"{n} recall %" for n in names) + " |",
+             "|---|---|---|" + "---|" * len(names)]
+    for source, m in metrics.items():
+        recalls = [_pct(m["per_class"][n]["recall"]) if m["per_class"][n]["support"] else "–" for n in names]
+        lines.append(f"| {source} | {m['n']} | {_pct(m['accuracy'])} | " + " | ".join(recalls) + " |")
+    return "\n".join(lines)
+
+
+def confusion_table(card: dict, split: str = "test") -> str:
+    names = card["class_names"]
+    matrix = card["metrics"][split]["confusion_matrix"]
+    lines = ["| true \\ predicted | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    lines += [f"| {name} | " + " | ".join(str(v) for v in row) + " |" for name, row in zip(names, matrix)]
+    return "\n".join(lines)
+
+
+def markdown_report(card: dict) -> str:
+    return "\n\n".join([
+        f"**{card['version']}** — `{card['architecture']}`, {card.get('parameters', '?'):,} parameters, "
+        f"temperature {card.get('temperature', 1.0):.3f}",
+        summary_table(card),
+        "Per source (test split):",
+        per_source_table(card, "test"),
+        "Confusion matrix (test split, argmax):",
+        confusion_table(card, "test"),
+    ])
