@@ -5,6 +5,7 @@ Curves and intervals come from scikit-learn and statsmodels; only the bookkeepin
 """
 
 import numpy as np
+from scipy.stats import rankdata
 from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
 from statsmodels.stats.proportion import proportion_confint
 
@@ -48,6 +49,32 @@ def bootstrap_ci(statistic, arrays, resamples=BOOTSTRAP_RESAMPLES, seed=0, confi
     return [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
 
 
+def bootstrap_auc_intervals(labels, probs, resamples=BOOTSTRAP_RESAMPLES, seed=0, confidence=CONFIDENCE):
+    """Percentile bootstrap intervals of every one-vs-rest AUC and of their macro mean, all resamples at once.
+
+    Each resample's AUC is the Mann–Whitney statistic from scipy's ranks (equal to scikit-learn's ROC AUC,
+    ties included); resamples lacking a class's positives or negatives are skipped for that class, and for
+    the macro mean. Returns ({class index: [low, high]}, [low, high])."""
+    labels, probs = np.asarray(labels), np.asarray(probs, dtype=np.float64)
+    rows = np.random.default_rng(seed).integers(0, len(labels), (resamples, len(labels)))
+    tail = (1 - confidence) / 2 * 100
+    interval = lambda values: [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))] \
+        if len(values) else [float("nan"), float("nan")]
+    per_class, all_valid, aucs = {}, np.ones(resamples, bool), []
+    for index in range(probs.shape[1]):
+        positive = labels[rows] == index
+        n_pos = positive.sum(axis=1)
+        n_neg = positive.shape[1] - n_pos
+        valid = (n_pos > 0) & (n_neg > 0)
+        ranks = rankdata(probs[rows, index], axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            auc = ((ranks * positive).sum(axis=1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+        per_class[index] = interval(auc[valid])
+        all_valid &= valid
+        aucs.append(auc)
+    return per_class, interval(np.mean(aucs, axis=0)[all_valid])
+
+
 def one_vs_rest_auc(labels, scores, positive):
     positives = np.asarray(labels) == positive
     return float(roc_auc_score(positives, scores))
@@ -77,6 +104,7 @@ def classification_report(labels, probs, class_names, seed=0, resamples=BOOTSTRA
     probs = np.asarray(probs, dtype=np.float64)
     predicted = probs.argmax(axis=1)
     present = set(labels.tolist())
+    class_cis, macro_ci = bootstrap_auc_intervals(labels, probs, resamples, seed) if len(labels) else ({}, None)
     matrix = confusion_matrix(labels, predicted, labels=np.arange(len(class_names)))
     report = {
         "n": int(len(labels)),
@@ -100,17 +128,10 @@ def classification_report(labels, probs, class_names, seed=0, resamples=BOOTSTRA
             "mean_probability_when_true": _mean_with_ci(probs[labels == index, index]),
         }
         if index in present and len(present) > 1:
-            auc_of = lambda y, s, i=index: one_vs_rest_auc(y, s, i)
-            entry["auc"] = {
-                "value": auc_of(labels, probs[:, index]),
-                "ci95": bootstrap_ci(auc_of, (labels, probs[:, index]), resamples, seed),
-            }
+            entry["auc"] = {"value": one_vs_rest_auc(labels, probs[:, index], index), "ci95": class_cis[index]}
         report["per_class"][name] = entry
     if len(present) == len(class_names):
-        report["macro_auc"] = {
-            "value": macro_auc(labels, probs),
-            "ci95": bootstrap_ci(macro_auc, (labels, probs), resamples, seed),
-        }
+        report["macro_auc"] = {"value": macro_auc(labels, probs), "ci95": macro_ci}
     if 0 in present and len(present) > 1:
         report["covid_sensitivity_at_95_specificity"] = sensitivity_at_specificity(labels, probs[:, 0], 0)
     return report

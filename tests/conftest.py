@@ -24,6 +24,7 @@ def isolated_folders(tmp_path_factory, monkeypatch):
     base = tmp_path_factory.mktemp("cxr")
     monkeypatch.setenv("CXR_WEIGHTS_DIR", str(base / "weights"))
     monkeypatch.setenv("CXR_RUNS_DIR", str(base / "runs"))
+    monkeypatch.setenv("CXR_UPLOAD_DIR", str(base / "uploads"))
     monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
     return base
 

@@ -79,9 +79,9 @@ def test_not_a_zip_and_existing_destinations_are_refused(tmp_path):
         extract_dataset_zip(io.BytesIO(make_zip(DATASET)), tmp_path / "taken")
 
 
-def test_uploads_land_under_the_data_root_and_are_listed(tmp_path, monkeypatch):
+def test_uploads_land_in_the_upload_folder_and_are_listed(tmp_path, monkeypatch):
     monkeypatch.setenv("CXR_DATA_ROOT", str(tmp_path))
-    monkeypatch.delenv("CXR_UPLOAD_DIR", raising=False)
+    monkeypatch.setenv("CXR_UPLOAD_DIR", str(tmp_path / "uploads"))
     folder = jobs.unpack_upload(io.BytesIO(make_zip(DATASET)), "My X-rays (2024).zip")
     assert folder.parent.parent == tmp_path / "uploads" and folder.parent.name.startswith("My_X-rays_2024-")
     assert jobs.dataset_folders() == [folder]

@@ -73,3 +73,16 @@ def test_temperature_scaling_recovers_overconfidence():
     assert temperature == pytest.approx(2.0, rel=0.1)
     calibrated = expected_calibration_error(labels, softmax(logits / temperature, axis=1))
     assert calibrated < expected_calibration_error(labels, softmax(logits, axis=1))
+
+
+def test_vectorised_bootstrap_auc_matches_sklearn_resample_by_resample(predictions):
+    from core.metrics import bootstrap_auc_intervals, bootstrap_ci, one_vs_rest_auc
+
+    labels, probs = predictions
+    probs = np.round(probs, 2)  # ties
+    per_class, macro = bootstrap_auc_intervals(labels, probs, resamples=200, seed=5)
+    for index in range(3):
+        reference = bootstrap_ci(lambda y, s, i=index: one_vs_rest_auc(y, s, i), (labels, probs[:, index]), 200, 5)
+        assert per_class[index] == pytest.approx(reference, abs=1e-9)
+    macro_value = np.mean([one_vs_rest_auc(labels, probs[:, i], i) for i in range(3)])
+    assert macro[0] < macro_value < macro[1]

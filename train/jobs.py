@@ -80,8 +80,9 @@ def data_root() -> Path:
 
 
 def uploads_dir() -> Path:
-    """Where uploaded zips are unpacked: ``$CXR_UPLOAD_DIR``, else ``uploads/`` under the data root."""
-    return Path(os.environ.get("CXR_UPLOAD_DIR") or data_root() / "uploads").resolve()
+    """Where uploaded zips are unpacked: ``$CXR_UPLOAD_DIR``, else ``uploads/`` in the repository (never inside
+    the shared data folder, which is read-only for the app)."""
+    return Path(os.environ.get("CXR_UPLOAD_DIR") or REPO_ROOT / "uploads").resolve()
 
 
 def checked_data_folder(folder) -> Path:
