@@ -47,6 +47,7 @@ LOG_FILE = "log.txt"
 LOCK_FILE = ".training-lock.json"
 GUARD_FILE = ".training-lock.guard"
 CANCEL_GRACE_SECONDS = 15.0
+TRAINER_NICENESS = 10
 POLL_SECONDS = 0.2
 START_TOLERANCE_SECONDS = 2.0  # /proc start times are derived from a boot time in whole seconds
 LOG_TAIL_LINES = 40
@@ -343,7 +344,10 @@ def _launch(run_dir: Path) -> None:
     """Start the trainer on ``run_dir`` in its own session and take the lock for it (guard held)."""
     with open(run_dir / LOG_FILE, "a") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "train", "--resume", str(run_dir.resolve()), "--quiet"],
+            # At a lower CPU priority, so the app's other pages stay responsive while a run trains (`nice` execs
+            # the trainer in place, so the pid the lock records is the trainer's).
+            ["nice", "-n", str(TRAINER_NICENESS), sys.executable, "-m", "train", "--resume", str(run_dir.resolve()),
+             "--quiet"],
             cwd=REPO_ROOT,
             stdin=subprocess.DEVNULL,
             stdout=log,
