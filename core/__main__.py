@@ -80,8 +80,12 @@ def command_info(args) -> int:
 def command_report(args) -> int:
     from core.report import markdown_report
 
-    card = json.loads(Path(args.card).read_text()) if args.card else registry.load_card(args.model)
-    print(markdown_report(card))
+    if args.card:
+        card, folder = json.loads(Path(args.card).read_text()), Path(args.card).parent
+    else:
+        card = registry.load_card(args.model)
+        folder = registry.version_dir(card["version"])
+    print(markdown_report(card, folder))
     return 0
 
 

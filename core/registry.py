@@ -131,7 +131,9 @@ def new_staging_dir(root=None) -> Path:
     """An empty hidden folder inside the weights folder (same filesystem, so publishing is one rename)."""
     base = weights_dir(root)
     base.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=base, prefix=STAGING_PREFIX))
+    staging = Path(tempfile.mkdtemp(dir=base, prefix=STAGING_PREFIX))
+    staging.chmod(0o755)  # mkdtemp makes it private; a published version is readable like any other folder
+    return staging
 
 
 def publish(staging: Path, version: str, activate: bool = False, root=None) -> Path:

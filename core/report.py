@@ -1,5 +1,13 @@
 """A model version's measured figures as Markdown tables (the README's numbers come from here)."""
 
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from core import registry
+from core.metrics import proportion
+
 
 def _pct(entry) -> str:
     if not entry or entry.get("value") is None:
@@ -60,13 +68,40 @@ def confusion_table(card: dict, split: str = "test") -> str:
     return "\n".join(lines)
 
 
-def markdown_report(card: dict) -> str:
-    return "\n\n".join([
-        f"**{card['version']}** — `{card['architecture']}`, {card.get('parameters', '?'):,} parameters, "
-        f"temperature {card.get('temperature', 1.0):.3f}",
+def operating_point_table(card: dict, folder: Path) -> str:
+    """Accuracy, per-class recall and the test confusion matrix when every case is called by ``decide`` at
+    the card's saved operating point (chosen on validation), from the version's prediction files."""
+    from core.operating_point import decision_matrix
+
+    point = card["operating_point"]
+    names = card["class_names"]
+    matrices = {}
+    for split, filename in (("validation", registry.VAL_PREDICTIONS), ("test", registry.TEST_PREDICTIONS)):
+        frame = pd.read_csv(folder / filename)
+        matrices[split] = decision_matrix(frame, names, point["positive_class"], point["threshold"])
+    rows = [("accuracy %", lambda m: _pct(proportion(np.trace(m), m.sum())))]
+    rows += [(f"{name} recall %", lambda m, i=i: _pct(proportion(m[i, i], m[i].sum()))) for i, name in enumerate(names)]
+    lines = [f"Called at the saved operating point: {point['positive_class']} when p ≥ {point['threshold']:.4f} "
+             f"(chosen on {point.get('chosen_on', 'validation')}), otherwise the most probable other class.", "",
+             "| figure | validation | test |", "|---|---|---|"]
+    lines += [f"| {label} | {render(matrices['validation'])} | {render(matrices['test'])} |" for label, render in rows]
+    lines += ["", "| true \\ called (test) | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    lines += [f"| {name} | " + " | ".join(str(v) for v in row) + " |" for name, row in zip(names, matrices["test"])]
+    return "\n".join(lines)
+
+
+def markdown_report(card: dict, folder: Path = None) -> str:
+    """Everything above for one card; ``folder`` holds its prediction files (for the operating point)."""
+    point_section = []
+    if card.get("operating_point") and folder is not None and (folder / registry.TEST_PREDICTIONS).is_file():
+        point_section = [operating_point_table(card, folder)]
+    header = (f"**{card['version']}** — `{card['architecture']}`, {card.get('parameters', '?'):,} parameters, "
+              f"temperature {card.get('temperature', 1.0):.3f}")
+    return "\n\n".join([header] + point_section + [
+        "Argmax figures (no operating point), percentages with Wilson 95 % intervals:",
         summary_table(card),
         "Per source (test split):",
         per_source_table(card, "test"),
-        "Confusion matrix (test split, argmax):",
+        "Confusion matrix (test split, argmax, i.e. without an operating point):",
         confusion_table(card, "test"),
     ])
