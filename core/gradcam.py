@@ -134,14 +134,15 @@ def first(explanation: Explanation) -> Explanation:
     )
 
 
-def explain_call(predictor, image, explained_class=None, layer=None):
+def explain_call(predictor, image, explained_class=None, layer=None, card=None):
     """``(Explanation, Decision)`` for one model input. The class named ``explained_class`` is explained when
-    given; otherwise the class called at the version's operating point: one pass, plus a second only when the
-    operating point calls a class other than the most probable one."""
+    given; otherwise the class called at the version's operating point (from ``card`` when given — the card
+    as now on disk — else the one loaded with the model): one pass, plus a second only when the operating point
+    calls a class other than the most probable one."""
     names = predictor.class_names
     target = TOP_CLASS if explained_class is None else names.index(explained_class)
     explanation = explain(predictor, image, targets=target, layer=layer)
-    decision = decide(explanation.probabilities, predictor.card)
+    decision = decide(explanation.probabilities, card or predictor.card)
     called = names.index(decision.label)
     if explained_class is None and called != explanation.targets:
         explanation = explain(predictor, image, targets=called, layer=layer)

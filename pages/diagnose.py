@@ -40,6 +40,7 @@ class Controls:
     opacity: float
     colormap: str
     show_patient_fields: bool
+    card: dict  # read afresh on every run, so a newly saved operating point applies at once
 
 
 @dataclass
@@ -67,7 +68,8 @@ def render_controls(card: dict) -> Controls:
         colormap = st.selectbox("Colormap", list(gradcam.COLORMAPS), key="diagnose_colormap")
         show_patient = st.checkbox("Show patient fields", key="diagnose_patient_fields",
                                    help="Patient and study fields from DICOM headers, which may identify the patient.")
-    return Controls(None if explained == CALLED_CLASS else explained, method, layer, opacity, colormap, show_patient)
+    return Controls(None if explained == CALLED_CLASS else explained, method, layer, opacity, colormap, show_patient,
+                    card)
 
 
 def decoded(data: bytes) -> FileResult:
@@ -83,11 +85,14 @@ def decoded(data: bytes) -> FileResult:
 
 def explained(result: FileResult, predictor, controls: Controls):
     """(Explanation, Decision, ms) for the chosen layer and class, computed once per file, version, layer, class."""
-    key = (predictor.version, controls.layer, controls.explained_class)
+    point = controls.card.get("operating_point") or {}
+    key = (predictor.version, point.get("positive_class"), point.get("threshold"), controls.layer,
+           controls.explained_class)
     if key not in result.explanations:
         start = time.perf_counter()
         image = predictor.preprocess(result.radiograph.pixels)
-        explanation, decision = gradcam.explain_call(predictor, image, controls.explained_class, controls.layer)
+        explanation, decision = gradcam.explain_call(predictor, image, controls.explained_class, controls.layer,
+                                                     card=controls.card)
         result.explanations[key] = (explanation, decision, elapsed_ms(start))
     return result.explanations[key]
 

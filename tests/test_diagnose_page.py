@@ -127,3 +127,27 @@ def test_dicom_renders_and_patient_fields_stay_hidden_until_asked_then_show_as_t
     app.checkbox(key="diagnose_patient_fields").check().run()
     assert "Patient name: <b>x</b>" in [line for code in app.code for line in code.value.splitlines()]
     assert not any("<b>" in e.value for kind in ("markdown", "caption") for e in app.get(kind))
+
+
+def test_a_saved_operating_point_changes_the_call_after_a_restart(shipped_version):
+    """A borderline image (its COVID-19 probability below the argmax) is called COVID-19 once an operating point
+    at exactly that probability is saved — in a new session, as after a restart."""
+    from streamlit.testing.v1 import AppTest
+
+    from core import operating_point
+
+    predictor = Predictor(shipped_version)
+    probabilities = predictor.probabilities(predictor.preprocess(read_image(CXR).pixels)[np.newaxis])[0]
+    argmax_call = predictor.class_names[int(np.argmax(probabilities))]
+    assert argmax_call != "COVID-19"
+
+    def call_on_the_page():
+        app = AppTest.from_file(str(REPO / "app.py"), default_timeout=60).run()
+        upload(app, ("cxr.jpeg", CXR.read_bytes()))
+        assert not app.exception
+        return [unescaped(m.value).split("Call: ")[1] for m in app.markdown if "Call: " in unescaped(m.value)]
+
+    operating_point.clear_operating_point(shipped_version)
+    assert call_on_the_page() == [argmax_call]
+    operating_point.save_operating_point(shipped_version, "COVID-19", float(probabilities[0]))
+    assert call_on_the_page() == ["COVID-19"]
