@@ -40,8 +40,11 @@ def synthetic():
 
 @pytest.fixture(params=["tiny_version", "shipped_version"])
 def version(request):
-    """Every version-based test runs on the tiny random version and on the shipped one (once published)."""
-    return request.getfixturevalue(request.param)
+    """Every version-based test runs on the tiny random version and on (a copy of) the shipped one, each
+    starting without a saved operating point (the shipped card carries one)."""
+    name = request.getfixturevalue(request.param)
+    op.clear_operating_point(name)
+    return name
 
 
 def sklearn_figures(truth, scores, threshold) -> dict:
@@ -318,3 +321,12 @@ def test_page_target_sensitivity_save_and_restart(version):
     restarted.button(key="op_clear").click().run()
     assert registry.load_card(version)["operating_point"] is None
     assert any("argmax used" in info.value for info in restarted.info)
+
+
+def test_the_shipped_operating_point_was_chosen_on_validation(shipped_version):
+    """The shipped card's point is COVID-19 at the highest threshold reaching 97.5 % validation sensitivity."""
+    point = registry.load_card(shipped_version)["operating_point"]
+    scores, truth = op.scores_and_truth(op.load_predictions(shipped_version, "val"), "COVID-19")
+    assert point["positive_class"] == "COVID-19" and point["chosen_on"] == "validation"
+    assert point["threshold"] == pytest.approx(op.threshold_for_sensitivity(truth, scores, 0.975), abs=1e-9)
+    assert point["figures"]["sensitivity"]["value"] >= 0.975
