@@ -75,7 +75,3 @@ def logits_model(model):
     except ValueError:
         return model
     return keras.Model(model.inputs, layer.output, name=f"{model.name}_logits")
-
-
-def predicted_class(probabilities, class_names) -> str:
-    return class_names[int(np.argmax(probabilities))]

@@ -4,7 +4,6 @@ the test figures are shown on their own tab, for the report only."""
 
 import html
 
-import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st

@@ -4,7 +4,6 @@ Labels come from the class folder (first level under the root) or from the manif
 from the rest of the path.
 """
 
-import csv
 import hashlib
 import logging
 from pathlib import Path
@@ -130,7 +129,3 @@ def _group_fold(labels, groups, fraction, seed):
 
 def label_indices(labels) -> np.ndarray:
     return np.array([CLASS_NAMES.index(label) for label in labels], dtype=np.int64)
-
-
-def write_split_csv(frame: pd.DataFrame, path: Path) -> None:
-    frame.to_csv(path, index=False, quoting=csv.QUOTE_MINIMAL)

@@ -10,7 +10,6 @@ import json
 import logging
 import platform
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
