@@ -4,13 +4,13 @@ import streamlit as st
 
 from pages.common import render_sidebar
 
-st.set_page_config(page_title="CXR Triage", page_icon="🫁", layout="wide")
+st.set_page_config(page_title="CXR Triage", page_icon=":material/pulmonology:", layout="wide")
 
 PAGES = [
-    st.Page("pages/diagnose.py", title="Diagnose", icon="🩻", default=True),
-    st.Page("pages/operating_point.py", title="Operating point", icon="🎚️"),
-    st.Page("pages/retrain.py", title="Retrain", icon="🏋️"),
-    st.Page("pages/models.py", title="Models", icon="🗂️"),
+    st.Page("pages/diagnose.py", title="Diagnose", icon=":material/radiology:", default=True),
+    st.Page("pages/operating_point.py", title="Operating point", icon=":material/tune:"),
+    st.Page("pages/retrain.py", title="Retrain", icon=":material/model_training:"),
+    st.Page("pages/models.py", title="Models", icon=":material/inventory_2:"),
 ]
 
 navigation = st.navigation(PAGES)
