@@ -1,13 +1,13 @@
 """Retrain: choose the data, set the recipe, train in the background, follow the run, compare its model with the
 active version, then publish and activate it as separate steps. The logic lives in ``train.jobs``."""
 
-import re
 
 import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
 from core import CLASS_NAMES, registry
+from pages.common import escape_markdown as escape
 from train import jobs
 from train.archive import ArchiveError
 from train.architectures import ARCHITECTURES
@@ -25,16 +25,11 @@ CLASS_WEIGHT_MODES = ("paper", "balanced", "none", "custom")
 ARCHITECTURE_HELP = "  \n".join(f"{name}: {spec['reference']}" for name, spec in sorted(ARCHITECTURES.items()))
 SCHEDULE_HELP = ("paper: Zhong 2020's steps, 4e-4 for epochs 0–2, 2e-4 for 3–5, 1e-4 after (scaled to the peak). "
                  "warmup-cosine: linear warm-up from a tenth of the peak, then cosine decay. constant: the peak throughout.")
-MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
 FIGURE_LAYOUT = {"height": 260, "margin": {"l": 10, "r": 10, "t": 40, "b": 10}}
 LR_AXIS = {"rangemode": "tozero", "exponentformat": "e", "title": "learning rate"}
 NUMBER_FORMAT = {name: st.column_config.NumberColumn(format="%.3f")
                  for name in ("active", "candidate", "difference", "ci95_low", "ci95_high")}
 
-
-def escape(text) -> str:
-    """Data-derived text made inert for Streamlit markdown."""
-    return MARKDOWN_SPECIALS.sub(r"\\\1", str(text))
 
 
 @st.cache_resource(show_spinner="Looking for the compute device…")
