@@ -1,7 +1,6 @@
 """Retrain: choose the data, set the recipe, train in the background, follow the run, compare its model with the
 active version, then publish and activate it as separate steps. The logic lives in ``train.jobs``."""
 
-
 import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
