@@ -7,7 +7,7 @@ preprocess, forward+CAM in one pass, overlay PNG) and of the whole chain, next t
 Also shown: the page's on-screen path (display-size overlay JPEG instead of the full-size PNG).
 Runs on the active model version, or on a random-weight dcnn80-compact when none is active.
 
-    .venv/bin/python bench/diagnose_latency.py [--repeats 5]
+    .venv/bin/python bench/diagnose_latency.py [--repeats 8]
 """
 
 import argparse
@@ -125,24 +125,31 @@ def verdict(met: bool) -> str:
 
 
 def measure(predictor, gradient_model, data: bytes, repeats: int) -> dict:
-    """Median ms of every column for one file, after a warm-up."""
+    """Median ms of every column for one file, after a warm-up. The four paths run in a rotating order, so each
+    follows every other equally often: a path run just after another's image work finds the model's weights out
+    of the cache, and a fixed order would charge that to the same path every time."""
     image = predictor.preprocess(read_image(data).pixels)
     for _ in range(WARMUP):
         ours(predictor, data)
         common(predictor, gradient_model, data)
     runs = {column: [] for column in COLUMNS}
-    for _ in range(repeats):
+
+    def run_ours():
         for stage, ms in ours(predictor, data).items():
             runs[stage].append(ms)
-        runs["floor"].append(floor(predictor, data, image))
-        runs["common"].append(common(predictor, gradient_model, data))
-        runs["page"].append(page(predictor, data))
+
+    paths = [run_ours, lambda: runs["floor"].append(floor(predictor, data, image)),
+             lambda: runs["common"].append(common(predictor, gradient_model, data)),
+             lambda: runs["page"].append(page(predictor, data))]
+    for repeat in range(repeats):
+        for step in range(len(paths)):
+            paths[(repeat + step) % len(paths)]()
     return {column: statistics.median(values) for column, values in runs.items()}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=8)
     args = parser.parse_args(argv)
     files = sorted(p for p in FULLRES.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     predictor = load_predictor()
