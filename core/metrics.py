@@ -33,7 +33,7 @@ def proportion(successes: int, total: int) -> dict:
 
 def bootstrap_ci(statistic, arrays, resamples=BOOTSTRAP_RESAMPLES, seed=0, confidence=CONFIDENCE):
     """Percentile bootstrap interval of ``statistic(*arrays)`` resampling rows; resamples where the statistic
-    is undefined (e.g. one class only) are skipped."""
+    is undefined (it raises ``ValueError`` or returns NaN, e.g. with one class only) are skipped."""
     rng = np.random.default_rng(seed)
     n = len(arrays[0])
     values = []
@@ -43,36 +43,58 @@ def bootstrap_ci(statistic, arrays, resamples=BOOTSTRAP_RESAMPLES, seed=0, confi
             values.append(statistic(*(a[rows] for a in arrays)))
         except ValueError:
             continue
-    if not values:
+    return percentile_interval(values, confidence)
+
+
+def percentile_interval(values, confidence=CONFIDENCE) -> list:
+    """[low, high] percentiles of the finite ``values`` holding ``confidence`` of them; NaNs when none is."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if not len(values):
         return [float("nan"), float("nan")]
     tail = (1 - confidence) / 2 * 100
     return [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
 
 
-def bootstrap_auc_intervals(labels, probs, resamples=BOOTSTRAP_RESAMPLES, seed=0, confidence=CONFIDENCE):
-    """Percentile bootstrap intervals of every one-vs-rest AUC and of their macro mean, all resamples at once.
+def resample_rows(n: int, resamples=BOOTSTRAP_RESAMPLES, seed=0) -> np.ndarray:
+    """(resamples, n) row indices drawn with replacement: every bootstrap resample at once."""
+    return np.random.default_rng(seed).integers(0, n, (resamples, n))
 
-    Each resample's AUC is the Mann–Whitney statistic from scipy's ranks (equal to scikit-learn's ROC AUC,
-    ties included); resamples lacking a class's positives or negatives are skipped for that class, and for
-    the macro mean. Returns ({class index: [low, high]}, [low, high])."""
+
+def rank_auc(positive, scores):
+    """ROC AUC in its rank (Mann–Whitney) form, ties counting half: scikit-learn's ``roc_auc_score`` value,
+    computed along the last axis so that a whole stack of bootstrap resamples (R, n) is one call. NaN where a
+    row lacks positives or negatives. For bootstraps; reported values come from scikit-learn."""
+    positive = np.asarray(positive, dtype=bool)
+    ranks = rankdata(np.asarray(scores, dtype=np.float64), axis=-1)
+    n_pos = positive.sum(axis=-1)
+    n_neg = positive.shape[-1] - n_pos
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return ((ranks * positive).sum(axis=-1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def rank_macro_auc(labels, probs):
+    """Macro one-vs-rest ``rank_auc`` of class-index ``labels`` (…, n) and ``probs`` (…, n, C); NaN where a
+    class lacks positives or negatives."""
+    labels, probs = np.asarray(labels), np.asarray(probs)
+    return np.mean([rank_auc(labels == index, probs[..., index]) for index in range(probs.shape[-1])], axis=0)
+
+
+def bootstrap_auc_interval(truth, scores, resamples=BOOTSTRAP_RESAMPLES, seed=0, confidence=CONFIDENCE):
+    """Percentile bootstrap interval of a binary ROC AUC, all resamples at once."""
+    rows = resample_rows(len(truth), resamples, seed)
+    return percentile_interval(rank_auc(np.asarray(truth, dtype=bool)[rows], np.asarray(scores)[rows]), confidence)
+
+
+def bootstrap_auc_intervals(labels, probs, resamples=BOOTSTRAP_RESAMPLES, seed=0, confidence=CONFIDENCE):
+    """Percentile bootstrap intervals of every one-vs-rest AUC and of their macro mean, all resamples at once;
+    resamples lacking a class's positives or negatives are skipped for that class, and for the macro mean.
+    Returns ({class index: [low, high]}, [low, high])."""
     labels, probs = np.asarray(labels), np.asarray(probs, dtype=np.float64)
-    rows = np.random.default_rng(seed).integers(0, len(labels), (resamples, len(labels)))
-    tail = (1 - confidence) / 2 * 100
-    interval = lambda values: [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))] \
-        if len(values) else [float("nan"), float("nan")]
-    per_class, all_valid, aucs = {}, np.ones(resamples, bool), []
-    for index in range(probs.shape[1]):
-        positive = labels[rows] == index
-        n_pos = positive.sum(axis=1)
-        n_neg = positive.shape[1] - n_pos
-        valid = (n_pos > 0) & (n_neg > 0)
-        ranks = rankdata(probs[rows, index], axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            auc = ((ranks * positive).sum(axis=1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-        per_class[index] = interval(auc[valid])
-        all_valid &= valid
-        aucs.append(auc)
-    return per_class, interval(np.mean(aucs, axis=0)[all_valid])
+    rows = resample_rows(len(labels), resamples, seed)
+    per_class = {index: percentile_interval(rank_auc(labels[rows] == index, probs[rows, index]), confidence)
+                 for index in range(probs.shape[1])}
+    return per_class, percentile_interval(rank_macro_auc(labels[rows], probs[rows]), confidence)
 
 
 def one_vs_rest_auc(labels, scores, positive):

@@ -3,8 +3,7 @@
 One comparison rule everywhere: a case is positive when ``p ≥ threshold``. The positive class is one of the
 classes, or the pseudo-class "abnormal" (anything but Normal) scored by 1 − p(Normal). Every figure used to
 choose a threshold comes from the version's validation predictions; test predictions are only reported.
-Curves come from scikit-learn, intervals from statsmodels and the bootstrap in ``core.metrics``, the AUC from
-scipy's Mann–Whitney U.
+Curves and the AUC come from scikit-learn, intervals from statsmodels and the bootstraps in ``core.metrics``.
 """
 
 import json
@@ -15,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import mannwhitneyu
-from sklearn.metrics import average_precision_score, confusion_matrix, precision_recall_curve, roc_curve
+from sklearn.metrics import (average_precision_score, confusion_matrix, precision_recall_curve, roc_auc_score,
+                             roc_curve)
 
 from core import registry
-from core.metrics import BOOTSTRAP_RESAMPLES, bootstrap_ci, proportion
+from core.metrics import BOOTSTRAP_RESAMPLES, bootstrap_auc_interval, bootstrap_ci, proportion
 
 ABNORMAL = "abnormal"
 NORMAL = "Normal"
@@ -200,23 +199,14 @@ def predictive_values_at(point: dict, prevalence: float) -> dict:
 # --- curves and threshold tables ---------------------------------------------------------------------------
 
 
-def auc(truth, scores) -> float:
-    """ROC AUC as the Mann–Whitney U statistic over the number of (positive, negative) pairs, ties counting
-    half: the same value as sklearn's roc_auc_score, about three times faster, which the bootstrap needs."""
-    truth, scores = np.asarray(truth, dtype=bool), np.asarray(scores, dtype=np.float64)
-    positives, negatives = scores[truth], scores[~truth]
-    if not len(positives) or not len(negatives):
-        raise ValueError("The AUC needs both positive and negative cases.")
-    return float(mannwhitneyu(positives, negatives).statistic / (len(positives) * len(negatives)))
-
-
 def roc(truth, scores, resamples=BOOTSTRAP_RESAMPLES, seed=0):
     """ROC curve and AUC with a percentile-bootstrap 95 % interval; None when only one class is present."""
     truth, scores = np.asarray(truth, dtype=bool), np.asarray(scores, dtype=np.float64)
     if truth.all() or not truth.any():
         return None
     fpr, tpr, thresholds = roc_curve(truth, scores)
-    area = {"value": auc(truth, scores), "ci95": bootstrap_ci(auc, (truth, scores), resamples, seed)}
+    area = {"value": float(roc_auc_score(truth, scores)),
+            "ci95": bootstrap_auc_interval(truth, scores, resamples, seed)}
     return {"fpr": fpr, "tpr": tpr, "thresholds": thresholds, "auc": area}
 
 

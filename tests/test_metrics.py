@@ -86,3 +86,34 @@ def test_vectorised_bootstrap_auc_matches_sklearn_resample_by_resample(predictio
         assert per_class[index] == pytest.approx(reference, abs=1e-9)
     macro_value = np.mean([one_vs_rest_auc(labels, probs[:, i], i) for i in range(3)])
     assert macro[0] < macro_value < macro[1]
+
+
+def test_rank_auc_is_sklearns_auc_for_one_problem_and_for_a_stack_of_resamples(predictions):
+    from core.metrics import macro_auc, rank_auc, rank_macro_auc, resample_rows
+
+    labels, probs = predictions
+    assert rank_macro_auc(labels, probs) == pytest.approx(macro_auc(labels, probs), abs=1e-12)
+    probs = np.round(probs, 2)  # ties count half in both
+    assert rank_auc(labels == 0, probs[:, 0]) == pytest.approx(roc_auc_score(labels == 0, probs[:, 0]), abs=1e-12)
+    rows = resample_rows(len(labels), resamples=5, seed=2)
+    stacked = rank_macro_auc(labels[rows], probs[rows])
+    assert stacked.shape == (5,)
+    reference = [np.mean([roc_auc_score(labels[r] == k, probs[r, k]) for k in range(3)]) for r in rows]
+    assert stacked == pytest.approx(reference, abs=1e-12)
+
+
+def test_rank_auc_is_nan_without_positives_or_negatives():
+    from core.metrics import rank_auc, rank_macro_auc
+
+    scores = np.array([0.2, 0.4, 0.9])
+    assert np.isnan(rank_auc(np.zeros(3, bool), scores)) and np.isnan(rank_auc(np.ones(3, bool), scores))
+    assert np.isnan(rank_macro_auc(np.array([0, 1, 1]), np.full((3, 3), 1 / 3)))  # class 2 absent
+
+
+def test_binary_bootstrap_auc_interval_matches_sklearn_resample_by_resample(predictions):
+    from core.metrics import bootstrap_auc_interval, bootstrap_ci
+
+    labels, probs = predictions
+    truth, scores = labels == 1, np.round(probs[:, 1], 2)
+    reference = bootstrap_ci(lambda t, s: roc_auc_score(t, s), (truth, scores), 200, 7)
+    assert bootstrap_auc_interval(truth, scores, resamples=200, seed=7) == pytest.approx(reference, abs=1e-9)

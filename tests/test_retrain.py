@@ -16,7 +16,6 @@ from streamlit.testing.v1 import AppTest
 
 from core import CLASS_NAMES, registry
 from core.inference import Predictor
-from core.metrics import macro_auc
 from tests.conftest import CXR_POOL, REPO, needs_shared_data, publish_random_version
 from train import jobs
 from train.config import TrainConfig
@@ -241,15 +240,6 @@ def test_planned_lr_follows_the_schedule():
     assert np.allclose(last_of_epoch, [4e-4] * 3 + [2e-4] * 3 + [1e-4] * 2)
     cosine = jobs.planned_lr(TrainConfig(epochs=4, lr_schedule="warmup-cosine", warmup_epochs=1), 320)
     assert cosine["lr"].iloc[0] < cosine["lr"].max() == pytest.approx(4e-4, rel=0.01)
-
-
-def test_rank_macro_auc_matches_sklearn():
-    rng = np.random.default_rng(1)
-    labels = rng.integers(0, 3, 300)
-    probs = rng.dirichlet(np.ones(3), 300)
-    probs[np.arange(300), labels] += 0.3
-    probs /= probs.sum(axis=1, keepdims=True)
-    assert jobs.rank_macro_auc(labels, probs) == pytest.approx(macro_auc(labels, probs))
 
 
 def fake_finished_run(weights, version, runs_root):

@@ -29,10 +29,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
 
 from core import CLASS_NAMES, registry
-from core.metrics import bootstrap_ci
+from core.metrics import bootstrap_ci, rank_macro_auc
 from core.registry import REPO_ROOT
 from train.__main__ import PROCESS_FILE, runs_root
 from train.archive import extract_dataset_zip
@@ -484,20 +483,6 @@ def _covid_recall(labels, probs) -> float:
     return _accuracy(labels[covid], probs[covid])
 
 
-def rank_macro_auc(labels, probs) -> float:
-    """Macro one-vs-rest ROC AUC in its rank (Mann–Whitney) form: the same value as ``core.metrics.macro_auc``
-    at a fraction of the cost, for bootstrapping. ``ValueError`` when a class is absent."""
-    aucs = []
-    for index in range(probs.shape[1]):
-        positive = labels == index
-        n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-        if not n_pos or not n_neg:
-            raise ValueError("a class is absent")
-        ranks = rankdata(probs[:, index])
-        aucs.append((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-    return float(np.mean(aucs))
-
-
 COMPARED_METRICS = {"accuracy": _accuracy, "macro AUC": rank_macro_auc, "COVID-19 recall": _covid_recall}
 
 
@@ -507,8 +492,10 @@ def paired_differences(labels, active, candidate) -> pd.DataFrame:
     rows = []
     for name, metric in COMPARED_METRICS.items():
         try:
-            before, after = metric(labels, active), metric(labels, candidate)
+            before, after = float(metric(labels, active)), float(metric(labels, candidate))
         except ValueError:
+            continue
+        if not (math.isfinite(before) and math.isfinite(after)):  # e.g. the macro AUC with a class absent
             continue
         low, high = bootstrap_ci(lambda y, a, c, m=metric: m(y, c) - m(y, a), (labels, active, candidate))
         rows.append({"metric": name, "active": before, "candidate": after, "difference": after - before,
