@@ -29,7 +29,7 @@ def resize_grey(grey: np.ndarray, size: int) -> np.ndarray:
 
 def shrink_one_axis(grey: np.ndarray, size: int, across: bool) -> np.ndarray:
     """Area averaging is separable, so shrinking one axis first and then the other gives INTER_AREA's result
-    (to float rounding) at a fraction of its cost for large, non-integer factors (28 ms → 2 ms for a
+    (to float rounding) at a fraction of its cost for large, non-integer factors (28 ms → 3 ms for a
     3368 × 2800 radiograph). ``across`` shrinks the width first: OpenCV's integer-factor fast path applies when
     the width is a multiple of ``size``; otherwise shrinking the height first is the faster order."""
     height, width = grey.shape
