@@ -93,9 +93,9 @@ def bootstrap_auc_intervals(labels, probs, resamples=BOOTSTRAP_RESAMPLES, seed=0
     Returns ({class index: [low, high]}, [low, high])."""
     labels, probs = np.asarray(labels), np.asarray(probs, dtype=np.float64)
     rows = resample_rows(len(labels), resamples, seed)
-    per_class = {index: percentile_interval(rank_auc(labels[rows] == index, probs[rows, index]), confidence)
-                 for index in range(probs.shape[1])}
-    return per_class, percentile_interval(rank_macro_auc(labels[rows], probs[rows]), confidence)
+    aucs = [rank_auc(labels[rows] == index, probs[rows, index]) for index in range(probs.shape[1])]
+    per_class = {index: percentile_interval(auc, confidence) for index, auc in enumerate(aucs)}
+    return per_class, percentile_interval(np.mean(aucs, axis=0), confidence)
 
 
 def one_vs_rest_auc(labels, scores, positive):

@@ -52,7 +52,6 @@ def jpeg_baseline_dicom(grey):
     dataset.PixelData = encapsulate([cv2.imencode(".jpg", grey, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()])
     dataset.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
     dataset["PixelData"].VR = "OB"
-    dataset.PhotometricInterpretation = "MONOCHROME2"
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
