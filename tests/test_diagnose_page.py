@@ -18,6 +18,9 @@ from tests.conftest import DICOM_SAMPLE, FULLRES, REPO
 CXR = FULLRES / "NORMAL__IM-0636-0001.jpeg"
 CORRUPT = b"this is not an image at all\n" * 8
 UPLOADS = "diagnose_uploads"
+# The page computes probabilities in another graph than Predictor.probabilities (one forward pass that also gives
+# the Grad-CAM maps, per layer): float32 round-off differs in the 7th-8th decimal, so compare with a tolerance.
+PROBABILITY_ATOL = 1e-5
 
 
 def unescaped(text: str) -> str:
@@ -73,7 +76,7 @@ def test_probabilities_and_overlay_appear_and_a_corrupt_file_does_not_stop_the_o
     predictor = Predictor(tiny_version)
     probabilities = predictor.probabilities(predictor.preprocess(read_image(CXR).pixels)[np.newaxis])[0]
     shown = chart_probabilities(app)[0]
-    np.testing.assert_allclose(shown, probabilities, atol=1e-5)
+    np.testing.assert_allclose(shown, probabilities, atol=PROBABILITY_ATOL)
     call = decide(probabilities, predictor.card).label
     assert any(unescaped(m.value).endswith(f"Call: {call}") for m in app.markdown)
     images = app.get("image")
@@ -105,7 +108,7 @@ def test_moving_the_controls_redraws_without_rerunning_the_model_unless_needed(a
     assert not app.exception
     assert app.get("image")[1].captions[0] == "Grad-CAM++: COVID-19 at block3_conv3"
     assert explanations(app) == 3
-    assert chart_probabilities(app) == probabilities
+    np.testing.assert_allclose(chart_probabilities(app), probabilities, atol=PROBABILITY_ATOL)
 
 
 def test_dicom_renders_and_patient_fields_stay_hidden_until_asked_then_show_as_text(app):
@@ -131,7 +134,8 @@ def test_dicom_renders_and_patient_fields_stay_hidden_until_asked_then_show_as_t
 
 def test_a_saved_operating_point_changes_the_call_after_a_restart(shipped_version):
     """A borderline image (its COVID-19 probability below the argmax) is called COVID-19 once an operating point
-    at exactly that probability is saved — in a new session, as after a restart."""
+    at that probability (less the round-off tolerance: the page's pass is another graph) is saved — in a new
+    session, as after a restart."""
     from streamlit.testing.v1 import AppTest
 
     from core import operating_point
@@ -149,5 +153,5 @@ def test_a_saved_operating_point_changes_the_call_after_a_restart(shipped_versio
 
     operating_point.clear_operating_point(shipped_version)
     assert call_on_the_page() == [argmax_call]
-    operating_point.save_operating_point(shipped_version, "COVID-19", float(probabilities[0]))
+    operating_point.save_operating_point(shipped_version, "COVID-19", float(probabilities[0]) - PROBABILITY_ATOL)
     assert call_on_the_page() == ["COVID-19"]

@@ -145,7 +145,7 @@ def test_palette_transparency_is_black():
     palette_image = Image.fromarray(GREY).convert("P")
     transparent_index = int(np.asarray(palette_image)[100, 100])
     pixels = read_grey(encode(palette_image, "PNG", transparency=transparent_index))
-    assert pixels[100, 100] == 0.0 and pixels.max() > 0.9
+    assert pixels[100, 100] == pytest.approx(0.0, abs=1e-6) and pixels.max() > 0.9
 
 
 def test_cmyk_jpeg_matches_pillows_conversion():
@@ -191,13 +191,13 @@ def test_monochrome1_is_the_inverse_of_monochrome2():
     monochrome2 = read_grey(dicom_bytes(RAMP_12BIT, "MONOCHROME2", 12))
     monochrome1 = read_grey(dicom_bytes(RAMP_12BIT, "MONOCHROME1", 12))
     np.testing.assert_allclose(monochrome1, 1.0 - monochrome2, atol=1e-6)
-    assert monochrome2[0, 0] == 0.0 and monochrome2[-1, -1] == 1.0
+    assert [monochrome2[0, 0], monochrome2[-1, -1]] == pytest.approx([0.0, 1.0], abs=1e-6)
 
 
 def test_window_center_and_width_are_applied():
     pixels = read_grey(dicom_bytes(RAMP_12BIT, bits_stored=12, WindowCenter=2000, WindowWidth=1000))
-    assert pixels[RAMP_12BIT <= 1400].max() == 0.0
-    assert pixels[RAMP_12BIT >= 2600].min() == 1.0
+    np.testing.assert_allclose(pixels[RAMP_12BIT <= 1400], 0.0, atol=1e-6)
+    np.testing.assert_allclose(pixels[RAMP_12BIT >= 2600], 1.0, atol=1e-6)
     middle = np.argwhere(RAMP_12BIT == 2000)[0]
     assert pixels[tuple(middle)] == pytest.approx(0.5, abs=0.01)
 
@@ -227,7 +227,7 @@ def test_bits_above_bits_stored_are_ignored():
 def test_without_window_the_image_range_is_used():
     narrow = (RAMP_12BIT // 4 + 1000).astype(np.uint16)
     pixels = read_grey(dicom_bytes(narrow, bits_stored=12))
-    assert pixels.min() == 0.0 and pixels.max() == 1.0
+    assert [pixels.min(), pixels.max()] == pytest.approx([0.0, 1.0], abs=1e-6)
 
 
 # JPEG Baseline is covered by the real sample; pydicom encodes these here (JPEG-LS through pyjpegls).

@@ -10,6 +10,8 @@ from core import CLASS_NAMES
 from core.calibration import expected_calibration_error, fit_temperature
 from core.metrics import classification_report, per_source_reports, sensitivity_at_specificity, wilson_interval
 
+EXACT = 1e-9  # the same figure computed two ways: equal up to float64 round-off
+
 
 @pytest.fixture
 def predictions():
@@ -23,25 +25,25 @@ def test_report_matches_sklearn(predictions):
     labels, probs = predictions
     report = classification_report(labels, probs, CLASS_NAMES, resamples=50)
     predicted = probs.argmax(1)
-    assert report["accuracy"]["value"] == pytest.approx(accuracy_score(labels, predicted))
+    assert report["accuracy"]["value"] == pytest.approx(accuracy_score(labels, predicted), abs=EXACT)
     assert report["confusion_matrix"] == confusion_matrix(labels, predicted).tolist()
     recalls = recall_score(labels, predicted, average=None)
     precisions = precision_score(labels, predicted, average=None)
     for index, name in enumerate(CLASS_NAMES):
         entry = report["per_class"][name]
-        assert entry["recall"]["value"] == pytest.approx(recalls[index])
-        assert entry["precision"]["value"] == pytest.approx(precisions[index])
+        assert entry["recall"]["value"] == pytest.approx(recalls[index], abs=EXACT)
+        assert entry["precision"]["value"] == pytest.approx(precisions[index], abs=EXACT)
         negatives = labels != index
-        assert entry["specificity"]["value"] == pytest.approx((predicted[negatives] != index).mean())
-        assert entry["auc"]["value"] == pytest.approx(roc_auc_score(labels == index, probs[:, index]))
+        assert entry["specificity"]["value"] == pytest.approx((predicted[negatives] != index).mean(), abs=EXACT)
+        assert entry["auc"]["value"] == pytest.approx(roc_auc_score(labels == index, probs[:, index]), abs=EXACT)
         low, high = entry["auc"]["ci95"]
         assert low <= entry["auc"]["value"] <= high
-    assert report["macro_auc"]["value"] == pytest.approx(roc_auc_score(labels, probs, multi_class="ovr"))
+    assert report["macro_auc"]["value"] == pytest.approx(roc_auc_score(labels, probs, multi_class="ovr"), abs=EXACT)
 
 
 def test_wilson_matches_statsmodels():
     for k, n in ((0, 10), (7, 10), (98, 100), (100, 100)):
-        assert wilson_interval(k, n) == pytest.approx(proportion_confint(k, n, method="wilson"))
+        assert wilson_interval(k, n) == pytest.approx(proportion_confint(k, n, method="wilson"), abs=EXACT)
     assert np.isnan(wilson_interval(0, 0)).all()
 
 
@@ -51,7 +53,7 @@ def test_sensitivity_at_specificity_respects_the_constraint(predictions):
     negatives = labels != 0
     called = probs[:, 0] >= result["threshold"]
     assert (~called[negatives]).mean() >= 0.95
-    assert called[~negatives].mean() == pytest.approx(result["value"])
+    assert called[~negatives].mean() == pytest.approx(result["value"], abs=EXACT)
 
 
 def test_per_source_reports_handle_single_class_sources(predictions):
@@ -83,7 +85,7 @@ def test_vectorised_bootstrap_auc_matches_sklearn_resample_by_resample(predictio
     per_class, macro = bootstrap_auc_intervals(labels, probs, resamples=200, seed=5)
     for index in range(3):
         reference = bootstrap_ci(lambda y, s, i=index: one_vs_rest_auc(y, s, i), (labels, probs[:, index]), 200, 5)
-        assert per_class[index] == pytest.approx(reference, abs=1e-9)
+        assert per_class[index] == pytest.approx(reference, abs=EXACT)
     macro_value = np.mean([one_vs_rest_auc(labels, probs[:, i], i) for i in range(3)])
     assert macro[0] < macro_value < macro[1]
 
@@ -116,4 +118,4 @@ def test_binary_bootstrap_auc_interval_matches_sklearn_resample_by_resample(pred
     labels, probs = predictions
     truth, scores = labels == 1, np.round(probs[:, 1], 2)
     reference = bootstrap_ci(lambda t, s: roc_auc_score(t, s), (truth, scores), 200, 7)
-    assert bootstrap_auc_interval(truth, scores, resamples=200, seed=7) == pytest.approx(reference, abs=1e-9)
+    assert bootstrap_auc_interval(truth, scores, resamples=200, seed=7) == pytest.approx(reference, abs=EXACT)
