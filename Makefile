@@ -1,18 +1,32 @@
-# `make app` sets up and runs the app on the shipped default model; `make test` sets up and runs the tests.
+# `make app` sets up and runs the app on the shipped default model; `make test` sets up and runs every test;
+# `make test-fast` skips the tests marked slow; `make lock` refreshes the lock files from requirements*.txt.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# The locks: exact versions with hashes for CPython 3.11 on Linux x86_64, made by uv (in its own venv).
+LOCK_VENV := .venv-lock
+UV_VERSION := 0.13.9
+UV := $(LOCK_VENV)/bin/uv
+UV_COMPILE := $(UV) pip compile --quiet --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+	--generate-hashes --custom-compile-command "make lock"
 
-.PHONY: app test setup setup-dev browser
+.PHONY: app test test-fast setup setup-dev browser lock lock-upgrade
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-setup: $(BIN)/python
-	$(BIN)/pip install -q -r requirements.txt
+# Install from the locks once per venv (and again when a lock changes): the stamp files say it is done.
+$(VENV)/.installed-app: requirements.lock | $(BIN)/python
+	$(BIN)/pip install -q --require-hashes -r requirements.lock
+	touch $@
 
-setup-dev: $(BIN)/python
-	$(BIN)/pip install -q -r requirements-dev.txt
+$(VENV)/.installed-dev: requirements-dev.lock | $(BIN)/python
+	$(BIN)/pip install -q --require-hashes -r requirements-dev.lock
+	touch $@
+
+setup: $(VENV)/.installed-app
+
+setup-dev: $(VENV)/.installed-dev
 
 # Debian's chromium for the browser test (playwright drives /usr/bin/chromium; no browser download).
 browser:
@@ -25,3 +39,21 @@ app: setup
 
 test: setup-dev browser
 	$(BIN)/python -m pytest -q
+
+test-fast: setup-dev
+	$(BIN)/python -m pytest -q -m "not slow"
+
+$(UV):
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install -q "uv==$(UV_VERSION)"
+
+# Keeps the pinned versions that still satisfy requirements*.txt and resolves what is new or changed (e.g. an
+# added dependency); the dev lock is constrained to the app lock's versions.
+lock: $(UV)
+	$(UV_COMPILE) requirements.txt -o requirements.lock
+	$(UV_COMPILE) -c requirements.lock requirements-dev.txt -o requirements-dev.lock
+
+# The newest versions within requirements*.txt's ranges: run the whole suite before committing the result.
+lock-upgrade: $(UV)
+	$(UV_COMPILE) --upgrade requirements.txt -o requirements.lock
+	$(UV_COMPILE) --upgrade -c requirements.lock requirements-dev.txt -o requirements-dev.lock
