@@ -40,6 +40,7 @@ def no_imagenet_weights(monkeypatch):
     monkeypatch.delenv(IMAGENET_WEIGHTS_ENV, raising=False)
 
 
+@pytest.mark.slow  # 63 M parameters
 def test_dcnn80_has_the_published_parameter_count():
     model = build_model("dcnn80")
     assert model.count_params() == 63_148_835
@@ -47,6 +48,7 @@ def test_dcnn80_has_the_published_parameter_count():
     assert model.output_shape == (None, 3)
 
 
+@pytest.mark.slow
 def test_compact_shares_the_trunk_and_fits_the_size_budget():
     full, compact = build_model("dcnn80"), build_model("dcnn80-compact")
     assert conv_layer_names(full) == conv_layer_names(compact)
@@ -63,7 +65,8 @@ def test_lxn_binary_variant_has_the_papers_parameter_count():
     assert model.get_layer("probabilities").activation.__name__ == "sigmoid"
 
 
-@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("arch", [arch if arch in CHEAP else pytest.param(arch, marks=pytest.mark.slow)
+                                  for arch in sorted(ARCHITECTURES)])
 def test_every_architecture_is_flat_named_and_explainable(arch):
     spec = ARCHITECTURES[arch]
     model = build_model(arch)
@@ -108,6 +111,7 @@ def test_input_scaling_layer_matches_the_backbones_own_preprocessing(backbone):
     np.testing.assert_allclose(np.asarray(scaled), np.asarray(expected), rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_concatenated_backbones_are_resized_to_a_common_map():
     """At 97 px Xception's last map is 3×3 and ResNet50V2's 4×4: the latter is resized before concatenation."""
     model = xception_resnet50v2(input_size=97)
@@ -115,6 +119,7 @@ def test_concatenated_backbones_are_resized_to_a_common_map():
     assert model.get_layer("concat_conv").output.shape == (None, 3, 3, 1024)
 
 
+@pytest.mark.slow
 def test_imagenet_weights_from_a_local_folder_are_loaded_and_freeze_the_backbone(tmp_path):
     stand_in = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(SMALL_INPUT, SMALL_INPUT, 3))
     with h5py.File(tmp_path / BACKBONES["resnet50"].weights_file, "w") as stream:

@@ -22,7 +22,8 @@ SCREENSHOT = REPO / "test-artifacts" / "diagnose.png"
 SERVER_START_S = 60
 PAGE_TIMEOUT_MS = 240_000  # generous: CI machines are small and shared
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (run `make browser`)")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (run `make browser`)")]
 
 
 def free_port() -> int:

@@ -9,6 +9,8 @@ import pytest
 
 from tests.conftest import FULLRES, REPO, needs_shared_data
 
+pytestmark = pytest.mark.slow  # each test starts `python -m core` (TensorFlow) in a subprocess
+
 
 def run_core(*args, env=None):
     return subprocess.run([sys.executable, "-m", "core", *args], cwd=REPO, capture_output=True, text=True, timeout=300)

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from core import registry
 from tests.conftest import CXR_POOL, REPO, needs_shared_data
 from train import jobs
@@ -21,6 +23,8 @@ QUICK = {"arch": "dcnn80-compact", "epochs": 2, "limit_per_class": 40, "batch_si
 POLL_SECONDS = 0.02
 PHASE_TIMEOUT = 240
 PADDING_BYTES = 64 * 1024 * 1024
+pytestmark = pytest.mark.slow  # real trainer processes killed and resumed
+
 PUBLISH_LOOP = (
     "import sys; from pathlib import Path; from train.run import publish_candidate\n"
     "for i in range(1000): publish_candidate(Path(sys.argv[1]), f'copy{i}')"

@@ -87,6 +87,7 @@ def test_split_is_patient_disjoint_stratified_and_seeded():
     assert not split.equals(split_by_patient(frame, 0.15, 0.15, seed=4))
 
 
+@pytest.mark.slow
 @needs_shared_data
 def test_real_pool_split_has_no_patient_in_two_splits():
     frame = scan_dataset(CXR_POOL)

@@ -90,6 +90,7 @@ def test_probabilities_and_overlay_appear_and_a_corrupt_file_does_not_stop_the_o
     assert overlay.shape[:2] == result.display.shape and result.display.shape[1] == 1024  # aspect kept
 
 
+@pytest.mark.slow
 def test_moving_the_controls_redraws_without_rerunning_the_model_unless_needed(app):
     upload(app, ("cxr.jpeg", CXR.read_bytes()))
     overlay_url = app.get("image")[1].value
@@ -132,6 +133,7 @@ def test_dicom_renders_and_patient_fields_stay_hidden_until_asked_then_show_as_t
     assert not any("<b>" in e.value for kind in ("markdown", "caption") for e in app.get(kind))
 
 
+@pytest.mark.slow
 def test_a_saved_operating_point_changes_the_call_after_a_restart(shipped_version):
     """A borderline image (its COVID-19 probability below the argmax) is called COVID-19 once an operating point
     at that probability (less the round-off tolerance: the page's pass is another graph) is saved — in a new

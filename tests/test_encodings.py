@@ -20,6 +20,8 @@ from core.imaging import read_grey
 from tests.conftest import FULLRES, REPO, needs_shared_data
 from tests.test_imaging import ORIENTATION_TAG, ROTATED_90_CW, dicom_bytes, encode
 
+pytestmark = pytest.mark.slow  # the shipped model on 22 encodings of 6 real radiographs
+
 TOLERANCE = 0.02
 IMAGES_PER_CLASS = 2
 LONG_SIDE_PX = 1024  # re-encoding 4-megapixel images in a dozen codecs would make this test slow, not stronger

@@ -140,6 +140,7 @@ def test_a_layer_without_a_feature_map_is_refused(predictor):
         gradcam.explain(predictor, np.zeros((80, 80, 3), np.float32), layer="dense1")
 
 
+@pytest.mark.slow  # trains the square detector
 @pytest.mark.parametrize("method", gradcam.METHODS)
 def test_the_square_detectors_map_peaks_on_the_square(square_detector, method):
     detector, test = square_detector
@@ -151,6 +152,7 @@ def test_the_square_detectors_map_peaks_on_the_square(square_detector, method):
     assert maps[masks].mean() > 3 * maps[~masks].mean()
 
 
+@pytest.mark.slow
 def test_the_map_changes_when_the_weights_are_randomised(square_detector):
     """Adebayo et al.'s model-parameter randomisation test: an explanation that survives randomising the
     weights explains the image, not the model."""

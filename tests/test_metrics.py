@@ -77,6 +77,7 @@ def test_temperature_scaling_recovers_overconfidence():
     assert calibrated < expected_calibration_error(labels, softmax(logits, axis=1))
 
 
+@pytest.mark.slow
 def test_vectorised_bootstrap_auc_matches_sklearn_resample_by_resample(predictions):
     from core.metrics import bootstrap_auc_intervals, bootstrap_ci, one_vs_rest_auc
 

@@ -37,6 +37,7 @@ def models_page() -> AppTest:
     return at
 
 
+@pytest.mark.slow
 def test_activate_roll_back_and_confirmed_delete(two_versions):
     at = models_page()
     assert at.selectbox(key="version_choice").value == "first"  # the active one is shown first
@@ -57,6 +58,7 @@ def test_activate_roll_back_and_confirmed_delete(two_versions):
     assert at.selectbox(key="version_choice").value == "first"
 
 
+@pytest.mark.slow
 def test_card_text_is_shown_as_plain_text(two_versions):
     at = models_page()
     at.selectbox(key="version_choice").select("second").run()
@@ -65,6 +67,7 @@ def test_card_text_is_shown_as_plain_text(two_versions):
     assert not any("javascript" in value for value in rendered)
 
 
+@pytest.mark.slow
 def test_export_serves_the_calibrated_probabilities(isolated_folders, tmp_path):
     import tensorflow as tf
 
@@ -80,6 +83,7 @@ def test_export_serves_the_calibrated_probabilities(isolated_folders, tmp_path):
         export_saved_model("served", exported)
 
 
+@pytest.mark.slow
 def test_page_offers_the_card_and_a_savedmodel_zip(two_versions):
     at = models_page()
     assert len(at.get("download_button")) == 1  # card.json

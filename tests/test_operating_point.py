@@ -270,6 +270,7 @@ def assert_page_shows(app, frame, positive, threshold, table_index=0):
         np.testing.assert_allclose(shown, expected, atol=EXACT, err_msg=name)
 
 
+@pytest.mark.slow
 def test_page_figures_equal_an_independent_computation(version):
     frame = read_csv_independently(version)
     app = open_page()
@@ -291,6 +292,7 @@ def test_page_figures_equal_an_independent_computation(version):
     assert all(metric.value == f"{float(metric.value):.3f}" for metric in app.metric[:2])
 
 
+@pytest.mark.slow
 def test_page_target_sensitivity_save_and_restart(version):
     frame = read_csv_independently(version)
     app = open_page()

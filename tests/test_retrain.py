@@ -47,6 +47,7 @@ def assert_no_exception(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
 
 
+@pytest.mark.slow
 @needs_shared_data
 def test_page_trains_compares_publishes_activates_and_models_page_rolls_back(tiny_version):
     at = app_on("pages/retrain.py")
@@ -118,6 +119,7 @@ def test_a_lock_of_a_dead_or_reused_pid_is_free_and_a_live_one_refuses(isolated_
         jobs.start_run(TrainConfig(data=str(CXR_POOL), **QUICK))
 
 
+@pytest.mark.slow
 @needs_shared_data
 def test_stale_lock_is_taken_over_and_a_run_cancels_cleanly(isolated_folders):
     root = jobs.runs_root()
@@ -257,6 +259,7 @@ def set_data(weights, version, manifest, sizes):
     card_path.write_text(json.dumps(card))
 
 
+@pytest.mark.slow
 def test_comparison_on_the_same_split_and_flagged_when_not(isolated_folders):
     weights = isolated_folders / "weights"
     publish_random_version(weights, "a", seed=1)
@@ -292,6 +295,7 @@ def test_publish_refuses_bad_names(isolated_folders):
     assert jobs.publish_run(run_dir, "v2.1_ok-1").name == "v2.1_ok-1"
 
 
+@pytest.mark.slow
 def test_a_failed_run_shows_its_error_and_log_tail(isolated_folders, tmp_path, monkeypatch):
     monkeypatch.setenv("CXR_DATA_ROOT", str(tmp_path))
     for label in ("COVID19", "NORMAL"):  # no pneumonia: the trainer refuses the data
@@ -308,6 +312,7 @@ def test_a_failed_run_shows_its_error_and_log_tail(isolated_folders, tmp_path, m
     assert any("Pneumonia" in block.value for block in at.code)
 
 
+@pytest.mark.slow
 def test_duration_estimate_from_earlier_runs_or_a_timing(isolated_folders):
     root = jobs.runs_root()
     for name, speeds in (("1", [10.0, 30.0]), ("2", [20.0])):

@@ -12,6 +12,8 @@ from train.__main__ import main
 from train.checkpoints import read_state
 from train.progress import read_events
 
+pytestmark = pytest.mark.slow  # trains end to end
+
 PER_CLASS = 14
 
 
