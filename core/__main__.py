@@ -25,33 +25,64 @@ def expand_inputs(items) -> list:
 
 
 def command_predict(args) -> int:
+    from core.flags import UNCERTAIN_CALL
     from core.inference import Predictor
     from core.operating_point import decide
 
     predictor = Predictor(args.model)
-    if args.cam_dir:
-        from core.gradcam import explain_files
-
-        results = explain_files(predictor, expand_inputs(args.files), args.cam_dir)
-    else:
-        results = predictor.predict_files(expand_inputs(args.files), batch_size=args.batch_size)
+    inputs = expand_inputs(args.files)
+    cam_names = cam_file_names(inputs, args.files) if args.cam_dir else {}
     all_read = True
-    for path, probs, error in results:
-        if error is not None:
+    for result in predictor.assess_files(inputs, batch_size=args.batch_size, keep_pixels=bool(args.cam_dir)):
+        if result.error is not None:
             all_read = False
             if args.json:
-                print(json.dumps({"file": str(path), "error": error}), flush=True)
+                print(json.dumps({"file": str(result.path), "error": result.error}), flush=True)
             else:
-                print(f"{path}\tERROR\t{error}", flush=True)
+                print(f"{result.path}\tERROR\t{result.error}", flush=True)
             continue
-        prediction = decide(probs, predictor.card).label
+        prediction = decide(result.probabilities, predictor.card).label
+        assessment = result.assessment
+        if args.cam_dir:
+            write_cam(predictor, result, Path(args.cam_dir) / cam_names[result.path])
         if args.json:
-            probabilities = {name: round(float(p), 6) for name, p in zip(predictor.class_names, probs)}
-            print(json.dumps({"file": str(path), "probabilities": probabilities, "prediction": prediction}), flush=True)
+            probabilities = {name: round(float(p), 6) for name, p in zip(predictor.class_names, result.probabilities)}
+            print(json.dumps({"file": str(result.path), "probabilities": probabilities, "prediction": prediction,
+                              "trust": "uncertain" if assessment.out_of_depth else "ok",
+                              "flags": assessment.flags, "warnings": assessment.warnings}), flush=True)
         else:
-            shown = "  ".join(f"{name} {p:.3f}" for name, p in zip(predictor.class_names, probs))
-            print(f"{path}\t{prediction}\t{shown}", flush=True)
+            shown = "  ".join(f"{name} {p:.3f}" for name, p in zip(predictor.class_names, result.probabilities))
+            call = f"{UNCERTAIN_CALL} (model: {prediction})" if assessment.out_of_depth else prediction
+            flags = f"\tflags: {','.join(assessment.flags)}" if assessment.flags else ""
+            print(f"{result.path}\t{call}\t{shown}{flags}", flush=True)
     return 0 if all_read else 1
+
+
+def cam_file_names(paths, given) -> dict:
+    """``<relative path without suffix>_gradcam.png`` for each input: relative to the folder it was found in
+    (files given directly: their name), so files of the same name in different folders never overwrite each
+    other; a clash left over (the same name given twice) gets a numbered suffix."""
+    folders = [Path(item) for item in given if Path(item).is_dir()]
+    names, used = {}, set()
+    for path in paths:
+        base = next((path.relative_to(f) for f in folders if path.is_relative_to(f)), Path(path.name))
+        name = base.with_name(f"{base.stem}_gradcam.png")
+        counter = 1
+        while name in used:
+            counter += 1
+            name = base.with_name(f"{base.stem}_{counter}_gradcam.png")
+        used.add(name)
+        names[path] = name
+    return names
+
+
+def write_cam(predictor, result, target: Path) -> None:
+    """The Grad-CAM overlay of the class called at the operating point, at full resolution, as a PNG."""
+    from core import gradcam
+
+    explanation, _ = gradcam.explain_call(predictor, predictor.preprocess(result.pixels))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(gradcam.overlay_png(result.pixels, explanation.maps[gradcam.GRADCAM]))
 
 
 def command_info(args) -> int:
@@ -98,7 +129,7 @@ def main(argv=None) -> int:
     predict.add_argument("--json", action="store_true", help="one JSON object per line")
     predict.add_argument("--batch-size", type=int, default=64)
     predict.add_argument("--cam-dir", help="also write each readable file's Grad-CAM overlay (of the called class) "
-                         "to CAM_DIR/<name>_gradcam.png")
+                         "to CAM_DIR/<path relative to the folder given>_gradcam.png")
     info = commands.add_parser("info", help="show a model version's card")
     info.add_argument("--model", help="model version (default: the active one)")
     info.add_argument("--json", action="store_true")

@@ -10,14 +10,12 @@ the whole image squashed to a square, so the map covers it all).
 
 import functools
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
 import tensorflow as tf
 
 from core import png
-from core.imaging import UnusableImageError, read_grey
 from core.inference import LOGITS_LAYER, softmax
 from core.operating_point import decide
 
@@ -144,22 +142,6 @@ def explain_call(predictor, image, explained_class=None, layer=None, card=None):
     if explained_class is None and called != explanation.targets:
         explanation = explain(predictor, image, targets=called, layer=layer)
     return explanation, decision
-
-
-def explain_files(predictor, paths, cam_dir):
-    """As ``Predictor.predict_files``, yield ``(path, probabilities or None, error message or None)`` in order,
-    and write each readable file's Grad-CAM overlay, for the class called, to ``cam_dir/<stem>_gradcam.png``."""
-    cam_dir = Path(cam_dir)
-    cam_dir.mkdir(parents=True, exist_ok=True)
-    for path in paths:
-        try:
-            grey = read_grey(path)
-        except UnusableImageError as error:
-            yield path, None, str(error)
-            continue
-        explanation, _ = explain_call(predictor, predictor.preprocess(grey))
-        (cam_dir / f"{Path(path).stem}_gradcam.png").write_bytes(overlay_png(grey, explanation.maps[GRADCAM]))
-        yield path, explanation.probabilities, None
 
 
 def to_uint8(values: np.ndarray) -> np.ndarray:

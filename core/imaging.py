@@ -21,7 +21,9 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
 
 MIN_SIDE_PX = 64  # below this a file cannot be a radiograph
-SMALL_SIDE_PX = 256  # below this it is a thumbnail or a heavily downscaled copy: accepted, with a hint
+# Below this it is a thumbnail: accepted, with a hint. The pool's own images are 224–320 px, so a size the model
+# was trained on never raises it.
+SMALL_SIDE_PX = 160
 MAX_PIXELS = 80_000_000  # declared sizes above this are refused before decoding (decompression bombs)
 
 ACCEPTED_FORMATS = "DICOM, PNG, JPEG, BMP, TIFF, WebP or GIF"
@@ -82,6 +84,15 @@ class UnusableImageError(ValueError):
     """This file cannot be used as a chest radiograph; ``str(error)`` says why, in plain words."""
 
 
+class Hint(str):
+    """A warning text that carries its flag code (``core.flags.FLAGS``); compares and prints as its text."""
+
+    def __new__(cls, text: str, flag: str):
+        hint = super().__new__(cls, text)
+        hint.flag = flag
+        return hint
+
+
 @dataclass
 class Radiograph:
     """A decoded radiograph in display orientation.
@@ -89,7 +100,7 @@ class Radiograph:
     pixels: 2-D float32 in [0, 1] at full resolution (EXIF applied, MONOCHROME1 inverted, LUTs applied).
     format: the detected container ("PNG", "JPEG", "DICOM", ...).
     metadata: header fields of interest (DICOM tags); may hold patient data, so never show it unasked.
-    hints: warnings that the image may be out of the model's scope.
+    hints: warnings that the image may be out of the model's scope (``Hint``: text with its flag code).
     """
 
     pixels: np.ndarray
@@ -357,18 +368,19 @@ def _dicom_hints(metadata: dict) -> list:
     modality, view = _metadata_text(metadata, "Modality"), _metadata_text(metadata, "ViewPosition")
     body_part = _metadata_text(metadata, "BodyPartExamined")
     if modality in UNSTATED_MODALITIES:
-        hints.append(f"The file does not say it is a radiograph (modality: {modality or 'not stated'}); check "
-                     "that it is a chest X-ray.")
+        hints.append(Hint(f"The file does not say it is a radiograph (modality: {modality or 'not stated'}); "
+                          "check that it is a chest X-ray.", "not_radiograph"))
     if view not in FRONTAL_VIEWS:
-        hints.append(f"The file says the view is {view}, not frontal (PA or AP); the model was trained on frontal "
-                     "chest radiographs.")
+        hints.append(Hint(f"The file says the view is {view}, not frontal (PA or AP); the model was trained on "
+                          "frontal chest radiographs.", "lateral_view"))
     if body_part not in ("", "CHEST"):
-        hints.append(f"The file says the body part is {body_part}, not the chest.")
+        hints.append(Hint(f"The file says the body part is {body_part}, not the chest.", "not_chest"))
     if _metadata_text(metadata, "PresentationIntentType") == "FOR PROCESSING":
-        hints.append("This is raw detector data ('for processing'), not the image a radiologist would read.")
+        hints.append(Hint("This is raw detector data ('for processing'), not the image a radiologist would read.",
+                          "raw_detector_data"))
     frames = _metadata_count(metadata, "NumberOfFrames")
     if frames > 1:
-        hints.append(f"The file holds {frames} frames; only the first is used.")
+        hints.append(Hint(f"The file holds {frames} frames; only the first is used.", "multi_frame"))
     return hints
 
 
@@ -433,8 +445,8 @@ def _check_dimensions(width: int, height: int) -> list:
         raise UnusableImageError(f"The image is too small to be a radiograph ({width} × {height} pixels; at "
                                  f"least {MIN_SIDE_PX} on each side needed).")
     if min(width, height) < SMALL_SIDE_PX:
-        return [f"The image is small for a radiograph ({width} × {height} pixels): it may be a thumbnail, and "
-                "fine detail is lost."]
+        return [Hint(f"The image is small for a radiograph ({width} × {height} pixels): it may be a thumbnail, "
+                     "and fine detail is lost.", "thumbnail")]
     return []
 
 
@@ -483,9 +495,11 @@ def _intensity_hints(pixels: np.ndarray) -> list:
     mean, std = float(sample.mean()), float(sample.std())
     hints = []
     if levels.max() > DOMINANT_LEVEL_FRACTION * sample.size:
-        hints.append("Most of the image is a single grey level: it may be blank, padded or saturated.")
+        hints.append(Hint("Most of the image is a single grey level: it may be blank, padded or saturated.",
+                          "unusual_intensities"))
     if mean < DARK_MEAN or mean > BRIGHT_MEAN:
-        hints.append(f"The image is unusually {'dark' if mean < DARK_MEAN else 'bright'} for a chest radiograph.")
+        hints.append(Hint(f"The image is unusually {'dark' if mean < DARK_MEAN else 'bright'} for a chest "
+                          "radiograph.", "unusual_intensities"))
     if std < LOW_STD:
-        hints.append("The image has very little contrast for a chest radiograph.")
+        hints.append(Hint("The image has very little contrast for a chest radiograph.", "unusual_intensities"))
     return hints

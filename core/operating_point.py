@@ -231,6 +231,20 @@ def threshold_for_sensitivity(truth, scores, target: float):
     return float(thresholds[first])
 
 
+def threshold_interval(truth, scores, threshold: float, resamples=BOOTSTRAP_RESAMPLES, seed=0, confidence=0.95):
+    """The bootstrap interval of the threshold that reaches the sensitivity ``threshold`` has on these
+    (validation) cases: how far the same choice could have landed on another sample of patients. A score inside
+    it is a borderline call. [None, None] without positive cases."""
+    truth, scores = np.asarray(truth, dtype=bool), np.asarray(scores, dtype=np.float64)
+    if not truth.any():
+        return [None, None]
+    target = float((scores[truth] >= threshold).mean())
+    rows = np.random.default_rng(seed).integers(0, len(truth), (resamples, len(truth)))
+    found = [threshold_for_sensitivity(truth[r], scores[r], target) for r in rows if truth[r].any()]
+    low, high = np.quantile(found, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return [round(float(low), 6), round(float(high), 6)]
+
+
 def sensitivity_table(truth, scores, targets=TARGET_SENSITIVITIES) -> list:
     """The Deep-COVID table: for each target sensitivity, the highest threshold reaching it and the
     sensitivity and specificity (with Wilson intervals) and counts there."""

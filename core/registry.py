@@ -76,6 +76,7 @@ def _write_atomically(path: Path, text: str) -> None:
             stream.write(text)
             stream.flush()
             os.fsync(stream.fileno())
+        os.chmod(temporary, 0o644)  # mkstemp makes it private; cards and pointers are readable like the weights
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -17,6 +17,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core import gradcam, registry
+from core.flags import UNCERTAIN_CALL
 from core.imaging import Radiograph, UnusableImageError, dicom_fields_for_display, read_image
 from pages.common import active_card, escape_markdown, load_predictor
 
@@ -84,7 +85,8 @@ def decoded(data: bytes) -> FileResult:
 
 
 def explained(result: FileResult, predictor, controls: Controls):
-    """(Explanation, Decision, ms) for the chosen layer and class, computed once per file, version, layer, class."""
+    """(Explanation, Decision, Assessment, ms) for the chosen layer and class, computed once per file, version,
+    operating point, layer and class."""
     point = controls.card.get("operating_point") or {}
     key = (predictor.version, point.get("positive_class"), point.get("threshold"), controls.layer,
            controls.explained_class)
@@ -93,7 +95,8 @@ def explained(result: FileResult, predictor, controls: Controls):
         image = predictor.preprocess(result.radiograph.pixels)
         explanation, decision = gradcam.explain_call(predictor, image, controls.explained_class, controls.layer,
                                                      card=controls.card)
-        result.explanations[key] = (explanation, decision, elapsed_ms(start))
+        _, (assessment,) = predictor.assess(image[np.newaxis], [result.radiograph.hints], card=controls.card)
+        result.explanations[key] = (explanation, decision, assessment, elapsed_ms(start))
     return result.explanations[key]
 
 
@@ -145,9 +148,7 @@ def render_result(predictor, controls: Controls, result: FileResult, stem: str, 
     if result.error:
         st.error(escape_markdown(result.error))
         return
-    for hint in result.radiograph.hints:
-        st.warning(escape_markdown(hint))
-    explanation, decision, model_ms = explained(result, predictor, controls)
+    explanation, decision, assessment, model_ms = explained(result, predictor, controls)
     cam = explanation.maps[controls.method]
     explained_name = predictor.class_names[int(explanation.targets)]
     jpeg, overlay_ms = overlay_jpeg(result, cam, predictor.version, controls)
@@ -156,8 +157,7 @@ def render_result(predictor, controls: Controls, result: FileResult, stem: str, 
     image_column.image(result.original_jpeg, caption="Original", width="stretch")
     overlay_column.image(jpeg, caption=f"{controls.method}: {explained_name} at {controls.layer}", width="stretch")
     with numbers_column:
-        st.markdown(f"#### Call: {escape_markdown(decision.label)}")
-        st.caption(f"Rule: {escape_markdown(decision.rule)}")
+        render_call(decision, assessment)
         st.plotly_chart(probability_chart(predictor.class_names, explanation.probabilities, decision.label),
                         key=f"probabilities_{key}", config={"displayModeBar": False})
         st.caption(escape_markdown(f"Model {predictor.version}. {RESEARCH_ONLY} {predictor.card.get('caveat', '')}"))
@@ -169,6 +169,22 @@ def render_result(predictor, controls: Controls, result: FileResult, stem: str, 
         st.caption(f"decode {result.decode_ms:.0f} ms · model + Grad-CAM {model_ms:.0f} ms · "
                    f"overlay {overlay_ms:.0f} ms")
     render_patient_fields(result.radiograph.metadata, controls.show_patient_fields)
+
+
+def render_call(decision, assessment) -> None:
+    """The call, or "uncertain — read without the model" when a flag says the model is out of its depth,
+    with every flag's warning beside it."""
+    if assessment.out_of_depth:
+        st.markdown(f"#### Call: {UNCERTAIN_CALL}")
+        st.caption(f"The model's output would be {escape_markdown(decision.label)} ({escape_markdown(decision.rule)}); "
+                   "a flag below says not to rely on it.")
+    else:
+        st.markdown(f"#### Call: {escape_markdown(decision.label)}")
+        st.caption(f"Rule: {escape_markdown(decision.rule)}")
+    for warning in assessment.warnings:
+        st.warning(escape_markdown(warning))
+    if assessment.flags:
+        st.caption("Flags: " + ", ".join(f"`{code}`" for code in assessment.flags))
 
 
 def render_patient_fields(metadata: dict, show: bool) -> None:

@@ -37,13 +37,13 @@ def device() -> dict:
 
 
 @st.cache_data(show_spinner="Reading the dataset…", max_entries=8, ttl=600)
-def dataset_summary(folder: str) -> dict:
-    return jobs.summarize_dataset(folder)
+def dataset_summary(folders: tuple) -> dict:
+    return jobs.summarize_dataset(list(folders))
 
 
 @st.cache_data(show_spinner="Checking every image…", max_entries=4)
-def image_check(folder: str) -> dict:
-    return jobs.check_images(dataset_summary(folder)["frame"])
+def image_check(folders: tuple) -> dict:
+    return jobs.check_images(dataset_summary(folders)["frame"])
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -210,31 +210,37 @@ def render_runs(runs) -> None:
 
 
 def choose_dataset():
-    """The chosen dataset folder (or None), after an optional zip upload."""
+    """The chosen dataset folders (a tuple, empty when none), after an optional zip upload."""
     st.subheader("1 · Data")
     with st.expander("Upload a zip (one folder per class, optional manifest.csv)"):
         upload = st.file_uploader("Dataset zip", type="zip")
         if upload is not None and st.button("Unpack", key="unpack"):
             try:
                 with st.spinner("Unpacking…"):
-                    st.session_state.dataset = str(jobs.unpack_upload(upload, upload.name))
+                    unpacked = str(jobs.unpack_upload(upload, upload.name))
+                    st.session_state.datasets = [*st.session_state.get("datasets", []), unpacked]
             except (ArchiveError, DatasetError) as error:
                 st.error(escape(error))
     folders = [str(folder) for folder in jobs.dataset_folders()]
     if not folders:
         st.warning("No dataset folder (class folders or a manifest.csv) under the data folder:")
         st.code(str(jobs.data_root()), language=None)
-        return None
-    return st.selectbox("Dataset folder", folders, key="dataset",
-                        help=f"Folders under the data root {jobs.data_root()} (set CXR_DATA_ROOT to change it).")
+        return ()
+    if "datasets" not in st.session_state:
+        st.session_state.datasets = folders[:1]
+    chosen = st.multiselect("Dataset folders", folders, key="datasets",
+                            help=f"Folders under the data root {jobs.data_root()} (set CXR_DATA_ROOT to change it). "
+                            "Several are merged into one manifest; the patient-level split runs over the union.")
+    return tuple(chosen)
 
 
-def render_summary(folder: str):
-    """The dataset's summary; returns it, or None when the folder cannot be used."""
+def render_summary(folders: tuple):
+    """The dataset's summary; returns it, or None when the folders cannot be used."""
     try:
-        summary = dataset_summary(folder)
+        summary = dataset_summary(folders)
     except DatasetError as error:
-        st.error("This folder cannot be used for training.")
+        st.error("These folders cannot be used for training." if len(folders) > 1 else
+                 "This folder cannot be used for training.")
         st.code(str(error), language=None)
         return None
     classes, sources = st.columns(2)
@@ -243,9 +249,9 @@ def render_summary(folder: str):
     for warning in summary["warnings"]:
         st.warning(escape(warning))
     if st.button("Check every image (unreadable files, near-duplicates)", key="check_images"):
-        st.session_state[f"checked:{folder}"] = True
-    if st.session_state.get(f"checked:{folder}"):
-        check = image_check(folder)
+        st.session_state[f"checked:{folders}"] = True
+    if st.session_state.get(f"checked:{folders}"):
+        check = image_check(folders)
         st.text(f"{len(check['unreadable'])} unreadable file(s); {check['near_duplicates']} near-duplicate(s) "
                 f"(identical 16×16 thumbnails), {check['conflicting_labels']} of them with different labels.")
         if check["unreadable"]:
@@ -255,7 +261,7 @@ def render_summary(folder: str):
     return summary
 
 
-def recipe(folder: str) -> TrainConfig:
+def recipe(folders: tuple, sources: list) -> TrainConfig:
     """The hyperparameter controls (defaults: Zhong 2020), as a TrainConfig."""
     st.subheader("2 · Recipe")
     st.caption("The defaults reproduce Zhong 2020. On our data 'balanced' class weights and warmup-cosine did "
@@ -292,13 +298,31 @@ def recipe(folder: str) -> TrainConfig:
     crop = st.slider("Random crop side (fraction of the cached image, 1.2 × the input size)", 0.5, 1.0,
                      (DEFAULTS.crop_scale_min, DEFAULTS.crop_scale_max), key="crop",
                      help="Paper: 80/96 (resize to 96, random 80-px crop).")
+    with st.expander("Robustness across hospitals (shared preprocessing, sampling, stronger augmentation)"):
+        left, middle, right = st.columns(3)
+        intensity = left.selectbox("Intensity normalisation", ("none", "clahe", "equalize"), key="intensity",
+                                   help="Applied in the one preprocessing path: training and every prediction.")
+        border = middle.slider("Border crop (each side)", 0.0, 0.2, DEFAULTS.border_crop, key="border_crop")
+        sampling = right.selectbox("Sampling", ("shuffle", "class-source"), key="sampling",
+                                   help="class-source: batches balanced over classes, then over sources in a class.")
+        rotation = left.slider("Rotation ± (degrees)", 0.0, 20.0, DEFAULTS.rotation, key="rotation")
+        gamma = middle.slider("Gamma range", 0.0, 1.0, DEFAULTS.gamma, key="gamma")
+        blur = right.slider("Blur σ up to (px)", 0.0, 2.0, DEFAULTS.blur, key="blur")
+        noise = left.slider("Noise σ up to", 0.0, 0.1, DEFAULTS.noise, key="noise")
+        jpeg = middle.slider("JPEG re-compression, quality from (0: off)", 0, 95, DEFAULTS.jpeg_quality, key="jpeg")
+        mixup_alpha = right.slider("Mixup α (0: off)", 0.0, 1.0, DEFAULTS.mixup, key="mixup")
+        leave_out = st.selectbox("Leave one source out (train without it; test on all of its images)",
+                                 ["(none)", *sources], key="leave_out")
     with st.expander("Splits and checkpoint"):
         left, middle, right = st.columns(3)
         val_fraction = left.number_input("Validation fraction", 0.05, 0.4, DEFAULTS.val_fraction, key="val_fraction")
         test_fraction = middle.number_input("Test fraction", 0.05, 0.4, DEFAULTS.test_fraction, key="test_fraction")
         checkpoint = right.selectbox("Keep", ("best", "last"), key="checkpoint",
                                      help="best: the epoch with the lowest validation loss.")
-    return TrainConfig(data=folder, arch=arch, epochs=int(epochs), batch_size=int(batch_size), lr=float(lr),
+    return TrainConfig(data=list(folders), leave_out_source="" if leave_out == "(none)" else leave_out,
+                       intensity=intensity, border_crop=float(border), sampling=sampling, rotation=float(rotation),
+                       gamma=float(gamma), blur=float(blur), noise=float(noise), jpeg_quality=int(jpeg),
+                       mixup=float(mixup_alpha), arch=arch, epochs=int(epochs), batch_size=int(batch_size), lr=float(lr),
                        lr_schedule=schedule, warmup_epochs=float(warmup), label_smoothing=float(smoothing),
                        class_weights=class_weights, flip=flip, brightness=brightness, contrast=contrast,
                        crop_scale_min=crop[0], crop_scale_max=crop[1], val_fraction=val_fraction,
@@ -335,13 +359,13 @@ def render_plan(config: TrainConfig, summary: dict, busy: bool) -> None:
 
 
 def render_new_run(busy: bool) -> None:
-    folder = choose_dataset()
-    if folder is None:
+    folders = choose_dataset()
+    if not folders:
         return
-    summary = render_summary(folder)
+    summary = render_summary(folders)
     if summary is None:
         return
-    render_plan(recipe(folder), summary, busy)
+    render_plan(recipe(folders, [s for s in summary["sources"].index if s != "unknown"]), summary, busy)
 
 
 st.title("Retrain")

@@ -61,7 +61,7 @@ def app(tiny_version):
 def small_png() -> bytes:
     """The CXR shrunk to a thumbnail: usable, but the reader may warn about it."""
     grey = cv2.imread(str(CXR), cv2.IMREAD_GRAYSCALE)
-    return cv2.imencode(".png", cv2.resize(grey, (200, 180), interpolation=cv2.INTER_AREA))[1].tobytes()
+    return cv2.imencode(".png", cv2.resize(grey, (150, 135), interpolation=cv2.INTER_AREA))[1].tobytes()
 
 
 def test_probabilities_and_overlay_appear_and_a_corrupt_file_does_not_stop_the_others(app, tiny_version):

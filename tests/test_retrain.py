@@ -52,7 +52,7 @@ def assert_no_exception(at: AppTest) -> None:
 def test_page_trains_compares_publishes_activates_and_models_page_rolls_back(tiny_version):
     at = app_on("pages/retrain.py")
     assert_no_exception(at)
-    assert at.selectbox(key="dataset").value == str(CXR_POOL.resolve())
+    assert at.multiselect(key="datasets").value == [str(CXR_POOL.resolve())]
     at.selectbox(key="arch").select("dcnn80-compact")
     at.number_input(key="epochs").set_value(1)
     at.number_input(key="limit").set_value(40)

@@ -43,7 +43,7 @@ def main(argv=None) -> int:
         if not args.data:
             parser.error("--data DIR is required (or --resume RUN).")
         values = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
-        values["data"] = str(Path(args.data).resolve())
+        values["data"] = [str(Path(folder).resolve()) for folder in args.data]
         config = TrainConfig.from_dict(values)
         from train.run import new_run_dir
 

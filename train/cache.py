@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from core.imaging import UnusableImageError, read_grey
-from core.preprocess import PREPROCESSING, resize_grey
+from core.preprocess import NO_PREPROCESSING, Preprocessing, prepare_grey
 from core.registry import REPO_ROOT
 
 log = logging.getLogger(__name__)
@@ -26,30 +26,30 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CXR_CACHE_DIR") or REPO_ROOT / ".cache")
 
 
-def cache_key(paths, sizes) -> str:
-    digest = hashlib.sha256(json.dumps([CACHE_FORMAT, list(sizes), PREPROCESSING]).encode())
+def cache_key(paths, sizes, settings: Preprocessing = NO_PREPROCESSING) -> str:
+    digest = hashlib.sha256(json.dumps([CACHE_FORMAT, list(sizes), settings.describe()]).encode())
     for path in paths:
         stat = os.stat(path)
         digest.update(f"{path}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:24]
 
 
-def _decode_one(path, sizes):
+def _decode_one(path, sizes, settings):
     try:
         grey = read_grey(path)
     except UnusableImageError as error:
         return None, str(error)
-    return [np.round(resize_grey(grey, size) * 255).astype(np.uint8) for size in sizes], None
+    return [np.round(prepare_grey(grey, size, settings) * 255).astype(np.uint8) for size in sizes], None
 
 
-def decode_resized(paths, sizes, workers=None):
+def decode_resized(paths, sizes, workers=None, settings: Preprocessing = NO_PREPROCESSING):
     """Decode ``paths`` in parallel; returns ({size: uint8 (N, s, s)}, readable mask, {path: error})."""
     workers = workers or os.cpu_count() or 1
     arrays = {size: np.zeros((len(paths), size, size), np.uint8) for size in sizes}
     readable = np.zeros(len(paths), bool)
     errors = {}
     with ThreadPoolExecutor(workers) as pool:
-        for index, (resized, error) in enumerate(pool.map(lambda p: _decode_one(p, sizes), paths)):
+        for index, (resized, error) in enumerate(pool.map(lambda p: _decode_one(p, sizes, settings), paths)):
             if error is not None:
                 errors[str(paths[index])] = error
                 continue
@@ -59,21 +59,21 @@ def decode_resized(paths, sizes, workers=None):
     return arrays, readable, errors
 
 
-def load_resized(paths, sizes, use_cache=True):
+def load_resized(paths, sizes, use_cache=True, settings: Preprocessing = NO_PREPROCESSING):
     """Like ``decode_resized`` but read from / written to the on-disk cache. Unreadable files are reported in
     one warning that names them."""
     paths = [str(p) for p in paths]
-    cache_file = cache_dir() / f"resized-{cache_key(paths, sizes)}.npz"
+    cache_file = cache_dir() / f"resized-{cache_key(paths, sizes, settings)}.npz"
     if use_cache and cache_file.is_file():
         with np.load(cache_file, allow_pickle=False) as stored:
             arrays = {size: stored[f"x{size}"] for size in sizes}
             readable = stored["readable"]
             errors = json.loads(str(stored["errors"]))
     else:
-        arrays, readable, errors = decode_resized(paths, sizes)
+        arrays, readable, errors = decode_resized(paths, sizes, settings=settings)
         if use_cache:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
-            partial = cache_file.with_suffix(".partial.npz")
+            partial = cache_file.with_suffix(f".{os.getpid()}.partial.npz")
             np.savez(partial, readable=readable, errors=json.dumps(errors), **{f"x{s}": a for s, a in arrays.items()})
             os.replace(partial, cache_file)
     if errors:

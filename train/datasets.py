@@ -25,7 +25,7 @@ CLASS_ALIASES = {
     "normal": "Normal",
     "pneumonia": "Pneumonia",
 }
-COLUMNS = ["path", "label", "patient_id", "source"]
+COLUMNS = ["path", "label", "patient_id", "source", "population"]
 
 
 class DatasetError(ValueError):
@@ -59,7 +59,7 @@ def scan_folders(root: Path) -> pd.DataFrame:
         files = _visible_files(folder)
         if not files:
             raise DatasetError(f"The class folder '{folder.name}' is empty.")
-        rows += [(str(f), label, f"{folder.name}/{f.relative_to(folder)}", "unknown") for f in files]
+        rows += [(str(f), label, f"{folder.name}/{f.relative_to(folder)}", "unknown", "unknown") for f in files]
     log.warning("No %s in %s: every image is treated as a separate patient.", MANIFEST, root)
     return pd.DataFrame(rows, columns=COLUMNS)
 
@@ -73,9 +73,10 @@ def read_manifest(root: Path) -> pd.DataFrame:
     if "label" not in frame.columns or (frame["label"] == "").any():
         frame["label"] = [p.replace("\\", "/").split("/")[0] for p in frame["path"]]
     frame["label"] = [canonical_label(label) for label in frame["label"]]
-    if "source" not in frame.columns:
-        frame["source"] = "unknown"
-    frame["source"] = frame["source"].replace("", "unknown")
+    for column in ("source", "population"):
+        if column not in frame.columns:
+            frame[column] = "unknown"
+        frame[column] = frame[column].replace("", "unknown")
     frame["patient_id"] = [pid or f"file:{path}" for pid, path in zip(frame["patient_id"], frame["path"])]
     exists = np.array([(root / p).is_file() for p in frame["path"]])
     if not exists.all():
@@ -87,17 +88,33 @@ def read_manifest(root: Path) -> pd.DataFrame:
 
 
 def scan_dataset(root) -> pd.DataFrame:
-    """All labelled images under ``root``: columns path (absolute), label, patient_id, source."""
-    root = Path(root).resolve()
-    if not root.is_dir():
-        raise DatasetError(f"The dataset folder {root} does not exist.")
-    frame = read_manifest(root) if (root / MANIFEST).is_file() else scan_folders(root)
-    if frame.empty:
-        raise DatasetError(f"No images found in {root}.")
-    absent = [name for name in CLASS_NAMES if name not in set(frame["label"])]
-    if absent:
-        raise DatasetError(f"No images of class {', '.join(absent)} in {root}; every class needs images.")
-    return frame.sort_values("path").reset_index(drop=True)
+    """All labelled images under ``root``: columns path (absolute), label, patient_id, source, population, root."""
+    return scan_datasets([root])
+
+
+def scan_datasets(roots, every_class: bool = True) -> pd.DataFrame:
+    """All labelled images under several dataset folders, merged: the columns of ``scan_dataset`` plus ``root``
+    (the folder each image came from). Every class needs images in the union, not in each folder, so a folder
+    of one hospital's normals and pneumonias can join a pool that holds the COVID-19 images. Patient ids are
+    used as the manifests give them (the shared manifests prefix them with their source). ``every_class=False``
+    (for evaluation only) accepts folders that lack a class."""
+    roots = [Path(root).resolve() for root in roots]
+    if len(set(roots)) < len(roots):
+        raise DatasetError("The same dataset folder was given twice.")
+    frames = []
+    for root in roots:
+        if not root.is_dir():
+            raise DatasetError(f"The dataset folder {root} does not exist.")
+        frame = read_manifest(root) if (root / MANIFEST).is_file() else scan_folders(root)
+        frames.append(frame.assign(root=str(root)))
+    merged = pd.concat(frames, ignore_index=True)
+    where = ", ".join(str(root) for root in roots)
+    if merged.empty:
+        raise DatasetError(f"No images found in {where}.")
+    absent = [name for name in CLASS_NAMES if name not in set(merged["label"])]
+    if absent and every_class:
+        raise DatasetError(f"No images of class {', '.join(absent)} in {where}; every class needs images.")
+    return merged.sort_values("path").reset_index(drop=True)
 
 
 def manifest_hash(frame: pd.DataFrame) -> str:

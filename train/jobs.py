@@ -37,7 +37,7 @@ from train.__main__ import PROCESS_FILE, runs_root
 from train.archive import extract_dataset_zip
 from train.checkpoints import write_json_atomically
 from train.config import TrainConfig
-from train.datasets import CLASS_ALIASES, MANIFEST, DatasetError, label_indices, scan_dataset
+from train.datasets import CLASS_ALIASES, MANIFEST, DatasetError, label_indices, scan_datasets
 from train.progress import read_events, write_event
 from train.run import CANDIDATE, new_run_dir, publish_candidate
 
@@ -124,11 +124,13 @@ def unpack_upload(file, filename: str) -> Path:
 # --- dataset summary ----------------------------------------------------------------------------------------
 
 
-def summarize_dataset(folder) -> dict:
-    """Images and patients per class and per source, and warnings (imbalance, missing patient ids, small
-    classes, sources holding one class only). Fast: reads the manifest or the folder listing, no pixels."""
-    root = checked_data_folder(folder)
-    frame = scan_dataset(root)
+def summarize_dataset(folders) -> dict:
+    """Images and patients per class and per source over one or several dataset folders (merged as training
+    merges them), and warnings (imbalance, missing patient ids, small classes, sources holding one class only).
+    Fast: reads the manifests or the folder listings, no pixels."""
+    folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
+    roots = [checked_data_folder(folder) for folder in folders]
+    frame = scan_datasets(roots)
     classes = frame.groupby("label").agg(images=("path", "size"), patients=("patient_id", "nunique"))
     classes = classes.reindex(list(CLASS_NAMES), fill_value=0)
     sources = pd.crosstab(frame["source"], frame["label"]).reindex(columns=list(CLASS_NAMES), fill_value=0)
@@ -139,7 +141,7 @@ def summarize_dataset(folder) -> dict:
     small = [name for name, n in classes["images"].items() if n < MIN_CLASS_IMAGES]
     if small:
         warnings.append(f"Few images (< {MIN_CLASS_IMAGES}) in {', '.join(small)}: the figures will be very uncertain.")
-    has_manifest = (root / MANIFEST).is_file()
+    has_manifest = all((root / MANIFEST).is_file() for root in roots)
     missing_ids = int(frame["patient_id"].str.startswith("file:").sum()) if has_manifest else len(frame)
     if missing_ids:
         warnings.append(
@@ -152,7 +154,8 @@ def summarize_dataset(folder) -> dict:
             warnings.append(
                 f"Source '{source}' holds only {present[0]} images: the model can learn the source instead of the disease."
             )
-    return {"root": str(root), "frame": frame, "classes": classes, "sources": sources, "warnings": warnings}
+    return {"roots": [str(root) for root in roots], "frame": frame, "classes": classes, "sources": sources,
+            "warnings": warnings}
 
 
 def check_images(frame: pd.DataFrame) -> dict:
@@ -361,7 +364,8 @@ def _launch(run_dir: Path) -> None:
 def start_run(config: TrainConfig) -> Path:
     """Create a run folder for ``config`` and start its trainer in the background; returns the folder.
     Raises ``RunBusyError`` while another run trains, ``DatasetError`` for data outside the data root."""
-    config = TrainConfig.from_dict({**asdict(config), "data": str(checked_data_folder(config.data))})
+    folders = [config.data] if isinstance(config.data, str) else config.data
+    config = TrainConfig.from_dict({**asdict(config), "data": [str(checked_data_folder(f)) for f in folders]})
     root = runs_root()
     with _exclusively(root):
         _refuse_if_busy(root)

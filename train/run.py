@@ -21,10 +21,9 @@ from core import CLASS_NAMES, registry
 from core.calibration import expected_calibration_error, fit_temperature, reliability_bins
 from core.inference import softmax
 from core.metrics import classification_report, per_source_reports
-from core.preprocess import PREPROCESSING
 from train.checkpoints import EpochCheckpoint, read_state, write_json_atomically
 from train.config import TrainConfig, parse_class_weights
-from train.datasets import label_indices, manifest_hash, scan_dataset, split_by_patient
+from train.datasets import DatasetError, label_indices, manifest_hash, scan_datasets, split_by_patient
 from train.progress import ProgressEvents, write_event
 
 log = logging.getLogger(__name__)
@@ -32,6 +31,10 @@ log = logging.getLogger(__name__)
 CANDIDATE = "candidate"
 CACHE_SCALE = 1.2  # training images are cached this much larger than the input, then randomly cropped back
 SPLITS = ("train", "val", "test")
+SPLIT_NAMES = {"val": "validation", "test": "test", "external": "external"}
+EXTERNAL = "external"  # every image of the left-out source: never trained on, never used to choose
+EXTERNAL_PREDICTIONS = "external_predictions.csv"
+MIN_EXTERNAL_IMAGES = 50
 CAVEAT = (
     "Research and demonstration use only; not a medical device and not for diagnosis. Trained on public "
     "data in which almost every pneumonia image (and part of the normals) comes from children aged 1–5 "
@@ -43,11 +46,17 @@ CAVEAT = (
 
 @dataclass
 class PreparedData:
-    frame: pd.DataFrame  # path, label, patient_id, source, split
-    images: dict  # split -> uint8 (N, S, S); train at the cache size, val/test at the input size
+    frame: pd.DataFrame  # path, label, patient_id, source, population, root, split
+    images: dict  # split -> uint8 (N, S, S); train at the cache size, val/test/external at the input size
     labels: dict  # split -> int (N,)
-    manifest_sha256: str
+    train_inputs: np.ndarray  # the training images at the input size, as inference sees them (for the detector)
+    manifest_sha256: str  # of the union (equal to the folder's own hash for one folder)
     skipped: dict  # unreadable path -> message
+    folders: list  # per dataset folder: root, manifest_sha256, images
+
+    @property
+    def splits(self) -> tuple:
+        return SPLITS + ((EXTERNAL,) if EXTERNAL in self.labels else ())
 
 
 def cache_size(config: TrainConfig, input_size: int) -> int:
@@ -57,29 +66,60 @@ def cache_size(config: TrainConfig, input_size: int) -> int:
 
 
 def prepare_data(config: TrainConfig, input_size: int, split_file: Path = None) -> PreparedData:
-    """Scan, decode once (cached), drop unreadable files and split by patient (or reuse a run's split)."""
+    """Scan and merge the dataset folders, decode once (cached), drop unreadable files, hold out
+    ``config.leave_out_source`` as the external split, and split the rest by patient (or reuse a run's split)."""
     from train.cache import load_resized
 
     if split_file is not None and split_file.is_file():
         frame = pd.read_csv(split_file, dtype=str, keep_default_na=False)
+        if "root" not in frame.columns:  # runs from before several folders were allowed
+            frame["root"] = str(Path(config.data[0]).resolve())
+        if "population" not in frame.columns:
+            frame["population"] = "unknown"
     else:
-        frame = scan_dataset(config.data)
+        frame = scan_datasets(config.data)
         if config.limit_per_class:
             shuffled = frame.sample(frac=1.0, random_state=config.seed)
             frame = shuffled.groupby("label").head(config.limit_per_class).sort_values("path").reset_index(drop=True)
     train_size = cache_size(config, input_size)
     sizes = (train_size, input_size)
-    arrays, readable, skipped = load_resized(frame["path"].tolist(), sizes)
+    arrays, readable, skipped = load_resized(frame["path"].tolist(), sizes, settings=config.preprocessing())
     frame = frame[readable].reset_index(drop=True)
     arrays = {size: array[readable] for size, array in arrays.items()}
     if "split" not in frame.columns:
-        frame["split"] = split_by_patient(frame, config.val_fraction, config.test_fraction, config.seed).to_numpy()
+        frame["split"] = assign_splits(frame, config)
     images, labels = {}, {}
-    for split in SPLITS:
+    for split in SPLITS + ((EXTERNAL,) if config.leave_out_source else ()):
         rows = (frame["split"] == split).to_numpy()
         images[split] = arrays[train_size if split == "train" else input_size][rows]
         labels[split] = label_indices(frame.loc[rows, "label"])
-    return PreparedData(frame, images, labels, manifest_hash(frame), skipped)
+    folders = [{"root": root, "manifest_sha256": manifest_hash(part), "images": int(len(part))}
+               for root, part in frame.groupby("root", sort=True)]
+    train_inputs = arrays[input_size][(frame["split"] == "train").to_numpy()]
+    return PreparedData(frame, images, labels, train_inputs, manifest_hash(frame), skipped, folders)
+
+
+def assign_splits(frame: pd.DataFrame, config: TrainConfig) -> np.ndarray:
+    """'train' / 'val' / 'test' by patient over the union of the folders; with ``leave_out_source`` that
+    source's images are all 'external' and the patient split is made over the others."""
+    split = np.full(len(frame), EXTERNAL, dtype=object)
+    kept = np.ones(len(frame), bool)
+    if config.leave_out_source:
+        kept = (frame["source"] != config.leave_out_source).to_numpy()
+        known = sorted(set(frame["source"]))
+        if kept.all():
+            raise DatasetError(f"No images of source '{config.leave_out_source}' to leave out; the sources are "
+                               f"{', '.join(known)}.")
+        if (~kept).sum() < MIN_EXTERNAL_IMAGES:
+            raise DatasetError(f"Source '{config.leave_out_source}' has only {(~kept).sum()} images; at least "
+                               f"{MIN_EXTERNAL_IMAGES} are needed for an external test.")
+    rest = frame[kept].reset_index(drop=True)
+    missing = [name for name in CLASS_NAMES if name not in set(rest["label"])]
+    if missing:
+        raise DatasetError(f"Without source '{config.leave_out_source}' no images of {', '.join(missing)} are left "
+                           "to train on.")
+    split[kept] = split_by_patient(rest, config.val_fraction, config.test_fraction, config.seed).to_numpy()
+    return split
 
 
 def device_description() -> dict:
@@ -90,6 +130,25 @@ def device_description() -> dict:
         return {"kind": "CPU", "name": platform.processor() or platform.machine(), "count": 0}
     details = tf.config.experimental.get_device_details(gpus[0])
     return {"kind": "GPU", "name": details.get("device_name", gpus[0].name), "count": len(gpus)}
+
+
+def training_precision(config: TrainConfig, device: dict) -> str:
+    """The Keras dtype policy: ``config.precision``, or for "auto" mixed float16 on a GPU, mixed bfloat16 on a
+    CPU with bfloat16 matrix units (AMX or AVX512-BF16: 1.4–2.2× the float32 images/s of the compact DCNN
+    on this repository's 2-core machine), else float32. Weights stay float32 either way."""
+    if config.precision != "auto":
+        return config.precision
+    if device["kind"] == "GPU":
+        return "mixed_float16"
+    return "mixed_bfloat16" if _cpu_has_bfloat16() else "float32"
+
+
+def _cpu_has_bfloat16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def distribution_strategy(device: dict):
@@ -124,17 +183,23 @@ def fit(config: TrainConfig, data: PreparedData, run_dir: Path, verbose: bool = 
     from train.pipeline import Augmentation, evaluation_dataset, training_dataset
 
     device = device_description()
-    if device["kind"] == "GPU":
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    precision = training_precision(config, device)
+    keras.mixed_precision.set_global_policy(precision)
+    device = {**device, "precision": precision}
     keras.utils.set_random_seed(config.seed)
     input_size = ARCHITECTURES[config.arch]["input_size"]
     train_counts = {name: int((data.labels["train"] == i).sum()) for i, name in enumerate(CLASS_NAMES)}
     class_weights = parse_class_weights(config.class_weights, CLASS_NAMES, train_counts)
     onehot = np.eye(len(CLASS_NAMES), dtype=np.float32)
     weights = np.array([class_weights[name] for name in CLASS_NAMES], np.float32)[data.labels["train"]]
-    augmentation = Augmentation(config.flip, config.brightness, config.contrast, config.crop_scale_min, config.crop_scale_max)
+    augmentation = Augmentation(config.flip, config.brightness, config.contrast, config.crop_scale_min,
+                                config.crop_scale_max, config.rotation, config.gamma, config.blur, config.noise,
+                                config.jpeg_quality, config.mixup)
+    sources = None
+    if config.sampling == "class-source":
+        sources = data.frame.loc[data.frame["split"] == "train", "source"].to_numpy()
     train_data = training_dataset(data.images["train"], onehot[data.labels["train"]], weights, input_size,
-                                  config.batch_size, augmentation, config.seed)
+                                  config.batch_size, augmentation, config.seed, sources)
     val_data = evaluation_dataset(data.images["val"], onehot[data.labels["val"]])
     steps = int(np.ceil(len(data.labels["train"]) / config.batch_size))
 
@@ -150,13 +215,23 @@ def fit(config: TrainConfig, data: PreparedData, run_dir: Path, verbose: bool = 
     callbacks = [ProgressEvents(run_dir, config.epochs, steps, config.batch_size, len(data.labels["train"])),
                  EpochCheckpoint(run_dir)]
     if state["epoch"] < config.epochs:
-        model.fit(train_data, epochs=config.epochs, initial_epoch=state["epoch"], validation_data=val_data,
-                  callbacks=callbacks, verbose=1 if verbose else 0)
+        model.fit(train_data, epochs=config.epochs, initial_epoch=state["epoch"], steps_per_epoch=steps,
+                  validation_data=val_data, callbacks=callbacks, verbose=1 if verbose else 0)
     state = read_state(run_dir)
     chosen = state["best"] if config.checkpoint == "best" and state.get("best") else state["checkpoint"]
     model.load_weights(run_dir / chosen)
     keras.mixed_precision.set_global_policy("float32")
-    return model, class_weights, device, state
+    return float32_copy(model, config.arch), class_weights, device, state
+
+
+def float32_copy(model, arch: str):
+    """The model rebuilt in float32 with the trained weights: what is published, so evaluation, calibration,
+    thresholds and detectors are measured on exactly what the app runs, whatever precision trained it."""
+    from train.architectures import build_model
+
+    copy = build_model(arch, len(CLASS_NAMES))
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def predict_logits(model, images_uint8: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -172,21 +247,50 @@ def predict_logits(model, images_uint8: np.ndarray, batch_size: int = 256) -> np
 
 
 def evaluate(model, data: PreparedData) -> dict:
-    """Temperature fitted on validation; figures for validation and test (overall and per source)."""
-    logits = {split: predict_logits(model, data.images[split]) for split in ("val", "test")}
+    """Temperature fitted on validation; the COVID-19 operating point at 97.5 % validation sensitivity; figures
+    for validation and test (overall, per source and per population) and for the external split when a source
+    was left out (with the shift figures of ``train.crosshospital``)."""
+    from train.crosshospital import automatic_operating_point, shift_figures
+
+    splits = [split for split in data.splits if split != "train"]
+    logits = {split: predict_logits(model, data.images[split]) for split in splits}
     temperature = fit_temperature(logits["val"], data.labels["val"])
     result = {"temperature": temperature, "metrics": {}, "probabilities": {}}
-    for split, name in (("val", "validation"), ("test", "test")):
+    for split in splits:
         labels = data.labels[split]
         raw, calibrated = softmax(logits[split]), softmax(logits[split], temperature)
-        sources = data.frame.loc[data.frame["split"] == split, "source"].to_numpy()
+        rows = data.frame["split"] == split
         report = classification_report(labels, calibrated, CLASS_NAMES)
         report["ece_uncalibrated"] = expected_calibration_error(labels, raw)
         report["reliability"] = reliability_bins(labels, calibrated)
-        report["per_source"] = per_source_reports(labels, calibrated, sources, CLASS_NAMES)
-        result["metrics"][name] = report
+        for column in ("source", "population"):
+            report[f"per_{column}"] = per_source_reports(labels, calibrated, data.frame.loc[rows, column].to_numpy(),
+                                                         CLASS_NAMES)
+        result["metrics"][SPLIT_NAMES[split]] = report
         result["probabilities"][split] = calibrated
+    result["operating_point"] = automatic_operating_point(data.labels["val"], result["probabilities"]["val"])
     return result
+
+
+def fit_flags(model, data: PreparedData, evaluation: dict) -> None:
+    """Fit the version's flag detector (``train.detector``), measure its flag rates on the test (and external)
+    images, and add the external split's shift figures with the flags; all into ``evaluation``."""
+    from train.crosshospital import shift_figures
+    from train.detector import assess_images, fit_detector, flag_rates
+
+    detector, settings, point = fit_detector(model, evaluation["temperature"], data.train_inputs, data.labels["train"],
+                                             data.images["val"], data.labels["val"], evaluation["operating_point"])
+    card = {"class_names": list(CLASS_NAMES), "operating_point": point}
+    settings["rates"] = {}
+    for split in [s for s in data.splits if s in ("test", EXTERNAL)]:
+        _, assessments = assess_images(model, evaluation["temperature"], detector, card, data.images[split])
+        settings["rates"][SPLIT_NAMES[split]] = flag_rates(assessments)
+        if split == EXTERNAL:
+            rows = data.frame["split"] == EXTERNAL
+            evaluation["metrics"][EXTERNAL]["shift"] = shift_figures(
+                data.labels[EXTERNAL], evaluation["probabilities"][EXTERNAL], point,
+                data.frame.loc[rows, "population"].to_numpy(), [a.out_of_depth for a in assessments])
+    evaluation.update(operating_point=point, flags=settings, detector=detector)
 
 
 def library_versions() -> dict:
@@ -201,22 +305,25 @@ def library_versions() -> dict:
 
 def write_candidate(model, config, data, evaluation, class_weights, device, state, run_dir: Path) -> Path:
     """A complete version folder (card version unset) in ``<run>/candidate``, written then renamed."""
-    from train.architectures import ARCHITECTURES, build_model, conv_layer_names, initialisation
+    from train.architectures import ARCHITECTURES, conv_layer_names, initialisation
 
     spec = ARCHITECTURES[config.arch]
     partial = run_dir / f".{CANDIDATE}-partial"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
-    export = build_model(config.arch, len(CLASS_NAMES))
-    export.set_weights(model.get_weights())
+    export = model
     export.save(partial / registry.MODEL_FILE)
-    for split, filename in (("val", registry.VAL_PREDICTIONS), ("test", registry.TEST_PREDICTIONS)):
+    evaluation["detector"].save(partial)
+    files = {"val": registry.VAL_PREDICTIONS, "test": registry.TEST_PREDICTIONS, EXTERNAL: EXTERNAL_PREDICTIONS}
+    for split in evaluation["probabilities"]:
         rows = data.frame[data.frame["split"] == split]
-        table = pd.DataFrame({"path": rows["path"].map(lambda p: _relative(p, config.data)).to_numpy(),
-                              "label": rows["label"].to_numpy(), "source": rows["source"].to_numpy()})
+        named = len(data.folders) > 1
+        paths = [_relative(path, root, named) for path, root in zip(rows["path"], rows["root"])]
+        table = pd.DataFrame({"path": paths, "label": rows["label"].to_numpy(), "source": rows["source"].to_numpy(),
+                              "population": rows["population"].to_numpy()})
         for index, name in enumerate(CLASS_NAMES):
             table[f"p_{name}"] = np.round(evaluation["probabilities"][split][:, index], 6)
-        table.to_csv(partial / filename, index=False)
+        table.to_csv(partial / files[split], index=False)
     card = {
         "version": None,
         "created": None,
@@ -227,23 +334,26 @@ def write_candidate(model, config, data, evaluation, class_weights, device, stat
         "input_size": spec["input_size"],
         "class_names": list(CLASS_NAMES),
         "output": "softmax over class_names; layer 'logits' holds the pre-softmax scores",
-        "preprocessing": PREPROCESSING,
+        "preprocessing": config.preprocessing().describe(),
         "gradcam_layer": spec["gradcam_layer"],
         "conv_layers": conv_layer_names(export),
         "temperature": evaluation["temperature"],
-        "operating_point": None,
+        "operating_point": evaluation["operating_point"],
+        "flags": evaluation["flags"],
         "training": {**asdict(config), "cache_size": cache_size(config, spec["input_size"]),
                      "class_weight_values": class_weights, "device": device,
                      "epochs_trained": state["epoch"], "chosen_epoch": state.get("best_epoch")
                      if config.checkpoint == "best" else state["epoch"], "best_val_loss": state.get("best_val_loss"),
                      "run": run_dir.name, "seconds": _training_seconds(run_dir)},
         "seed": config.seed,
-        "data": {"root": config.data, "manifest_sha256": data.manifest_sha256,
+        "data": {"root": config.data[0] if len(config.data) == 1 else None, "folders": data.folders,
+                 "manifest_sha256": data.manifest_sha256, "held_out_source": config.leave_out_source or None,
                  "split": "patient-level, stratified by class (sklearn StratifiedGroupKFold)",
-                 "split_sizes": {s: int(len(data.labels[s])) for s in SPLITS},
+                 "split_sizes": {s: int(len(data.labels[s])) for s in data.splits},
                  "class_counts": {s: {n: int((data.labels[s] == i).sum()) for i, n in enumerate(CLASS_NAMES)}
-                                  for s in SPLITS},
-                 "patients": {s: int(data.frame.loc[data.frame["split"] == s, "patient_id"].nunique()) for s in SPLITS},
+                                  for s in data.splits},
+                 "patients": {s: int(data.frame.loc[data.frame["split"] == s, "patient_id"].nunique())
+                              for s in data.splits},
                  "unreadable_skipped": len(data.skipped)},
         "libraries": library_versions(),
         "metrics": evaluation["metrics"],
@@ -256,11 +366,13 @@ def write_candidate(model, config, data, evaluation, class_weights, device, stat
     return target
 
 
-def _relative(path: str, root: str) -> str:
+def _relative(path: str, root: str, named: bool) -> str:
+    """``path`` relative to its dataset folder, prefixed by the folder's name when there are several."""
     try:
-        return str(Path(path).resolve().relative_to(Path(root).resolve()))
+        relative = Path(path).resolve().relative_to(Path(root).resolve())
     except ValueError:
         return str(path)
+    return str(Path(Path(root).name) / relative) if named else str(relative)
 
 
 def _training_seconds(run_dir: Path) -> float:
@@ -328,6 +440,7 @@ def run(config: TrainConfig, run_dir: Path, verbose: bool = True) -> Path:
     model, class_weights, device, state = fit(config, data, run_dir, verbose)
     write_event(run_dir, "evaluating")
     evaluation = evaluate(model, data)
+    fit_flags(model, data, evaluation)
     candidate = write_candidate(model, config, data, evaluation, class_weights, device, state, run_dir)
     test = evaluation["metrics"]["test"]
     write_event(run_dir, "done", candidate=str(candidate), temperature=evaluation["temperature"],
