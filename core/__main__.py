@@ -95,14 +95,24 @@ def command_info(args) -> int:
     print(f"classes       {', '.join(card['class_names'])}")
     print(f"temperature   {card.get('temperature', 1.0):.3f}")
     print(f"grad-cam      {card.get('gradcam_layer')}")
-    for split in ("validation", "test"):
-        metrics = card.get("metrics", {}).get(split)
+    for split in ("validation", "test", "external"):
+        metrics = (card.get("metrics") or {}).get(split)
         if metrics:
-            auc = metrics["macro_auc"]
-            print(
-                f"{split:<13} accuracy {metrics['accuracy']['value']:.3f}  macro AUC {auc['value']:.3f} "
-                f"[{auc['ci95'][0]:.3f}, {auc['ci95'][1]:.3f}]  n={metrics['n']}"
-            )
+            auc = metrics.get("macro_auc") or {}
+            low, high = (auc.get("ci95") or [None, None])[:2]
+            auc_text = f"{auc['value']:.3f} [{low:.3f}, {high:.3f}]" if auc.get("value") is not None and low is not None else "—"
+            accuracy = (metrics.get("accuracy") or {}).get("value")
+            print(f"{split:<13} accuracy {accuracy if accuracy is None else f'{accuracy:.3f}'}  macro AUC {auc_text}  "
+                  f"n={metrics.get('n')}")
+    flags = card.get("flags") or {}
+    if flags.get("rates", {}).get("test"):
+        print(f"flags         {100 * flags['rates']['test']['any']:.1f} % of test images flagged "
+              f"({100 * flags['rates']['test']['out_of_depth']:.1f} % 'read without the model')")
+    for row in card.get("cross_hospital") or []:
+        shift = row["shift"]
+        called = shift["non_covid_called_covid"]
+        print(f"held out      {row['held_out_source']}: non-COVID called COVID-19 {100 * (called['value'] or 0):.1f} % "
+              f"({called['k']}/{called['n']}), macro AUC {shift.get('macro_auc_present') or float('nan'):.3f}")
     if card.get("caveat"):
         print(f"caveat        {card['caveat']}")
     return 0

@@ -18,6 +18,7 @@ from sklearn.metrics import (average_precision_score, confusion_matrix, precisio
                              roc_curve)
 
 from core import registry
+from core.flags import BORDERLINE_CONFIDENCE
 from core.metrics import BOOTSTRAP_RESAMPLES, bootstrap_auc_interval, bootstrap_ci, proportion
 
 ABNORMAL = "abnormal"
@@ -311,6 +312,7 @@ def save_operating_point(version, positive_class: str, threshold: float, root=No
     point = {
         "positive_class": positive_class,
         "threshold": threshold,
+        "threshold_interval": threshold_interval(truth, scores, threshold, confidence=BORDERLINE_CONFIDENCE),
         "chosen_on": CHOSEN_ON,
         "figures": json.loads(json.dumps(found), parse_constant=lambda _: None),  # nan → null: strict JSON
         "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"),

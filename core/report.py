@@ -90,6 +90,59 @@ def operating_point_table(card: dict, folder: Path) -> str:
     return "\n".join(lines)
 
 
+SHIFT_FIGURES = (  # (key, column title) of the cross-hospital table, in order
+    ("macro_auc_present", "macro AUC (classes present)"),
+    ("non_covid_called_covid", "non-COVID called COVID-19 %"),
+    ("normal_called_normal", "Normal called Normal %"),
+    ("abnormal_not_called_normal", "COVID-19/Pneumonia not called Normal %"),
+    ("recall_COVID-19", "COVID-19 recall %"),
+    ("recall_Pneumonia", "Pneumonia recall %"),
+    ("wrong_confident", "wrong at p ≥ 0.9, % of images"),
+    ("wrong_confident_unflagged", "… and unflagged"),
+)
+
+
+def _share(entry) -> str:
+    if not entry or not entry.get("n") or entry.get("value") is None:
+        return "–"
+    return f"{100 * entry['value']:.1f} ({entry['k']}/{entry['n']})"
+
+
+def _shift_cell(shift: dict, key: str) -> str:
+    value = shift.get(key)
+    if key == "macro_auc_present":
+        return "–" if value is None else f"{value:.3f}"
+    return _share(value)
+
+
+def cross_hospital_table(rows: list) -> str:
+    """The leave-one-source-out table (rows of ``train.crosshospital.fold_row``): one line per fold and
+    population, all images first; every figure at the fold's own validation operating point."""
+    header = ["held out", "run", "epochs", "population", "n"] + [title for _, title in SHIFT_FIGURES]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        groups = [("all", row["shift"])] + sorted(row["shift"].get("per_population", {}).items())
+        for population, shift in groups:
+            cells = [str(row["held_out_source"]), str(row["run"]), str(row["epochs"]), population, str(shift["n"])]
+            lines.append("| " + " | ".join(cells + [_shift_cell(shift, key) for key, _ in SHIFT_FIGURES]) + " |")
+    return "\n".join(lines)
+
+
+def flags_table(card: dict) -> str:
+    """How often each flag fires on the version's test split (and external split, when it has one)."""
+    rates = (card.get("flags") or {}).get("rates") or {}
+    if not rates:
+        return "No flag rates in this card."
+    splits = list(rates)
+    codes = sorted({code for split in splits for code in rates[split] if code != "n"},
+                   key=lambda code: (code not in ("any", "out_of_depth"), code))
+    lines = ["| flag | " + " | ".join(f"{split} (n = {rates[split]['n']})" for split in splits) + " |",
+             "|---|" + "---|" * len(splits)]
+    for code in codes:
+        lines.append(f"| {code} | " + " | ".join(f"{100 * rates[split].get(code, 0.0):.1f} %" for split in splits) + " |")
+    return "\n".join(lines)
+
+
 def markdown_report(card: dict, folder: Path = None) -> str:
     """Everything above for one card; ``folder`` holds its prediction files (for the operating point)."""
     point_section = []
@@ -104,4 +157,8 @@ def markdown_report(card: dict, folder: Path = None) -> str:
         per_source_table(card, "test"),
         "Confusion matrix (test split, argmax, i.e. without an operating point):",
         confusion_table(card, "test"),
-    ])
+    ] + ([
+        "Flags (share of images; 'out_of_depth': a flag that turns the call into 'uncertain — read without the model'):",
+        flags_table(card)] if card.get("flags") else []) + ([
+        "Cross-hospital (leave one source out; each fold trained without that source):",
+        cross_hospital_table(card["cross_hospital"])] if card.get("cross_hospital") else []))

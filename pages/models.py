@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from core import registry
+from core.report import cross_hospital_table, flags_table
 from train import jobs
 from train.archive import ArchiveError, export_saved_model, zip_folder
 
@@ -56,6 +57,13 @@ def render_card(card: dict) -> None:
         st.dataframe(metrics[["split", "metric", "figure", "n"]], hide_index=True)
     st.markdown("**Operating point**")
     st.json(card.get("operating_point") or {"chosen": None}, expanded=False)
+    if card.get("cross_hospital"):
+        st.markdown("**Across hospitals** (leave one source out: each fold trained without it, tested on all of it)")
+        st.markdown(cross_hospital_table(card["cross_hospital"]))
+    if card.get("flags"):
+        st.markdown("**Flags** (share of images flagged; *out_of_depth* calls become “uncertain — read without "
+                    "the model”)")
+        st.markdown(flags_table(card))
     st.markdown("**Caveat**")
     with st.container(border=True):
         st.text(card.get("caveat") or "—")

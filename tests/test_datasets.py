@@ -99,3 +99,60 @@ def test_real_pool_split_has_no_patient_in_two_splits():
     assert not patients["train"] & patients["test"]
     assert not patients["val"] & patients["test"]
     assert len(manifest_hash(frame)) == 64
+
+
+def write_manifest_folder(root, source, labels, prefix):
+    rows = []
+    for index, label in enumerate(labels):
+        name = f"{label}/{prefix}{index}.png"
+        write_png(root / name, value=40 + index)
+        rows.append((name, label, f"{source}-p{index}", source, "adult"))
+    pd.DataFrame(rows, columns=["path", "label", "patient_id", "source", "population"]).to_csv(root / "manifest.csv",
+                                                                                            index=False)
+
+
+def test_several_folders_merge_and_a_folder_may_lack_a_class(tmp_path):
+    from train.datasets import scan_datasets
+
+    write_manifest_folder(tmp_path / "pool", "pool_src", ["COVID19", "NORMAL", "PNEUMONIA"] * 2, "a")
+    write_manifest_folder(tmp_path / "adult", "hospital", ["NORMAL", "PNEUMONIA"] * 2, "b")
+    frame = scan_datasets([tmp_path / "pool", tmp_path / "adult"])
+    assert len(frame) == 10 and set(frame["source"]) == {"pool_src", "hospital"}
+    assert set(frame["root"]) == {str((tmp_path / "pool").resolve()), str((tmp_path / "adult").resolve())}
+    assert (frame["population"] == "adult").all()
+    with pytest.raises(DatasetError, match="COVID-19"):
+        scan_datasets([tmp_path / "adult"])  # alone it lacks a class
+    assert len(scan_datasets([tmp_path / "adult"], every_class=False)) == 4
+    with pytest.raises(DatasetError, match="twice"):
+        scan_datasets([tmp_path / "pool", tmp_path / "pool"])
+
+
+def test_leave_one_source_out_holds_out_every_image_of_it(tmp_path):
+    from train.config import TrainConfig
+    from train.datasets import scan_datasets
+    from train.run import EXTERNAL, assign_splits
+
+    write_manifest_folder(tmp_path / "pool", "pool_src", ["COVID19", "NORMAL", "PNEUMONIA"] * 30, "a")
+    write_manifest_folder(tmp_path / "adult", "hospital", ["NORMAL", "PNEUMONIA"] * 30, "b")
+    frame = scan_datasets([tmp_path / "pool", tmp_path / "adult"])
+    split = assign_splits(frame, TrainConfig(leave_out_source="hospital"))
+    assert (split[frame["source"] == "hospital"] == EXTERNAL).all()
+    assert EXTERNAL not in set(split[frame["source"] == "pool_src"])
+    assert {"train", "val", "test"} <= set(split)
+    with pytest.raises(DatasetError, match="sources are"):
+        assign_splits(frame, TrainConfig(leave_out_source="elsewhere"))
+    with pytest.raises(DatasetError, match="COVID-19"):
+        assign_splits(frame, TrainConfig(leave_out_source="pool_src"))  # nothing left to learn COVID-19 from
+
+
+@needs_shared_data
+def test_the_adult_folder_joins_the_pool_with_its_own_patients():
+    from train.datasets import scan_datasets
+
+    adult = CXR_POOL.parent / "cxr-nih-adult"
+    frame = scan_datasets([CXR_POOL, adult])
+    nih = frame[frame["source"] == "nih_cxr14"]
+    assert len(nih) == 857 and set(nih["label"]) == {"Normal", "Pneumonia"} and (nih["population"] == "adult").all()
+    assert not set(nih["patient_id"]) & set(frame.loc[frame["source"] != "nih_cxr14", "patient_id"])
+    split = split_by_patient(frame, seed=0)
+    assert frame.groupby("patient_id").apply(lambda g: split[g.index].nunique()).max() == 1

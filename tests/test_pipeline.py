@@ -75,3 +75,59 @@ def test_datasets_yield_model_inputs():
     assert x.shape == (4, 80, 80, 3) and y.shape == (4, 3) and w.shape == (4,)
     x = next(iter(evaluation_dataset(images[:, :80, :80], batch_size=5)))
     np.testing.assert_allclose(x.numpy()[..., 0], images[:5, :80, :80] / 255.0, atol=1e-6)
+
+
+def test_extra_augmentations_keep_shape_and_range():
+    rng = np.random.default_rng(4)
+    batch = rng.random((16, 96, 96, 1), dtype=np.float32)
+    strong = Augmentation(rotation=15, gamma=0.5, blur=1.5, noise=0.05, crop_scale_min=0.75, crop_scale_max=1.0)
+    out = augment_batch(batch, 80, strong, seed=3).numpy()
+    assert out.shape == (16, 80, 80, 1) and out.min() >= 0.0 and out.max() <= 1.0
+
+
+def test_rotation_turns_and_blur_smooths():
+    from train.pipeline import gaussian_blur, rotate
+
+    bar = np.zeros((1, 41, 41, 1), np.float32)
+    bar[0, :, 20] = 1.0  # a vertical line
+    turned = rotate(bar, np.array([np.pi / 2], np.float32)).numpy()[0, ..., 0]
+    assert turned[20].sum() > 30 and turned[:, 20].sum() < 5  # now horizontal
+    noise = np.random.default_rng(0).random((2, 40, 40, 1), dtype=np.float32)
+    blurred = gaussian_blur(noise, np.array([0.0, 1.5], np.float32)).numpy()
+    np.testing.assert_allclose(blurred[0], noise[0], atol=1e-5)  # sigma 0 leaves the image as it was
+    assert blurred[1].std() < noise[1].std() / 2
+
+
+def test_mixup_mixes_images_labels_and_weights_alike():
+    from train.pipeline import mixup
+
+    images = np.stack([np.zeros((8, 8, 1)), np.ones((8, 8, 1))]).astype(np.float32)
+    onehot = np.eye(3, dtype=np.float32)[[0, 2]]
+    mixed, labels, weights = (t.numpy() for t in mixup(images, onehot, np.array([1.0, 3.0], np.float32), 0.4))
+    lam = 1 - mixed[0].mean()  # image 0 is λ·0 + (1 − λ)·1
+    np.testing.assert_allclose(labels[0], [lam, 0, 1 - lam], atol=1e-5)
+    np.testing.assert_allclose(weights[0], lam * 1 + (1 - lam) * 3, atol=1e-5)
+    np.testing.assert_allclose(labels.sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_class_source_draws_balance_classes_then_sources():
+    from train.pipeline import balanced_draw_weights
+
+    labels = np.array([0] * 90 + [0] * 10 + [1] * 500 + [2] * 50 + [2] * 5)
+    sources = np.array(["a"] * 90 + ["b"] * 10 + ["a"] * 500 + ["c"] * 50 + ["d"] * 5)
+    groups, probabilities = balanced_draw_weights(labels, sources)
+    share = dict(zip(groups, probabilities))
+    assert share[(0, "a")] == pytest.approx(1 / 6) and share[(0, "b")] == pytest.approx(1 / 6)
+    assert share[(1, "a")] == pytest.approx(1 / 3)
+    assert sum(probabilities) == pytest.approx(1.0)
+    onehot = np.eye(3, dtype=np.float32)[labels]
+    images = np.zeros((len(labels), 96, 96), np.uint8)
+    data = training_dataset(images, onehot, np.ones(len(labels)), 80, 64, NO_AUGMENTATION, sources=sources)
+    drawn = np.concatenate([y.numpy().argmax(axis=1) for _, y, _ in data.take(30)])
+    assert np.abs(np.bincount(drawn, minlength=3) / len(drawn) - 1 / 3).max() < 0.06
+
+
+def test_cache_key_changes_with_the_preprocessing(image_files):
+    from core.preprocess import Preprocessing
+
+    assert cache.cache_key(image_files, (96, 80)) != cache.cache_key(image_files, (96, 80), Preprocessing("clahe"))

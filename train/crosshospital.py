@@ -20,22 +20,11 @@ from sklearn.metrics import roc_auc_score
 from core import CLASS_NAMES
 from core.metrics import proportion
 from core.operating_point import decide, figures, threshold_for_sensitivity
+from core.report import cross_hospital_table
 
 POSITIVE = "COVID-19"
 TARGET_SENSITIVITY = 0.975  # Deep-COVID's convention, as for the shipped default
 CONFIDENT = 0.9  # a wrong call whose called class has at least this probability is a confident error
-SHIFT_FIGURES = (  # (key, column title) of the table, in order
-    ("macro_auc_present", "macro AUC (classes present)"),
-    ("non_covid_called_covid", "non-COVID called COVID-19 %"),
-    ("normal_called_normal", "Normal called Normal %"),
-    ("abnormal_not_called_normal", "COVID-19/Pneumonia not called Normal %"),
-    ("recall_COVID-19", "COVID-19 recall %"),
-    ("recall_Pneumonia", "Pneumonia recall %"),
-    ("wrong_confident", "wrong at p ≥ 0.9 % of images"),
-    ("wrong_confident_unflagged", "… of them unflagged %"),
-)
-
-
 def automatic_operating_point(labels, probs, positive: str = POSITIVE, target: float = TARGET_SENSITIVITY):
     """The candidate's operating point: ``positive`` when its probability reaches the highest threshold giving
     ``target`` sensitivity on *validation*; None without validation positives."""
@@ -128,31 +117,6 @@ def recipe_summary(training: dict) -> str:
     return ", ".join(parts)
 
 
-def _percent(entry) -> str:
-    if not entry or not entry.get("n") or entry.get("value") is None:
-        return "–"
-    return f"{100 * entry['value']:.1f} ({entry['k']}/{entry['n']})"
-
-
-def _cell(shift: dict, key: str) -> str:
-    value = shift.get(key)
-    if key == "macro_auc_present":
-        return "–" if value is None else f"{value:.3f}"
-    return _percent(value)
-
-
-def markdown_table(rows: list) -> str:
-    """The table, one line per (fold, population) with the population 'all' first."""
-    header = ["held out", "run", "epochs", "population", "n"] + [title for _, title in SHIFT_FIGURES]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        groups = [("all", row["shift"])] + sorted(row["shift"].get("per_population", {}).items())
-        for population, shift in groups:
-            cells = [row["held_out_source"], row["run"], str(row["epochs"]), population, str(shift["n"])]
-            lines.append("| " + " | ".join(cells + [_cell(shift, key) for key, _ in SHIFT_FIGURES]) + " |")
-    return "\n".join(lines)
-
-
 def _card_of(path: Path) -> tuple:
     for candidate in (path / "candidate" / "card.json", path / "card.json", path):
         if candidate.is_file():
@@ -172,7 +136,7 @@ def main(argv=None) -> int:
         from train.evaluate import evaluate_version_on
 
         shift = evaluate_version_on(Path(args.evaluate), args.data)
-        print(json.dumps(shift, indent=2) if args.json else markdown_table([
+        print(json.dumps(shift, indent=2) if args.json else cross_hospital_table([
             {"held_out_source": ", ".join(args.data), "run": Path(args.evaluate).name, "epochs": "", "shift": shift}]))
         return 0
     rows = []
@@ -182,7 +146,7 @@ def main(argv=None) -> int:
             print(f"error: {run} was not trained with --leave-out-source", file=sys.stderr)
             return 2
         rows.append(fold_row(card, name))
-    print(json.dumps(rows, indent=2) if args.json else markdown_table(rows))
+    print(json.dumps(rows, indent=2) if args.json else cross_hospital_table(rows))
     if args.into_card:
         from core.registry import _write_atomically
 

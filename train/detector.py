@@ -17,13 +17,13 @@ from sklearn.covariance import LedoitWolf
 from sklearn.linear_model import LogisticRegression
 
 from core import CLASS_NAMES, registry
-from core.flags import FlagDetector
+from core.flags import BORDERLINE_CONFIDENCE, FlagDetector
 from core.inference import embedding_model, softmax
 from core.operating_point import threshold_interval
 
 OOD_QUANTILE = 0.99  # validation images above this distance are flagged: ~1 % of in-distribution images
 ORIENTATION_FALSE_FLAGS = 0.01  # rotated / inverted thresholds flag at most this share of upright validation images
-UNCERTAIN_QUANTILE = 0.97  # mirror disagreement above this validation quantile is 'uncertain'
+UNCERTAIN_QUANTILE = 0.98  # mirror disagreement above this validation quantile is 'uncertain'
 FIT_IMAGES = 3000  # training images used for the class means and the orientation heads
 BATCH = 256
 
@@ -102,7 +102,8 @@ def fit_detector(model, temperature: float, train_images, train_labels, val_imag
         if index is not None:
             truth, score = np.asarray(val_labels) == index, val["probabilities"][:, index]
             operating_point = {**operating_point,
-                               "threshold_interval": threshold_interval(truth, score, operating_point["threshold"])}
+                               "threshold_interval": threshold_interval(truth, score, operating_point["threshold"],
+                                                                        confidence=BORDERLINE_CONFIDENCE)}
     detector = FlagDetector(means, precision, mean, scale, rotated_weights, inverted_weights, settings)
     any_flag = np.zeros(len(val_images), bool)
     for name, key in (("out_of_distribution", "mahalanobis"), ("uncertain", "disagreement"), ("rotated", "rotated"),
