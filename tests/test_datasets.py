@@ -145,6 +145,7 @@ def test_leave_one_source_out_holds_out_every_image_of_it(tmp_path):
         assign_splits(frame, TrainConfig(leave_out_source="pool_src"))  # nothing left to learn COVID-19 from
 
 
+@pytest.mark.slow  # scans the real pool
 @needs_shared_data
 def test_the_adult_folder_joins_the_pool_with_its_own_patients():
     from train.datasets import scan_datasets
