@@ -128,6 +128,24 @@ def cross_hospital_table(rows: list) -> str:
     return "\n".join(lines)
 
 
+LEVER_FIGURES = ("macro_auc_present", "non_covid_called_covid", "normal_called_normal", "wrong_confident")
+
+
+def lever_table(rows: list) -> str:
+    """Recipes side by side on one fold: the recipe, its validation figures (the training sources,
+    patient-disjoint) and its figures on the held-out source (all images)."""
+    titles = dict(SHIFT_FIGURES)
+    header = ["run", "recipe", "validation accuracy %", "validation macro AUC"] + [titles[k] for k in LEVER_FIGURES]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        validation = row.get("validation") or {}
+        auc = (validation.get("macro_auc") or {}).get("value")
+        cells = [str(row["run"]), row.get("recipe", ""), _share(validation.get("accuracy")),
+                 "–" if auc is None else f"{auc:.3f}"]
+        lines.append("| " + " | ".join(cells + [_shift_cell(row["shift"], key) for key in LEVER_FIGURES]) + " |")
+    return "\n".join(lines)
+
+
 def flags_table(card: dict) -> str:
     """How often each flag fires on the version's test split (and external split, when it has one)."""
     rates = (card.get("flags") or {}).get("rates") or {}

@@ -20,7 +20,7 @@ from sklearn.metrics import roc_auc_score
 from core import CLASS_NAMES
 from core.metrics import proportion
 from core.operating_point import decide, figures, threshold_for_sensitivity
-from core.report import cross_hospital_table
+from core.report import cross_hospital_table, lever_table
 
 POSITIVE = "COVID-19"
 TARGET_SENSITIVITY = 0.975  # Deep-COVID's convention, as for the shipped default
@@ -101,6 +101,8 @@ def fold_row(card: dict, run: str) -> dict:
     return {"held_out_source": card["data"]["held_out_source"], "run": run,
             "epochs": training.get("epochs_trained"), "recipe": recipe_summary(training),
             "trained_on": {s: n for s, n in card["data"]["split_sizes"].items() if s != "external"},
+            "validation": {"accuracy": card["metrics"]["validation"]["accuracy"],
+                           "macro_auc": card["metrics"]["validation"].get("macro_auc")},
             "shift": external["shift"]}
 
 
@@ -128,31 +130,42 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.crosshospital", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="*", help="leave-one-source-out run folders (or their card.json files)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of Markdown")
-    parser.add_argument("--into-card", metavar="CARD", help="also store the rows in this card as 'cross_hospital'")
+    parser.add_argument("--levers", action="store_true",
+                        help="one line per run: its recipe, validation figures and the external figures (all images)")
+    parser.add_argument("--into-card", metavar="CARD", help="also add the rows to this card's 'cross_hospital'")
     parser.add_argument("--evaluate", metavar="VERSION_DIR", help="evaluate a version folder on --data instead")
     parser.add_argument("--data", nargs="+", help="with --evaluate: dataset folder(s) the version never saw")
     args = parser.parse_args(argv)
     if args.evaluate:
         from train.evaluate import evaluate_version_on
 
-        shift = evaluate_version_on(Path(args.evaluate), args.data)
-        print(json.dumps(shift, indent=2) if args.json else cross_hospital_table([
-            {"held_out_source": ", ".join(args.data), "run": Path(args.evaluate).name, "epochs": "", "shift": shift}]))
-        return 0
-    rows = []
-    for run in args.runs:
-        card, name = _card_of(Path(run))
-        if "external" not in card.get("metrics", {}):
-            print(f"error: {run} was not trained with --leave-out-source", file=sys.stderr)
-            return 2
-        rows.append(fold_row(card, name))
-    print(json.dumps(rows, indent=2) if args.json else cross_hospital_table(rows))
+        folder = Path(args.evaluate)
+        card = json.loads((folder / "card.json").read_text())
+        shift = evaluate_version_on(folder, args.data)
+        sources = sorted(set(shift.pop("sources")))
+        rows = [{"held_out_source": ", ".join(sources), "run": f"{folder.name} (never trained on it)",
+                 "epochs": card.get("training", {}).get("epochs_trained"), "recipe": recipe_summary(card.get("training", {})),
+                 "shift": shift}]
+    else:
+        rows = []
+        for run in args.runs:
+            card, name = _card_of(Path(run))
+            if "external" not in card.get("metrics", {}):
+                print(f"error: {run} was not trained with --leave-out-source", file=sys.stderr)
+                return 2
+            rows.append(fold_row(card, name))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(lever_table(rows) if args.levers else cross_hospital_table(rows))
     if args.into_card:
         from core.registry import _write_atomically
 
         path = Path(args.into_card)
         card = json.loads(path.read_text())
-        card["cross_hospital"] = rows
+        replaced = {(row["held_out_source"], row["run"]) for row in rows}
+        kept = [row for row in card.get("cross_hospital") or [] if (row["held_out_source"], row["run"]) not in replaced]
+        card["cross_hospital"] = kept + rows
         _write_atomically(path, json.dumps(card, indent=2) + "\n")
     return 0
 

@@ -36,11 +36,14 @@ EXTERNAL = "external"  # every image of the left-out source: never trained on, n
 EXTERNAL_PREDICTIONS = "external_predictions.csv"
 MIN_EXTERNAL_IMAGES = 50
 CAVEAT = (
-    "Research and demonstration use only; not a medical device and not for diagnosis. Trained on public "
-    "data in which almost every pneumonia image (and part of the normals) comes from children aged 1–5 "
-    "(Kermany) while COVID-19 images come from adults: the model may use age, hospital and positioning cues "
-    "instead of disease and is expected to do worse on adult pneumonia and on images from other hospitals "
-    "than the figures measured on this pool. Probabilities are calibrated on the validation split of this pool only."
+    "Research and demonstration use only; not a medical device and not for diagnosis. Trained on public data "
+    "from few sources: in the shared pool almost every pneumonia image is a child's (Kermany, aged 1–5) and every "
+    "COVID-19 image an adult's from two public collections, so the model can use age, hospital and positioning "
+    "cues instead of disease. Measured across hospitals (leave one source out, 'cross_hospital' in this card), "
+    "radiographs from a source it never saw were mostly called COVID-19: expect much worse results on a new "
+    "hospital than the figures measured on this pool. The flags catch gross shift (not a chest, rotated, "
+    "inverted, unlike the training images) and the model's own doubt, not a new hospital's look; read flagged "
+    "calls without the model. Probabilities are calibrated on the validation split of the training sources only."
 )
 
 
