@@ -157,3 +157,20 @@ def test_a_saved_operating_point_changes_the_call_after_a_restart(shipped_versio
     assert call_on_the_page() == [argmax_call]
     operating_point.save_operating_point(shipped_version, "COVID-19", float(probabilities[0]) - PROBABILITY_ATOL)
     assert call_on_the_page() == ["COVID-19"]
+
+
+@pytest.mark.slow
+def test_a_sideways_film_is_called_uncertain_with_its_flag_beside_the_call(shipped_version):
+    """The shipped version's detector flags a real radiograph turned 90°: the page says to read it without the
+    model and shows why; the upright film keeps its call."""
+    from streamlit.testing.v1 import AppTest
+
+    grey = cv2.imread(str(CXR), cv2.IMREAD_GRAYSCALE)
+    sideways = cv2.imencode(".png", cv2.rotate(grey, cv2.ROTATE_90_CLOCKWISE))[1].tobytes()
+    app = AppTest.from_file(str(REPO / "app.py"), default_timeout=60).run()
+    upload(app, ("upright.jpeg", CXR.read_bytes()), ("sideways.png", sideways))
+    assert not app.exception
+    calls = [unescaped(m.value).split("Call: ")[1] for m in app.markdown if "Call: " in unescaped(m.value)]
+    assert calls[0] != "uncertain — read without the model" and calls[1] == "uncertain — read without the model"
+    assert any("rotated" in unescaped(w.value) for w in app.warning)
+    assert any("`rotated`" in c.value for c in app.caption)

@@ -23,6 +23,9 @@ def runs_root() -> Path:
 
 
 def _stop_on_sigterm(signum, frame):
+    from train.progress import CANCEL_REQUESTED
+
+    CANCEL_REQUESTED.set()
     raise KeyboardInterrupt("cancelled")
 
 

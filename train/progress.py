@@ -2,6 +2,7 @@
 
 import json
 import math
+import threading
 import time
 
 import keras
@@ -44,6 +45,21 @@ def read_events(run_dir) -> list:
 
 def current_lr(model) -> float:
     return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+
+
+CANCEL_REQUESTED = threading.Event()  # set by the trainer's SIGTERM handler
+
+
+class StopWhenCancelled(keras.callbacks.Callback):
+    """Raise ``KeyboardInterrupt`` at the next batch once a cancel was requested: the signal handler raises it
+    too, but an exception raised while TensorFlow or Keras code runs can be swallowed there, and the run then
+    trained on to the end (seen once in six test runs)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        if CANCEL_REQUESTED.is_set():
+            raise KeyboardInterrupt("cancelled")
+
+    on_test_batch_end = on_train_batch_end
 
 
 class ProgressEvents(keras.callbacks.Callback):

@@ -24,7 +24,7 @@ from core.metrics import classification_report, per_source_reports
 from train.checkpoints import EpochCheckpoint, read_state, write_json_atomically
 from train.config import TrainConfig, parse_class_weights
 from train.datasets import DatasetError, label_indices, manifest_hash, scan_datasets, split_by_patient
-from train.progress import ProgressEvents, write_event
+from train.progress import CANCEL_REQUESTED, ProgressEvents, StopWhenCancelled, write_event
 
 log = logging.getLogger(__name__)
 
@@ -215,8 +215,10 @@ def fit(config: TrainConfig, data: PreparedData, run_dir: Path, verbose: bool = 
     write_event(run_dir, "start", device=device, epochs=config.epochs, initial_epoch=state["epoch"],
                 steps_per_epoch=steps, n=({s: int(len(data.labels[s])) for s in SPLITS}),
                 class_weights=class_weights, parameters=int(model.count_params()))
-    callbacks = [ProgressEvents(run_dir, config.epochs, steps, config.batch_size, len(data.labels["train"])),
-                 EpochCheckpoint(run_dir)]
+    callbacks = [StopWhenCancelled(), ProgressEvents(run_dir, config.epochs, steps, config.batch_size,
+                                                     len(data.labels["train"])), EpochCheckpoint(run_dir)]
+    if CANCEL_REQUESTED.is_set():
+        raise KeyboardInterrupt("cancelled")
     if state["epoch"] < config.epochs:
         model.fit(train_data, epochs=config.epochs, initial_epoch=state["epoch"], steps_per_epoch=steps,
                   validation_data=val_data, callbacks=callbacks, verbose=1 if verbose else 0)
@@ -441,6 +443,8 @@ def run(config: TrainConfig, run_dir: Path, verbose: bool = True) -> Path:
         data.frame.to_csv(run_dir / ".split.partial.csv", index=False)
         (run_dir / ".split.partial.csv").rename(run_dir / "split.csv")
     model, class_weights, device, state = fit(config, data, run_dir, verbose)
+    if CANCEL_REQUESTED.is_set():  # a cancel that arrived while Keras or TensorFlow code swallowed it
+        raise KeyboardInterrupt("cancelled")
     write_event(run_dir, "evaluating")
     evaluation = evaluate(model, data)
     fit_flags(model, data, evaluation)
