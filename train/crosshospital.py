@@ -154,6 +154,7 @@ def main(argv=None) -> int:
                 print(f"error: {run} was not trained with --leave-out-source", file=sys.stderr)
                 return 2
             rows.append(fold_row(card, name))
+    rows = json.loads(json.dumps(rows), parse_constant=lambda _: None)  # NaN (a class absent) → null: strict JSON
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
