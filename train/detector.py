@@ -120,6 +120,27 @@ def _quantile_flag(scores, quantile: float, description: str) -> dict:
             "score": description}
 
 
+def fit_flags(model, data, evaluation: dict) -> None:
+    """Fit the version's flag detector on a run's ``train.run.PreparedData``, measure its flag rates on the test
+    (and external) images, and add the external split's shift figures with the flags; all into ``evaluation``."""
+    from train.crosshospital import shift_figures
+    from train.run import EXTERNAL, SPLIT_NAMES
+
+    detector, settings, point = fit_detector(model, evaluation["temperature"], data.train_inputs, data.labels["train"],
+                                             data.images["val"], data.labels["val"], evaluation["operating_point"])
+    card = {"class_names": list(CLASS_NAMES), "operating_point": point}
+    settings["rates"] = {}
+    for split in [s for s in data.splits if s in ("test", EXTERNAL)]:
+        _, assessments = assess_images(model, evaluation["temperature"], detector, card, data.images[split])
+        settings["rates"][SPLIT_NAMES[split]] = flag_rates(assessments)
+        if split == EXTERNAL:
+            rows = data.frame["split"] == EXTERNAL
+            evaluation["metrics"][EXTERNAL]["shift"] = shift_figures(
+                data.labels[EXTERNAL], evaluation["probabilities"][EXTERNAL], point,
+                data.frame.loc[rows, "population"].to_numpy(), [a.out_of_depth for a in assessments])
+    evaluation.update(operating_point=point, flags=settings, detector=detector)
+
+
 def fit_for_version(folder: Path, data_folders, split_file: Path = None) -> dict:
     """Fit and store the detector of the version in ``folder`` (its card updated atomically); returns the
     card's new ``flags`` entry."""

@@ -277,27 +277,6 @@ def evaluate(model, data: PreparedData) -> dict:
     return result
 
 
-def fit_flags(model, data: PreparedData, evaluation: dict) -> None:
-    """Fit the version's flag detector (``train.detector``), measure its flag rates on the test (and external)
-    images, and add the external split's shift figures with the flags; all into ``evaluation``."""
-    from train.crosshospital import shift_figures
-    from train.detector import assess_images, fit_detector, flag_rates
-
-    detector, settings, point = fit_detector(model, evaluation["temperature"], data.train_inputs, data.labels["train"],
-                                             data.images["val"], data.labels["val"], evaluation["operating_point"])
-    card = {"class_names": list(CLASS_NAMES), "operating_point": point}
-    settings["rates"] = {}
-    for split in [s for s in data.splits if s in ("test", EXTERNAL)]:
-        _, assessments = assess_images(model, evaluation["temperature"], detector, card, data.images[split])
-        settings["rates"][SPLIT_NAMES[split]] = flag_rates(assessments)
-        if split == EXTERNAL:
-            rows = data.frame["split"] == EXTERNAL
-            evaluation["metrics"][EXTERNAL]["shift"] = shift_figures(
-                data.labels[EXTERNAL], evaluation["probabilities"][EXTERNAL], point,
-                data.frame.loc[rows, "population"].to_numpy(), [a.out_of_depth for a in assessments])
-    evaluation.update(operating_point=point, flags=settings, detector=detector)
-
-
 def library_versions() -> dict:
     import cv2
     import keras
@@ -435,6 +414,7 @@ def new_run_dir(config: TrainConfig, runs_root: Path) -> Path:
 def run(config: TrainConfig, run_dir: Path, verbose: bool = True) -> Path:
     """Train, evaluate and write the candidate for ``run_dir`` (new or interrupted); returns the candidate."""
     from train.architectures import ARCHITECTURES
+    from train.detector import fit_flags
 
     write_json_atomically(run_dir / "config.json", asdict(config))
     input_size = ARCHITECTURES[config.arch]["input_size"]
