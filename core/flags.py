@@ -153,6 +153,16 @@ def mahalanobis(embeddings, class_means, precision) -> np.ndarray:
     return np.min(distances, axis=0)
 
 
+def add_model_flags(assessments, probabilities, card: dict, detector=None, scores=None) -> None:
+    """Add to each image's assessment the detector's flags (from its ``scores``, when there is a detector) and
+    ``borderline`` at ``card``'s operating point: the one rule for the app, the CLI and the trainer's figures."""
+    for index, (row, assessment) in enumerate(zip(probabilities, assessments)):
+        if detector is not None:
+            detector.flag(scores, index, assessment)
+        if is_borderline(row, card):
+            assessment.add("borderline")
+
+
 def operating_score(probabilities, card: dict):
     """The score the operating point thresholds: p(positive), or 1 − p(Normal) for "abnormal"; None without
     an operating point."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from core import registry
-from core.flags import POOLED_FEATURES_LAYER, Assessment, FlagDetector, from_hints, is_borderline
+from core.flags import POOLED_FEATURES_LAYER, Assessment, FlagDetector, add_model_flags, from_hints
 from core.imaging import UnusableImageError, read_image
 from core.preprocess import Preprocessing, to_model_input
 
@@ -75,6 +75,7 @@ class Predictor:
         card = card or self.card
         hints = hints if hints is not None else [[] for _ in batch]
         assessments = [from_hints(image_hints) for image_hints in hints]
+        scores = None
         if self._embed is None:
             probabilities = self.probabilities(batch)
         else:
@@ -82,11 +83,7 @@ class Predictor:
             both = softmax(logits, self.temperature)
             probabilities, mirrored = both[: len(batch)], both[len(batch) :]
             scores = self.detector.scores(embeddings[: len(batch)], features[: len(batch)], probabilities, mirrored)
-            for index, assessment in enumerate(assessments):
-                self.detector.flag(scores, index, assessment)
-        for row, assessment in zip(probabilities, assessments):
-            if is_borderline(row, card):
-                assessment.add("borderline")
+        add_model_flags(assessments, probabilities, card, self.detector, scores)
         return probabilities, assessments
 
     def assess_files(self, paths, batch_size=DEFAULT_BATCH_SIZE, workers=None, keep_pixels=False):
@@ -96,7 +93,7 @@ class Predictor:
         with ThreadPoolExecutor(workers) as pool:
             for start in range(0, len(paths), batch_size):
                 chunk = paths[start : start + batch_size]
-                loaded = list(pool.map(self._load_one, chunk))
+                loaded = list(pool.map(lambda path: self._load_one(path, keep_pixels), chunk))
                 good = [item for item in loaded if item[0] is not None]
                 if good:
                     probabilities, assessments = self.assess(np.stack([g[0] for g in good]), [g[1] for g in good])
@@ -106,19 +103,17 @@ class Predictor:
                         yield FileResult(path, error=error)
                         continue
                     probs, assessment = next(outputs)
-                    yield FileResult(path, probs, assessment, pixels=pixels if keep_pixels else None)
+                    yield FileResult(path, probs, assessment, pixels=pixels)
 
-    def predict_files(self, paths, batch_size=DEFAULT_BATCH_SIZE, workers=None):
-        """Yield ``(path, probabilities or None, error message or None)`` in input order."""
-        for result in self.assess_files(paths, batch_size, workers):
-            yield result.path, result.probabilities, result.error
-
-    def _load_one(self, path):
+    def _load_one(self, path, keep_pixels: bool):
+        """(model input, hints, full-resolution pixels only when kept, error): a batch of 64 full-resolution
+        radiographs would otherwise hold ~1 GB of float32 pixels nobody reads."""
         try:
             radiograph = read_image(path)
         except UnusableImageError as error:
             return None, None, None, str(error)
-        return self.preprocess(radiograph.pixels), radiograph.hints, radiograph.pixels, None
+        pixels = radiograph.pixels if keep_pixels else None
+        return self.preprocess(radiograph.pixels), radiograph.hints, pixels, None
 
 
 def logits_model(model):

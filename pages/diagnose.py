@@ -54,6 +54,7 @@ class FileResult:
     original_jpeg: bytes = b""
     decode_ms: float = 0.0
     explanations: dict = field(default_factory=dict)  # (version, layer, class) → (Explanation, Decision, ms)
+    assessments: dict = field(default_factory=dict)  # (version, operating point) → Assessment
     overlay: tuple = (None, b"", 0.0)  # the last overlay drawn: ((version, controls), JPEG bytes, ms)
 
 
@@ -95,8 +96,11 @@ def explained(result: FileResult, predictor, controls: Controls):
         image = predictor.preprocess(result.radiograph.pixels)
         explanation, decision = gradcam.explain_call(predictor, image, controls.explained_class, controls.layer,
                                                      card=controls.card)
-        _, (assessment,) = predictor.assess(image[np.newaxis], [result.radiograph.hints], card=controls.card)
-        result.explanations[key] = (explanation, decision, assessment, elapsed_ms(start))
+        point_key = key[:3]  # the flags do not depend on the layer or the class explained
+        if point_key not in result.assessments:
+            _, (result.assessments[point_key],) = predictor.assess(image[np.newaxis], [result.radiograph.hints],
+                                                                   card=controls.card)
+        result.explanations[key] = (explanation, decision, result.assessments[point_key], elapsed_ms(start))
     return result.explanations[key]
 
 

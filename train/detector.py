@@ -185,20 +185,15 @@ if __name__ == "__main__":
 def assess_images(model, temperature: float, detector: FlagDetector, card: dict, images_uint8) -> tuple:
     """(calibrated probabilities, [Assessment]) of cached uint8 images at the input size: the detector's flags
     and ``borderline`` at ``card``'s operating point — what ``Predictor.assess`` gives for the same pixels."""
-    from core.flags import Assessment, is_borderline
+    from core.flags import Assessment, add_model_flags
 
     model = embedding_model(model)
     outputs = model_outputs(model, images_uint8, temperature)
     mirrored = model_outputs(model, images_uint8[:, :, ::-1], temperature)
     scores = detector.scores(outputs["embeddings"], outputs["features"], outputs["probabilities"],
                              mirrored["probabilities"])
-    assessments = []
-    for index, row in enumerate(outputs["probabilities"]):
-        assessment = Assessment()
-        detector.flag(scores, index, assessment)
-        if is_borderline(row, card):
-            assessment.add("borderline")
-        assessments.append(assessment)
+    assessments = [Assessment() for _ in images_uint8]
+    add_model_flags(assessments, outputs["probabilities"], card, detector, scores)
     return outputs["probabilities"], assessments
 
 
