@@ -1,0 +1,69 @@
+"""Every path and environment variable the project reads, in one place.
+
+Each setting is a function, so a test (or an operator) that sets the variable after import still takes effect.
+Paths are resolved against the repository when the variable is unset.
+"""
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+WEIGHTS_ENV = "CXR_WEIGHTS_DIR"
+DATA_ROOT_ENV = "CXR_DATA_ROOT"
+UPLOAD_ENV = "CXR_UPLOAD_DIR"
+CACHE_ENV = "CXR_CACHE_DIR"
+RUNS_ENV = "CXR_RUNS_DIR"
+EXPORT_ENV = "CXR_EXPORT_DIR"
+IMAGENET_WEIGHTS_ENV = "CXR_IMAGENET_WEIGHTS_DIR"
+
+__all__ = [
+    "REPO_ROOT", "weights_dir", "data_root", "upload_dir", "cache_dir", "runs_dir", "export_dir",
+    "imagenet_weights_dir", "quiet_tensorflow",
+]
+
+
+def _path(variable: str, default: Path) -> Path:
+    return Path(os.environ.get(variable) or default)
+
+
+def weights_dir() -> Path:
+    """Published model versions and the ACTIVE pointer."""
+    return _path(WEIGHTS_ENV, REPO_ROOT / "weights")
+
+
+def data_root() -> Path:
+    """The folder training data must lie under: ../shared/data beside the clone when present, else data/."""
+    return _path(DATA_ROOT_ENV, SHARED_DATA if SHARED_DATA.is_dir() else REPO_ROOT / "data").resolve()
+
+
+def upload_dir() -> Path:
+    """Where the Retrain page unpacks uploaded training zips."""
+    return _path(UPLOAD_ENV, REPO_ROOT / "uploads").resolve()
+
+
+def cache_dir() -> Path:
+    """Decoded, resized training images (train.cache)."""
+    return _path(CACHE_ENV, REPO_ROOT / ".cache")
+
+
+def runs_dir() -> Path:
+    """Training runs: checkpoints, logs, staging cards."""
+    return _path(RUNS_ENV, REPO_ROOT / "runs")
+
+
+def export_dir() -> Path:
+    """The only folder SavedModel exports may be written under."""
+    return _path(EXPORT_ENV, REPO_ROOT / "exports").resolve()
+
+
+def imagenet_weights_dir():
+    """A local folder of ImageNet weights for the transfer-learning architectures, or None (never downloaded)."""
+    value = os.environ.get(IMAGENET_WEIGHTS_ENV)
+    return Path(value) if value else None
+
+
+def quiet_tensorflow() -> None:
+    """Silence TensorFlow's C++ start-up logging; call before TensorFlow is imported."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
