@@ -1,0 +1,217 @@
+"""The model card: one typed record of what a model version is, how it was trained and how well it does, kept as
+``card.json`` beside its weights (torchxrayvision and timm keep such metadata with the weights, too), and the
+predictions tables (``val_predictions.csv`` …) written beside it.
+
+Every reader and writer goes through ``ModelCard``: the trainer builds one, the registry loads and saves it, the
+pages and the CLI read its attributes. A new field is declared once here — with a ``label`` in its metadata it
+also appears in ``facts()``, which the Models page, ``python -m core info`` and the trainer's summary print.
+Class names and the decision threshold travel with the weights as attributes of the card.
+"""
+
+import json
+import math
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from core import atomic
+
+__all__ = [
+    "ModelCard", "CardError", "probability_columns", "write_predictions", "read_predictions", "finite",
+    "PREDICTION_COLUMNS",
+]
+
+PREDICTION_COLUMNS = ("path", "label", "source", "population")  # before the p_<class> columns
+PROBABILITY_DECIMALS = 6
+
+
+class CardError(ValueError):
+    """A card or predictions table that does not have the expected shape; the message says what is wrong."""
+
+
+def _fact(label: str, **kwargs):
+    """A card field shown under ``label`` in ``ModelCard.facts()``."""
+    return field(metadata={"label": label}, **kwargs)
+
+
+@dataclass(kw_only=True)
+class ModelCard:
+    """A model version's card. ``version`` and ``created`` are None until the version is published."""
+
+    version: str | None = _fact("Version", default=None)
+    created: str | None = _fact("Created", default=None)
+    architecture: str = _fact("Architecture")
+    input_size: int = _fact("Input size (px)")
+    class_names: tuple = _fact("Classes")
+    gradcam_layer: str = _fact("Grad-CAM layer")
+    architecture_reference: str = _fact("Reference", default="")
+    parameters: int | None = _fact("Parameters", default=None)
+    initialisation: str = _fact("Initialisation", default="")
+    output: str = field(default="softmax over class_names; layer 'logits' holds the pre-softmax scores")
+    preprocessing: dict = field(default_factory=dict)
+    conv_layers: list = field(default_factory=list)
+    temperature: float = _fact("Temperature (calibration)", default=1.0)
+    operating_point: dict | None = None
+    operating_point_history: list = field(default_factory=list)
+    flags: dict | None = None
+    training: dict = field(default_factory=dict)
+    seed: int | None = _fact("Seed", default=None)
+    data: dict = field(default_factory=dict)
+    libraries: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    cross_hospital: list = field(default_factory=list)
+    caveat: str = ""
+
+    def __post_init__(self):
+        self.class_names = tuple(self.class_names)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``CardError`` unless the fields a reader relies on have usable values."""
+        if not self.class_names or not all(isinstance(name, str) and name for name in self.class_names):
+            raise CardError("class_names must be a non-empty list of names.")
+        if len(set(self.class_names)) != len(self.class_names):
+            raise CardError(f"class_names repeat a name: {list(self.class_names)}.")
+        if not isinstance(self.input_size, int) or isinstance(self.input_size, bool) or self.input_size <= 0:
+            raise CardError(f"input_size must be a positive whole number of pixels, not {self.input_size!r}.")
+        if not isinstance(self.temperature, (int, float)) or not math.isfinite(self.temperature) or self.temperature <= 0:
+            raise CardError(f"temperature must be a positive number, not {self.temperature!r}.")
+        if self.gradcam_layer not in self.conv_layers and self.conv_layers:
+            raise CardError(f"gradcam_layer '{self.gradcam_layer}' is not one of conv_layers.")
+        point = self.operating_point
+        if point is not None:
+            if point.get("positive_class") is None or not 0.0 <= float(point.get("threshold", -1)) <= 1.0:
+                raise CardError("operating_point needs a positive_class and a threshold in [0, 1].")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ModelCard":
+        """A card from its JSON form; ``CardError`` names unknown or missing fields."""
+        if not isinstance(values, dict):
+            raise CardError("A model card must be a JSON object.")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise CardError(f"unknown card field(s): {', '.join(unknown)}.")
+        required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+        missing = [name for name in required if values.get(name) is None]
+        if missing:
+            raise CardError(f"the card lacks {', '.join(missing)}.")
+        try:
+            return cls(**{key: value for key, value in values.items() if value is not None or key in _NULLABLE})
+        except TypeError as error:
+            raise CardError(str(error)) from error
+
+    def to_dict(self) -> dict:
+        """The JSON form: non-finite numbers become null, numpy scalars plain numbers."""
+        values = asdict(self)
+        values["class_names"] = list(self.class_names)
+        return finite(values)
+
+    @classmethod
+    def load(cls, path) -> "ModelCard":
+        """Read ``path``; ``CardError`` when it is missing, not JSON or not a card."""
+        try:
+            values = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as error:
+            raise CardError(str(error)) from error
+        return cls.from_dict(values)
+
+    def save(self, path) -> None:
+        """Write the card to ``path`` atomically (a reader never sees half a card)."""
+        self.validate()
+        atomic.write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @property
+    def probability_columns(self) -> list:
+        return probability_columns(self.class_names)
+
+    @property
+    def threshold(self):
+        """The operating point's threshold, or None when calls are the most probable class."""
+        return None if self.operating_point is None else float(self.operating_point["threshold"])
+
+    @property
+    def positive_class(self):
+        return None if self.operating_point is None else self.operating_point["positive_class"]
+
+    def facts(self) -> list:
+        """(label, value) for every labelled field that has a value, in declaration order, then the recipe."""
+        rows = []
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if "label" in item.metadata and value not in (None, "", (), []):
+                rows.append((item.metadata["label"], _fact_text(value)))
+        recipe = {key: self.training.get(key) for key in RECIPE_FACTS if self.training.get(key) is not None}
+        rows += [(RECIPE_FACTS[key], _fact_text(value)) for key, value in recipe.items()]
+        return rows
+
+
+_NULLABLE = {f.name for f in fields(ModelCard) if f.default is None}
+RECIPE_FACTS = {
+    "epochs_trained": "Epochs trained", "chosen_epoch": "Epoch kept", "sampling": "Sampling",
+    "class_weights": "Class weights", "label_smoothing": "Label smoothing", "lr_schedule": "Learning-rate schedule",
+    "precision": "Training precision", "device": "Trained on", "seconds": "Training time (s)",
+}
+
+
+def _fact_text(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(item) for item in value)
+    if isinstance(value, dict):  # the training device: {"kind": "CPU", "name": "x86_64", "precision": ...}
+        return " · ".join(str(value[key]) for key in ("kind", "name", "precision") if value.get(key))
+    return str(value)
+
+
+def finite(value):
+    """``value`` with every non-finite float replaced by None and numpy scalars by Python numbers: strict JSON."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(item) for item in value]
+    return value
+
+
+# --- predictions tables -------------------------------------------------------------------------------------
+
+
+def probability_columns(class_names) -> list:
+    """The predictions tables' probability columns, ``p_<class>`` in the card's class order."""
+    return [f"p_{name}" for name in class_names]
+
+
+def write_predictions(path, rows: pd.DataFrame, probabilities: np.ndarray, class_names) -> None:
+    """Write ``rows`` (the columns of ``PREDICTION_COLUMNS`` it has) and one ``p_<class>`` column per class,
+    rounded to 6 decimals, atomically to ``path``."""
+    table = rows[[column for column in PREDICTION_COLUMNS if column in rows]].reset_index(drop=True).copy()
+    probabilities = np.asarray(probabilities, dtype=np.float64).reshape(len(table), len(class_names))
+    for column, values in zip(probability_columns(class_names), probabilities.T):
+        table[column] = np.round(values, PROBABILITY_DECIMALS)
+    with atomic.atomic_path(path) as temporary:
+        table.to_csv(temporary, index=False)
+
+
+def read_predictions(path, class_names) -> pd.DataFrame:
+    """A predictions table with ``path, label, source`` and the card's ``p_<class>`` columns; ``CardError`` when
+    it cannot be read, lacks a column, or holds labels that are not the card's classes."""
+    text_columns = {column: str for column in PREDICTION_COLUMNS}
+    try:
+        frame = pd.read_csv(path, dtype=text_columns, keep_default_na=False)
+    except (OSError, ValueError) as error:
+        raise CardError(f"cannot be read: {error}") from error
+    missing = [column for column in ("label", "source", *probability_columns(class_names)) if column not in frame]
+    if missing:
+        raise CardError(f"lack the columns {', '.join(missing)}.")
+    unknown = sorted(set(frame["label"]) - set(class_names))
+    if unknown:
+        raise CardError(f"have labels that are not classes of the model: {', '.join(unknown)}.")
+    return frame
