@@ -5,22 +5,23 @@ filesystem and two processes never share a temporary name), is fsynced, and repl
 ``os.replace``; on any failure the temporary file is removed and the target is untouched.
 """
 
+import json
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "write_bytes", "write_text"]
+__all__ = ["atomic_path", "write_bytes", "write_text", "write_json"]
 
 FILE_MODE = 0o644  # mkstemp makes files private; cards, pointers and tables are readable like the weights
 
 
 @contextmanager
-def atomic_path(path):
-    """Yield a temporary path beside ``path`` to write to (by any library); on success it is fsynced and
-    replaces ``path``, on an exception it is removed."""
+def atomic_path(path, suffix: str = ".tmp"):
+    """Yield a temporary path beside ``path`` to write to (by any library; ``suffix`` for libraries that insist
+    on one, e.g. ``.weights.h5``); on success it is fsynced and replaces ``path``, on an exception removed."""
     path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(handle)
     temporary = Path(temporary)
     try:
@@ -44,3 +45,8 @@ def write_text(path, text: str) -> None:
     """Replace ``path`` with ``text`` (UTF-8) atomically."""
     with atomic_path(path) as temporary:
         temporary.write_text(text, encoding="utf-8")
+
+
+def write_json(path, data) -> None:
+    """Replace ``path`` with ``data`` as indented JSON atomically."""
+    write_text(path, json.dumps(data, indent=2) + "\n")

@@ -12,7 +12,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from core import atomic, settings
+from core.card import CardError, ModelCard
+
 ACTIVE_FILE = "ACTIVE"
 CARD_FILE = "card.json"
 MODEL_FILE = "model.keras"
@@ -27,8 +29,8 @@ class ModelVersionError(RuntimeError):
 
 
 def weights_dir(root=None) -> Path:
-    """The weights folder: ``root``, else ``$CXR_WEIGHTS_DIR``, else ``weights/`` in the repository."""
-    return Path(root or os.environ.get("CXR_WEIGHTS_DIR") or REPO_ROOT / "weights")
+    """The weights folder: ``root``, else ``core.settings.weights_dir()``."""
+    return Path(root) if root else settings.weights_dir()
 
 
 def version_dir(version: str, root=None) -> Path:
@@ -70,17 +72,7 @@ def active_version(root=None):
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, 0o644)  # mkstemp makes it private; cards and pointers are readable like the weights
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic.write_text(path, text)
 
 
 def set_active(version: str, root=None) -> None:
@@ -101,6 +93,15 @@ def resolve_version(version=None, root=None) -> str:
     if not is_complete(version_dir(name, root)):
         raise ModelVersionError(f"Model version '{name}' does not exist or is incomplete in {weights_dir(root)}.")
     return name
+
+
+def load_model_card(version=None, root=None) -> ModelCard:
+    """A version's card (default: the active version's); ``ModelVersionError`` when it cannot be read."""
+    name = resolve_version(version, root)
+    try:
+        return ModelCard.load(version_dir(name, root) / CARD_FILE)
+    except CardError as error:
+        raise ModelVersionError(f"The model card of version '{name}' cannot be read: {error}") from error
 
 
 def load_card(version=None, root=None) -> dict:

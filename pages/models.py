@@ -2,16 +2,14 @@
 version as a TF SavedModel for TF Serving, download its card. Card text is shown as plain text or tables."""
 
 import json
-import tempfile
-from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 from core import registry
 from core.report import cross_hospital_table, flags_table
-from train import jobs
-from train.archive import ArchiveError, export_saved_model, zip_folder
+from train import compare
+from train.archive import ArchiveError, export_saved_model, savedmodel_zip
 
 LEFTOVER_PREFIXES = (registry.STAGING_PREFIX, ".deleting-")
 
@@ -50,7 +48,7 @@ def render_card(card: dict) -> None:
         st.markdown("**Recipe**")
         st.json(card.get("training") or {}, expanded=False)
     st.markdown("**Metrics** (95 % intervals)")
-    metrics = jobs.headline_metrics(card)
+    metrics = compare.headline_metrics(card.get("metrics"))
     if metrics.empty:
         st.caption("No metrics recorded.")
     else:
@@ -88,25 +86,23 @@ def render_actions(version: str, active) -> None:
     zipped, folder = st.columns(2)
     export_key = f"export:{version}"
     if zipped.button("Prepare a zip download", key="export_zip"):
-        with st.spinner("Exporting the SavedModel…"), tempfile.TemporaryDirectory() as scratch:
-            st.session_state[export_key] = zip_folder(export_saved_model(version, Path(scratch) / version))
+        with st.spinner("Exporting the SavedModel…"):
+            st.session_state[export_key] = savedmodel_zip(version)
     if export_key in st.session_state:
         zipped.download_button("Download SavedModel (.zip)", st.session_state[export_key],
                                file_name=f"{version}-savedmodel.zip", mime="application/zip", key="download_export")
-    target = folder.text_input("Or write it to a new folder on the server", key="export_folder",
-                               placeholder="/absolute/path/to/new-folder")
+    target = folder.text_input("Or write it to a new folder in the server's exports folder", key="export_folder",
+                               placeholder=f"{version}/1")
     if folder.button("Write SavedModel", key="export_write", disabled=not target):
-        if not Path(target).is_absolute():
-            folder.error("Give an absolute path.")
-            return
         try:
             with st.spinner("Exporting the SavedModel…"):
-                written = export_saved_model(version, Path(target))
-        except (ArchiveError, OSError) as error:
-            folder.error("The export failed.")
-            folder.code(str(error), language=None)
+                export_saved_model(version, target)
+        except ArchiveError as error:
+            folder.error(str(error))
+        except OSError as error:
+            folder.error(f"The export could not be written: {error.strerror or 'disk error'}.")
         else:
-            folder.text(f"Written to {written}")
+            folder.success(f"Written to the exports folder as '{target.strip()}'.")
 
 
 st.title("Models")

@@ -1,5 +1,5 @@
 """Retrain: choose the data, set the recipe, train in the background, follow the run, compare its model with the
-active version, then publish and activate it as separate steps. The logic lives in ``train.jobs``."""
+active version, then publish and activate it as separate steps. The logic lives in ``train.datasource``, ``train.planning``, ``train.supervisor`` and ``train.compare``."""
 
 import plotly.express as px
 import plotly.graph_objects as go
@@ -7,7 +7,7 @@ import streamlit as st
 
 from core import CLASS_NAMES, registry
 from pages.common import escape_markdown as escape
-from train import jobs
+from train import compare, datasource, planning, supervisor
 from train.archive import ArchiveError
 from train.architectures import ARCHITECTURES
 from train.config import PAPER_CLASS_WEIGHTS, TrainConfig
@@ -38,22 +38,22 @@ def device() -> dict:
 
 @st.cache_data(show_spinner="Reading the dataset…", max_entries=8, ttl=600)
 def dataset_summary(folders: tuple) -> dict:
-    return jobs.summarize_dataset(list(folders))
+    return datasource.summarize_dataset(list(folders))
 
 
 @st.cache_data(show_spinner="Checking every image…", max_entries=4)
 def image_check(folders: tuple) -> dict:
-    return jobs.check_images(dataset_summary(folders)["frame"])
+    return datasource.check_images(dataset_summary(folders)["frame"])
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def lr_curve(config: TrainConfig, training_images: int):
-    return jobs.planned_lr(config, training_images)
+    return planning.planned_lr(config, training_images)
 
 
 @st.cache_data(show_spinner="Comparing with the active version…", max_entries=8)
 def comparison(run_dir: str, version: str) -> dict:
-    return jobs.compare_with_version(run_dir, version)
+    return compare.compare_with_version(run_dir, version)
 
 
 def duration_text(seconds: float) -> str:
@@ -65,7 +65,7 @@ def duration_text(seconds: float) -> str:
 
 
 def render_curves(events) -> None:
-    curves = jobs.training_curves(events)
+    curves = supervisor.training_curves(events)
     if curves.empty:
         st.caption("Curves appear after the first training steps.")
         return
@@ -85,10 +85,10 @@ def render_curves(events) -> None:
 @st.fragment(run_every=REFRESH_SECONDS)
 def live_progress(run_dir) -> None:
     """Redrawn every few seconds on its own while the run trains; the whole page reruns once it ends."""
-    info = jobs.run_info(run_dir)
+    info = supervisor.run_info(run_dir)
     if info.status != "running":
         st.rerun()
-    state = jobs.progress(info)
+    state = supervisor.progress(info)
     if state["phase"] == "training":
         text = f"Training: epoch {state['epochs_done']:.1f} of {state['epochs']}"
     else:
@@ -104,7 +104,7 @@ def live_progress(run_dir) -> None:
     render_curves(info.events)
     if st.button("Cancel run", key="cancel"):
         with st.spinner("Stopping the trainer…"):
-            jobs.cancel_run(run_dir)
+            supervisor.cancel_run(run_dir)
         st.rerun()
 
 
@@ -120,7 +120,7 @@ def render_comparison(info) -> None:
                    + "\n".join(f"- {escape(reason)}" for reason in result["reasons"]))
     cards = result["cards"]
     active_figures, candidate_figures = (
-        jobs.headline_metrics(cards[role])[["split", "metric", "figure"]].rename(columns={"figure": role})
+        compare.headline_metrics(cards[role].metrics)[["split", "metric", "figure"]].rename(columns={"figure": role})
         for role in ("active", "candidate")
     )
     side_by_side = active_figures.merge(candidate_figures, on=["split", "metric"], how="outer")
@@ -134,11 +134,11 @@ def render_comparison(info) -> None:
             st.dataframe(table, hide_index=True, column_config=NUMBER_FORMAT)
     columns = st.columns(2)
     for column, (role, card) in zip(columns, (("Active", cards["active"]), ("Candidate", cards["candidate"]))):
-        matrix = ((card.get("metrics") or {}).get("test") or {}).get("confusion_matrix")
+        matrix = (card.metrics.get("test") or {}).get("confusion_matrix")
         if matrix is None:
             column.caption(f"{role}: no test confusion matrix recorded.")
             continue
-        figure = px.imshow(matrix, x=list(CLASS_NAMES), y=list(CLASS_NAMES), text_auto=True, color_continuous_scale="Blues",
+        figure = px.imshow(matrix, x=list(card.class_names), y=list(card.class_names), text_auto=True, color_continuous_scale="Blues",
                            labels={"x": "predicted", "y": "true", "color": "images"}, title=f"{role} — test split")
         column.plotly_chart(figure.update_layout(**FIGURE_LAYOUT), key=f"matrix-{role}")
 
@@ -152,7 +152,7 @@ def render_publish(info) -> None:
         if st.button("Publish", key="publish", help="Copies the model into the versions folder; does not activate it."):
             try:
                 with st.spinner("Publishing…"):
-                    jobs.publish_run(info.path, name)
+                    supervisor.publish_run(info.path, name)
             except registry.ModelVersionError as error:
                 st.error(escape(error))
             else:
@@ -177,19 +177,19 @@ def render_run(info) -> None:
     if info.status == "failed":
         st.error("The run failed.")
         st.code(info.error or "(no message)", language=None)
-        st.code(jobs.log_tail(info.path) or "(empty log)", language=None)
+        st.code(supervisor.log_tail(info.path) or "(empty log)", language=None)
     render_curves(info.events)
     if info.resumable:
         st.warning("The run stopped before it finished; resuming continues from its last saved epoch.")
         if st.button("Resume", key="resume"):
             try:
-                jobs.resume_run(info.path)
-            except (jobs.RunBusyError, ValueError) as error:
+                supervisor.resume_run(info.path)
+            except (supervisor.RunBusyError, ValueError) as error:
                 st.error(escape(error))
             else:
                 st.rerun()
         with st.expander("Log"):
-            st.code(jobs.log_tail(info.path) or "(empty log)", language=None)
+            st.code(supervisor.log_tail(info.path) or "(empty log)", language=None)
     if info.status == "finished":
         render_comparison(info)
         render_publish(info)
@@ -217,19 +217,19 @@ def choose_dataset():
         if upload is not None and st.button("Unpack", key="unpack"):
             try:
                 with st.spinner("Unpacking…"):
-                    unpacked = str(jobs.unpack_upload(upload, upload.name))
+                    unpacked = str(datasource.unpack_upload(upload, upload.name))
                     st.session_state.datasets = [*st.session_state.get("datasets", []), unpacked]
             except (ArchiveError, DatasetError) as error:
                 st.error(escape(error))
-    folders = [str(folder) for folder in jobs.dataset_folders()]
+    folders = [str(folder) for folder in datasource.dataset_folders()]
     if not folders:
         st.warning("No dataset folder (class folders or a manifest.csv) under the data folder:")
-        st.code(str(jobs.data_root()), language=None)
+        st.code(str(datasource.data_root()), language=None)
         return ()
     if "datasets" not in st.session_state:
         st.session_state.datasets = folders[:1]
     chosen = st.multiselect("Dataset folders", folders, key="datasets",
-                            help=f"Folders under the data root {jobs.data_root()} (set CXR_DATA_ROOT to change it). "
+                            help=f"Folders under the data root {datasource.data_root()} (set CXR_DATA_ROOT to change it). "
                             "Several are merged into one manifest; the patient-level split runs over the union.")
     return tuple(chosen)
 
@@ -332,25 +332,25 @@ def recipe(folders: tuple, sources: list) -> TrainConfig:
 def render_plan(config: TrainConfig, summary: dict, busy: bool) -> None:
     """The schedule it will run, the device, the estimated duration and the Start button."""
     st.subheader("3 · Start")
-    training_images = jobs.expected_training_images(summary["classes"], config)
+    training_images = planning.expected_training_images(summary["classes"], config)
     curve = lr_curve(config, training_images)
     figure = px.line(curve, x="epoch", y="lr", title=f"Learning rate it will use (~{training_images:,} training images)")
     st.plotly_chart(figure.update_layout(**FIGURE_LAYOUT).update_yaxes(**LR_AXIS), key="planned-lr")
     hardware = device()
     st.text(f"Device: {hardware['kind']} ({hardware['name']})")
     speed_key = f"speed:{config.arch}:{config.batch_size}"
-    speed = jobs.measured_speed(config.arch, config.batch_size) or st.session_state.get(speed_key)
+    speed = planning.measured_speed(config.arch, config.batch_size) or st.session_state.get(speed_key)
     if speed is None and st.button("Estimate the duration (times a few training steps)", key="measure"):
         with st.spinner("Timing a few training steps…"):
-            speed = st.session_state[speed_key] = jobs.benchmark_speed(config.arch, config.batch_size)
+            speed = st.session_state[speed_key] = planning.benchmark_speed(config.arch, config.batch_size)
     if speed:
         st.metric("Estimated training time", duration_text(config.epochs * training_images / speed),
                   help=f"{speed:.1f} images/s; plus data loading and evaluation (usually a minute or two).")
     if st.button("Start training", key="start", type="primary", disabled=busy,
                  help="Runs in the background: you may leave this page and come back."):
         try:
-            st.session_state.selected_run = jobs.start_run(config).name
-        except (jobs.RunBusyError, DatasetError) as error:
+            st.session_state.selected_run = supervisor.start_run(config).name
+        except (supervisor.RunBusyError, DatasetError) as error:
             st.error(escape(error))
         else:
             st.rerun()
@@ -371,7 +371,7 @@ def render_new_run(busy: bool) -> None:
 st.title("Retrain")
 st.caption("Train a new model version in the background, compare it with the active one, then publish and "
            "activate it. Research use only.")
-runs = jobs.list_runs()
+runs = supervisor.list_runs()
 busy = any(info.status == "running" for info in runs)
 if runs:
     render_runs(runs)

@@ -1,5 +1,6 @@
 """The uploaded-zip extractor: a folder-per-class zip unpacks into a dataset the trainer can scan; traversal,
-absolute paths, symlinks, too many files and oversized archives are refused before anything is written."""
+absolute paths, symlinks, too many files and oversized archives are refused before anything is written.
+SavedModel exports: a folder name under the exports root, nothing outside it (paths, '..', symlink escapes)."""
 
 import io
 import stat
@@ -9,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from train import jobs
-from train.archive import ArchiveError, extract_dataset_zip
+from train import datasource
+from train.archive import ArchiveError, ExportPathError, export_saved_model, export_target, extract_dataset_zip
 from train.datasets import scan_dataset
 
 
@@ -82,7 +83,58 @@ def test_not_a_zip_and_existing_destinations_are_refused(tmp_path):
 def test_uploads_land_in_the_upload_folder_and_are_listed(tmp_path, monkeypatch):
     monkeypatch.setenv("CXR_DATA_ROOT", str(tmp_path))
     monkeypatch.setenv("CXR_UPLOAD_DIR", str(tmp_path / "uploads"))
-    folder = jobs.unpack_upload(io.BytesIO(make_zip(DATASET)), "My X-rays (2024).zip")
+    folder = datasource.unpack_upload(io.BytesIO(make_zip(DATASET)), "My X-rays (2024).zip")
     assert folder.parent.parent == tmp_path / "uploads" and folder.parent.name.startswith("My_X-rays_2024-")
-    assert jobs.dataset_folders() == [folder]
-    assert jobs.summarize_dataset(folder)["classes"]["images"].tolist() == [2, 2, 2]
+    assert datasource.dataset_folders() == [folder]
+    assert datasource.summarize_dataset(folder)["classes"]["images"].tolist() == [2, 2, 2]
+
+
+# ---- SavedModel exports: only under the exports root ----
+
+@pytest.mark.parametrize("name, message", [
+    ("/tmp/evil", "not a path on the server"),
+    ("~/evil", "not a path on the server"),
+    ("C:/evil", "not a path on the server"),
+    ("\\\\server\\share", "not a path on the server"),
+    ("../evil", "'..'"),
+    ("v2/../../evil", "'..'"),
+    (".hidden", "only letters, digits"),
+    ("v2/.ssh", "only letters, digits"),
+    ("v2\\..\\evil", "only letters, digits"),
+    ("a b", "only letters, digits"),
+    ("", "a name"),
+])
+def test_export_names_that_would_write_outside_the_exports_root_are_refused(isolated_folders, name, message):
+    with pytest.raises(ExportPathError, match=message) as refused:
+        export_saved_model("any", name)
+    assert isinstance(refused.value, ValueError)
+    assert str(isolated_folders) not in str(refused.value)  # no server path in the message
+    assert not (isolated_folders / "exports").exists()
+
+
+def test_a_symbolic_link_out_of_the_exports_root_is_refused(isolated_folders, tmp_path):
+    exports = isolated_folders / "exports"
+    exports.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (exports / "escape").symlink_to(outside)
+    with pytest.raises(ExportPathError, match="outside the exports folder"):
+        export_target("escape/v2")
+    with pytest.raises(ExportPathError, match="outside the exports folder"):
+        export_target("escape")
+    assert list(outside.iterdir()) == []
+
+
+def test_export_names_resolve_under_the_exports_root(isolated_folders):
+    exports = (isolated_folders / "exports").resolve()
+    assert export_target("v2-dcnn80-balanced") == exports / "v2-dcnn80-balanced"
+    assert export_target(" cxr/1 ") == exports / "cxr" / "1"  # TF Serving's <model>/<version> layout
+
+
+def test_an_existing_non_empty_export_folder_is_never_overwritten(isolated_folders):
+    taken = isolated_folders / "exports" / "cxr" / "1"
+    taken.mkdir(parents=True)
+    (taken / "saved_model.pb").write_bytes(b"someone else's")
+    with pytest.raises(ArchiveError, match="already exists"):
+        export_saved_model("any", "cxr/1")
+    assert (taken / "saved_model.pb").read_bytes() == b"someone else's"

@@ -13,7 +13,7 @@ import pytest
 
 from core import registry
 from tests.conftest import CXR_POOL, REPO, needs_shared_data
-from train import jobs
+from train import supervisor
 from train.checkpoints import read_state
 from train.config import TrainConfig
 from train.progress import read_events
@@ -45,10 +45,10 @@ def has_event(run_dir, name):
 
 
 def kill_9(run_dir):
-    pid = jobs.run_info(run_dir).pid
+    pid = supervisor.run_info(run_dir).pid
     assert pid, "the trainer is not running"
     os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: jobs.run_info(run_dir).pid is None, "the trainer to die", timeout=20)
+    wait_for(lambda: supervisor.run_info(run_dir).pid is None, "the trainer to die", timeout=20)
 
 
 def assert_registry_intact(weights, listing_before, active):
@@ -62,7 +62,7 @@ def assert_registry_intact(weights, listing_before, active):
 def test_kill_9_during_training_then_resume_finishes(tiny_version, isolated_folders):
     weights = isolated_folders / "weights"
     listing = sorted(os.listdir(weights))
-    run_dir = jobs.start_run(TrainConfig(data=str(CXR_POOL), **QUICK))
+    run_dir = supervisor.start_run(TrainConfig(data=str(CXR_POOL), **QUICK))
     prepared = (run_dir / "config.json").stat().st_ino
     moments = [
         # the trainer rewrites config.json as it starts reading the data; split.csv is written when it is done
@@ -77,18 +77,18 @@ def test_kill_9_during_training_then_resume_finishes(tiny_version, isolated_fold
         wait_for(reached, moment)
         kill_9(run_dir)
         assert killed_in_time(), f"the kill came too late for '{moment}'"
-        assert jobs.run_info(run_dir).status == "interrupted"
-        assert jobs.lock_holder() is None
+        assert supervisor.run_info(run_dir).status == "interrupted"
+        assert supervisor.lock_holder() is None
         assert_registry_intact(weights, listing, tiny_version)
-        jobs.resume_run(run_dir)
+        supervisor.resume_run(run_dir)
 
-    wait_for(lambda: jobs.run_info(run_dir).status != "running", "the resumed run to end")
-    assert jobs.run_info(run_dir).status == "finished", jobs.log_tail(run_dir)
+    wait_for(lambda: supervisor.run_info(run_dir).status != "running", "the resumed run to end")
+    assert supervisor.run_info(run_dir).status == "finished", supervisor.log_tail(run_dir)
     starts = [e for e in read_events(run_dir) if e["event"] == "start"]
     assert starts[-2]["initial_epoch"] == 1  # the run resumed from the checkpoint of the first epoch
     assert registry.is_complete(run_dir / CANDIDATE)
     assert_registry_intact(weights, listing, tiny_version)
-    jobs.publish_run(run_dir, "after-crashes")
+    supervisor.publish_run(run_dir, "after-crashes")
     assert registry.load_model("after-crashes") is not None
 
 

@@ -1,5 +1,6 @@
 """train.datasets: labels from class folders or the manifest, patient-level stratified splits."""
 
+import json
 import logging
 
 import numpy as np
@@ -7,6 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from core.settings import REPO_ROOT
 from tests.conftest import CXR_POOL, needs_shared_data
 from train.datasets import DatasetError, canonical_label, manifest_hash, scan_dataset, split_by_patient
 
@@ -98,7 +100,12 @@ def test_real_pool_split_has_no_patient_in_two_splits():
     assert not patients["train"] & patients["val"]
     assert not patients["train"] & patients["test"]
     assert not patients["val"] & patients["test"]
-    assert len(manifest_hash(frame)) == 64
+    # The shipped v1 was trained on exactly this pool: its card recorded the same manifest hash.
+    v1 = json.loads((REPO_ROOT / "weights" / "v1-dcnn80-compact" / "card.json").read_text())
+    assert manifest_hash(frame) == v1["data"]["manifest_sha256"]
+    relabelled = frame.copy()
+    relabelled.loc[relabelled.index[0], "label"] = "Pneumonia" if frame["label"].iloc[0] != "Pneumonia" else "Normal"
+    assert manifest_hash(relabelled) != manifest_hash(frame)
 
 
 def write_manifest_folder(root, source, labels, prefix):

@@ -17,7 +17,8 @@ from streamlit.testing.v1 import AppTest
 from core import CLASS_NAMES, registry
 from core.inference import Predictor
 from tests.conftest import CXR_POOL, REPO, needs_shared_data, publish_random_version
-from train import jobs
+from train import compare, datasource, planning, supervisor
+from core import settings
 from train.config import TrainConfig
 from train.datasets import DatasetError, scan_dataset
 from train.progress import write_event
@@ -60,22 +61,22 @@ def test_page_trains_compares_publishes_activates_and_models_page_rolls_back(tin
     at.run()
     assert_no_exception(at)
     run_name = at.selectbox(key="run_choice").value
-    run_dir = jobs.runs_root() / run_name
-    assert jobs.run_info(run_dir).status == "running"
+    run_dir = settings.runs_dir() / run_name
+    assert supervisor.run_info(run_dir).status == "running"
     assert at.button(key="start").disabled  # one run at a time
 
     models = app_on("pages/models.py")  # other pages answer while it trains
     assert_no_exception(models)
-    assert jobs.run_info(run_dir).status == "running"
+    assert supervisor.run_info(run_dir).status == "running"
 
     deadline = time.monotonic() + RUN_TIMEOUT
-    while jobs.run_info(run_dir).status == "running" and time.monotonic() < deadline:
+    while supervisor.run_info(run_dir).status == "running" and time.monotonic() < deadline:
         at.run()  # what the page's fragment does every few seconds
         assert_no_exception(at)
         time.sleep(2)
     at.run()
     assert_no_exception(at)
-    assert jobs.run_info(run_dir).status == "finished", jobs.log_tail(run_dir)
+    assert supervisor.run_info(run_dir).status == "finished", supervisor.log_tail(run_dir)
     assert any("Not comparable" in w.value for w in at.warning)  # the random test version used other data
     assert len(at.get("plotly_chart")) >= 6  # curves, confusion matrices of both models
 
@@ -106,41 +107,41 @@ def dead_pid() -> int:
 
 
 def test_a_lock_of_a_dead_or_reused_pid_is_free_and_a_live_one_refuses(isolated_folders):
-    root = jobs.runs_root()
+    root = settings.runs_dir()
     root.mkdir(parents=True)
-    lock = root / jobs.LOCK_FILE
+    lock = root / supervisor.LOCK_FILE
     lock.write_text(json.dumps({"pid": dead_pid(), "started": time.time(), "run": "old"}))
-    assert jobs.lock_holder() is None
+    assert supervisor.lock_holder() is None
     lock.write_text(json.dumps({"pid": os.getpid(), "started": 0.0, "run": "old"}))  # pid reused since
-    assert jobs.lock_holder() is None
+    assert supervisor.lock_holder() is None
     lock.write_text(json.dumps({"pid": os.getpid(), "started": time.time(), "run": "other"}))
-    assert jobs.lock_holder()["run"] == "other"
-    with pytest.raises(jobs.RunBusyError, match="other"):
-        jobs.start_run(TrainConfig(data=str(CXR_POOL), **QUICK))
+    assert supervisor.lock_holder()["run"] == "other"
+    with pytest.raises(supervisor.RunBusyError, match="other"):
+        supervisor.start_run(TrainConfig(data=str(CXR_POOL), **QUICK))
 
 
 @pytest.mark.slow
 @needs_shared_data
 def test_stale_lock_is_taken_over_and_a_run_cancels_cleanly(isolated_folders):
-    root = jobs.runs_root()
+    root = settings.runs_dir()
     root.mkdir(parents=True)
-    (root / jobs.LOCK_FILE).write_text(json.dumps({"pid": dead_pid(), "started": time.time(), "run": "crashed"}))
-    run_dir = jobs.start_run(TrainConfig(data=str(CXR_POOL), **QUICK))
-    assert jobs.lock_holder()["run"] == str(run_dir.resolve())
-    with pytest.raises(jobs.RunBusyError):
-        jobs.start_run(TrainConfig(data=str(CXR_POOL), **QUICK))
+    (root / supervisor.LOCK_FILE).write_text(json.dumps({"pid": dead_pid(), "started": time.time(), "run": "crashed"}))
+    run_dir = supervisor.start_run(TrainConfig(data=str(CXR_POOL), **QUICK))
+    assert supervisor.lock_holder()["run"] == str(run_dir.resolve())
+    with pytest.raises(supervisor.RunBusyError):
+        supervisor.start_run(TrainConfig(data=str(CXR_POOL), **QUICK))
     wait_until(lambda: (run_dir / "split.csv").exists(), RUN_TIMEOUT, "the trainer to be at work")
-    assert jobs.cancel_run(run_dir) == "cancelled"
-    info = jobs.run_info(run_dir)
+    assert supervisor.cancel_run(run_dir) == "cancelled"
+    info = supervisor.run_info(run_dir)
     assert (info.status, info.resumable, info.pid) == ("cancelled", True, None)
     assert [e for e in info.events if e["event"] == "cancelled"] and not info.events[-1].get("forced")
-    assert jobs.lock_holder() is None
+    assert supervisor.lock_holder() is None
 
 
 def write_run(root, name, events, process_started=None):
     run_dir = root / name
     run_dir.mkdir(parents=True)
-    (run_dir / jobs.CONFIG_FILE).write_text(json.dumps({"arch": "dcnn80-compact", "batch_size": 32}))
+    (run_dir / supervisor.CONFIG_FILE).write_text(json.dumps({"arch": "dcnn80-compact", "batch_size": 32}))
     for event in events:
         write_event(run_dir, event)
     if process_started is not None:
@@ -149,7 +150,7 @@ def write_run(root, name, events, process_started=None):
 
 
 def test_run_status_from_events_and_process(isolated_folders):
-    root = jobs.runs_root()
+    root = settings.runs_dir()
     write_run(root, "1-finished", ["start", "evaluating", "done", "published"])
     write_run(root, "2-failed", ["start", "failed"])
     write_run(root, "3-cancelled", ["start", "cancelled"])
@@ -157,7 +158,7 @@ def test_run_status_from_events_and_process(isolated_folders):
     write_run(root, "5-killed-after-resume", ["start", "cancelled"], process_started=time.time() + 1)
     running = write_run(root, "6-running", [])
     (running / "process.json").write_text(json.dumps({"pid": os.getpid(), "started": time.time()}))
-    statuses = {info.name: (info.status, info.resumable) for info in jobs.list_runs()}
+    statuses = {info.name: (info.status, info.resumable) for info in supervisor.list_runs()}
     assert statuses == {
         "1-finished": ("finished", False),
         "2-failed": ("failed", False),
@@ -166,9 +167,9 @@ def test_run_status_from_events_and_process(isolated_folders):
         "5-killed-after-resume": ("interrupted", True),
         "6-running": ("running", False),
     }
-    assert [info.name for info in jobs.list_runs()][0] == "6-running"  # newest first
+    assert [info.name for info in supervisor.list_runs()][0] == "6-running"  # newest first
     with pytest.raises(ValueError, match="finished"):
-        jobs.resume_run(root / "1-finished")
+        supervisor.resume_run(root / "1-finished")
 
 
 def test_progress_and_curves_from_events(isolated_folders):
@@ -181,14 +182,14 @@ def test_progress_and_curves_from_events(isolated_folders):
         {"event": "step", "time": 4.0, "epoch": 1, "step": 1, "steps": 4, "lr": 2e-4, "loss": 0.8, "eta_s": 15.0,
          "images_per_s": 12.0},
     ]
-    info = jobs.RunInfo(isolated_folders, "running", {}, events, pid=1, launched=0.5)
-    state = jobs.progress(info)
+    info = supervisor.RunInfo(isolated_folders, "running", {}, events, pid=1, launched=0.5)
+    state = supervisor.progress(info)
     assert (state["phase"], state["eta_s"], state["lr"]) == ("training", 15.0, 2e-4)  # copied from the events
     assert state["fraction"] == pytest.approx(0.625, abs=1e-12)
-    curves = jobs.training_curves(events)
+    curves = supervisor.training_curves(events)
     assert curves["epoch"].tolist() == pytest.approx([0.5, 1.0, 1.25], abs=1e-12)
     assert curves["val_loss"].notna().tolist() == [False, True, False]
-    assert jobs.progress(jobs.RunInfo(isolated_folders, "running", {}, events, launched=5.0))["phase"] == "loading data"
+    assert supervisor.progress(supervisor.RunInfo(isolated_folders, "running", {}, events, launched=5.0))["phase"] == "loading data"
 
 
 def test_data_root_refuses_folders_outside_it_even_through_symlinks(tmp_path, monkeypatch):
@@ -198,18 +199,18 @@ def test_data_root_refuses_folders_outside_it_even_through_symlinks(tmp_path, mo
     (root / "escape").symlink_to(outside)
     monkeypatch.setenv("CXR_DATA_ROOT", str(root))
     monkeypatch.setenv("CXR_UPLOAD_DIR", str(root / "uploads"))
-    assert jobs.checked_data_folder(root / "set") == (root / "set").resolve()
+    assert datasource.checked_data_folder(root / "set") == (root / "set").resolve()
     for folder in (outside, root / "escape", root / "set" / ".." / ".."):
         with pytest.raises(DatasetError, match="outside"):
-            jobs.checked_data_folder(folder)
-    assert jobs.dataset_folders() == [(root / "set").resolve()]
+            datasource.checked_data_folder(folder)
+    assert datasource.dataset_folders() == [(root / "set").resolve()]
     with pytest.raises(DatasetError, match="outside"):
-        jobs.start_run(TrainConfig(data=str(outside)))
+        supervisor.start_run(TrainConfig(data=str(outside)))
 
 
 @needs_shared_data
 def test_summary_of_the_real_pool():
-    summary = jobs.summarize_dataset(CXR_POOL)
+    summary = datasource.summarize_dataset(CXR_POOL)
     assert summary["classes"]["images"].to_dict() == {"COVID-19": 3346, "Normal": 3976, "Pneumonia": 3698}
     assert (summary["classes"]["patients"] <= summary["classes"]["images"]).all()
     assert summary["sources"].loc["kermany", "Pneumonia"] == 3698
@@ -228,20 +229,20 @@ def test_image_check_finds_unreadable_files_and_near_duplicates(tmp_path, monkey
     recoded = cv2.imencode(".png", cv2.imread(str(covid), cv2.IMREAD_GRAYSCALE))[1].tobytes()
     (tmp_path / "set" / "Normal" / "same-image.png").write_bytes(recoded)  # a copy filed under another label
     (tmp_path / "set" / "Normal" / "broken.jpg").write_bytes(b"not an image")
-    summary = jobs.summarize_dataset(tmp_path / "set")
+    summary = datasource.summarize_dataset(tmp_path / "set")
     assert any("no patient id" in warning for warning in summary["warnings"])
-    check = jobs.check_images(summary["frame"])
+    check = datasource.check_images(summary["frame"])
     assert list(check["unreadable"]) == [str(tmp_path / "set" / "Normal" / "broken.jpg")]
     assert (check["near_duplicates"], check["conflicting_labels"]) == (1, 1)
 
 
 def test_planned_lr_follows_the_schedule():
     config = TrainConfig(epochs=8, batch_size=10, lr=4e-4, lr_schedule="paper")
-    curve = jobs.planned_lr(config, training_images=1000)
-    assert len(curve) <= jobs.LR_CURVE_POINTS + 2 * config.epochs
+    curve = planning.planned_lr(config, training_images=1000)
+    assert len(curve) <= planning.LR_CURVE_POINTS + 2 * config.epochs
     last_of_epoch = curve.groupby(curve["epoch"].astype(int))["lr"].last()
     assert np.allclose(last_of_epoch, [4e-4] * 3 + [2e-4] * 3 + [1e-4] * 2)
-    cosine = jobs.planned_lr(TrainConfig(epochs=4, lr_schedule="warmup-cosine", warmup_epochs=1), 320)
+    cosine = planning.planned_lr(TrainConfig(epochs=4, lr_schedule="warmup-cosine", warmup_epochs=1), 320)
     assert cosine["lr"].iloc[0] < cosine["lr"].max() == pytest.approx(4e-4, rel=0.01)
 
 
@@ -268,7 +269,7 @@ def test_comparison_on_the_same_split_and_flagged_when_not(isolated_folders):
     for version in ("a", "b"):
         set_data(weights, version, "same-data", sizes)
     run_dir = fake_finished_run(weights, "b", isolated_folders)
-    result = jobs.compare_with_version(run_dir)
+    result = compare.compare_with_version(run_dir)
     assert (result["version"], result["comparable"], result["reasons"]) == ("a", True, [])
     test = result["splits"]["test"].set_index("metric")
     a = pd.read_csv(weights / "a" / registry.TEST_PREDICTIONS)
@@ -280,9 +281,9 @@ def test_comparison_on_the_same_split_and_flagged_when_not(isolated_folders):
     assert set(test.index) == {"accuracy", "macro AUC", "COVID-19 recall"} and (test["n"] == 60).all()
 
     set_data(weights, "a", "other-data", sizes)
-    flagged = jobs.compare_with_version(run_dir, version="a")
+    flagged = compare.compare_with_version(run_dir, version="a")
     assert not flagged["comparable"] and "same data" in flagged["reasons"][0]
-    same = jobs.compare_with_version(run_dir, version="b")["splits"]["validation"]
+    same = compare.compare_with_version(run_dir, version="b")["splits"]["validation"]
     np.testing.assert_allclose(same[["difference", "ci95_low"]].to_numpy(dtype=float), 0.0, atol=1e-12)
 
 
@@ -291,8 +292,8 @@ def test_publish_refuses_bad_names(isolated_folders):
                                 isolated_folders)
     for name in ("", "../x", "a b", ".hidden", "x" * 65):
         with pytest.raises(registry.ModelVersionError):
-            jobs.publish_run(run_dir, name)
-    assert jobs.publish_run(run_dir, "v2.1_ok-1").name == "v2.1_ok-1"
+            supervisor.publish_run(run_dir, name)
+    assert supervisor.publish_run(run_dir, "v2.1_ok-1").name == "v2.1_ok-1"
 
 
 @pytest.mark.slow
@@ -301,11 +302,11 @@ def test_a_failed_run_shows_its_error_and_log_tail(isolated_folders, tmp_path, m
     for label in ("COVID19", "NORMAL"):  # no pneumonia: the trainer refuses the data
         (tmp_path / "set" / label).mkdir(parents=True)
         cv2.imwrite(str(tmp_path / "set" / label / "a.png"), np.zeros((8, 8), np.uint8))
-    run_dir = jobs.start_run(TrainConfig(data=str(tmp_path / "set"), **QUICK))
-    wait_until(lambda: jobs.run_info(run_dir).status != "running", RUN_TIMEOUT, "the run to fail")
-    info = jobs.run_info(run_dir)
+    run_dir = supervisor.start_run(TrainConfig(data=str(tmp_path / "set"), **QUICK))
+    wait_until(lambda: supervisor.run_info(run_dir).status != "running", RUN_TIMEOUT, "the run to fail")
+    info = supervisor.run_info(run_dir)
     assert info.status == "failed" and "Pneumonia" in info.error
-    assert "error:" in jobs.log_tail(run_dir)
+    assert "error:" in supervisor.log_tail(run_dir)
     at = app_on("pages/retrain.py")
     assert_no_exception(at)
     assert "The run failed." in [e.value for e in at.error]
@@ -314,11 +315,11 @@ def test_a_failed_run_shows_its_error_and_log_tail(isolated_folders, tmp_path, m
 
 @pytest.mark.slow
 def test_duration_estimate_from_earlier_runs_or_a_timing(isolated_folders):
-    root = jobs.runs_root()
+    root = settings.runs_dir()
     for name, speeds in (("1", [10.0, 30.0]), ("2", [20.0])):
         run_dir = write_run(root, name, [])
         for speed in speeds:
             write_event(run_dir, "epoch", images_per_s=speed)
-    assert jobs.measured_speed("dcnn80-compact", 32) == pytest.approx(20.0, abs=1e-9)
-    assert jobs.measured_speed("dcnn80", 32) is None
-    assert jobs.benchmark_speed("dcnn80-compact", batch_size=4, steps=1) > 0
+    assert planning.measured_speed("dcnn80-compact", 32) == pytest.approx(20.0, abs=1e-9)
+    assert planning.measured_speed("dcnn80", 32) is None
+    assert planning.benchmark_speed("dcnn80-compact", batch_size=4, steps=1) > 0

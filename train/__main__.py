@@ -1,70 +1,83 @@
-"""``python -m train --data DIR [options] [--publish NAME [--activate]]`` or ``python -m train --resume RUN``."""
+"""``python -m train --data DIR [options] [--publish NAME [--activate]]`` or ``python -m train --resume RUN``.
 
-import json
-import logging
-import os
-import signal
-import sys
-import time
-from pathlib import Path
+A trainer started here takes the same run lock as one the Retrain page starts, so the two never train at once.
+"""
 
-from core import registry
-from core.registry import REPO_ROOT
-from train.checkpoints import write_json_atomically
-from train.config import TrainConfig, argument_parser
-from train.datasets import DatasetError
-from train.progress import write_event
+from core import settings
 
-PROCESS_FILE = "process.json"  # the live trainer's pid and start time, so the app sees a run is still going
+settings.quiet_tensorflow()
 
+import json  # noqa: E402  (TensorFlow's logging level must be set before anything imports it)
+import logging  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
 
-def runs_root() -> Path:
-    return Path(os.environ.get("CXR_RUNS_DIR") or REPO_ROOT / "runs")
+import psutil  # noqa: E402
+
+from core import atomic, registry  # noqa: E402
+from core.card import ModelCard  # noqa: E402
+from train import supervisor  # noqa: E402
+from train.config import TrainConfig, argument_parser, config_from_arguments  # noqa: E402
+from train.datasets import DatasetError  # noqa: E402
+from train.progress import CANCEL_REQUESTED, write_event  # noqa: E402
+from train.run import new_run_dir, publish_candidate, run  # noqa: E402
+
+SUMMARY_SPLITS = ("validation", "test")
 
 
 def _stop_on_sigterm(signum, frame):
-    from train.progress import CANCEL_REQUESTED
-
     CANCEL_REQUESTED.set()
     raise KeyboardInterrupt("cancelled")
 
 
+def _run_dir(args, parser) -> tuple:
+    """(run folder, recipe) for a new run or the one being resumed."""
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not run_dir.is_dir() and (settings.runs_dir() / args.resume).is_dir():
+            run_dir = settings.runs_dir() / args.resume
+        try:
+            return run_dir, TrainConfig.from_dict(json.loads((run_dir / supervisor.CONFIG_FILE).read_text()))
+        except (OSError, ValueError) as error:
+            parser.error(f"--resume {args.resume}: no readable run there ({error}).")
+    if not args.data:
+        parser.error("--data DIR is required (or --resume RUN).")
+    config = config_from_arguments(args)
+    run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(config, settings.runs_dir())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir, config
+
+
+def print_summary(card: ModelCard) -> None:
+    """The card's facts (as the Models page and ``python -m core info`` list them) and headline figures."""
+    width = max(len(label) for label, _ in card.facts())
+    for label, value in card.facts():
+        print(f"{label:<{width}}  {value}", flush=True)
+    for split in SUMMARY_SPLITS:
+        m = card.metrics[split]
+        covid = m["per_class"]["COVID-19"]["recall"]
+        print(f"{split:<10} accuracy {m['accuracy']['value']:.4f}  COVID-19 recall {covid['value']:.4f}  "
+              f"macro AUC {(m['macro_auc'] or {}).get('value', float('nan')):.4f}  n={m['n']}", flush=True)
+
+
 def main(argv=None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     parser = argument_parser()
     args = parser.parse_args(argv)
-    if args.resume:
-        run_dir = Path(args.resume)
-        if not run_dir.is_dir() and (runs_root() / args.resume).is_dir():
-            run_dir = runs_root() / args.resume
-        try:
-            config = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
-        except (OSError, ValueError):
-            parser.error(f"--resume {args.resume}: no readable run there (config.json missing).")
-    else:
-        if not args.data:
-            parser.error("--data DIR is required (or --resume RUN).")
-        values = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
-        values["data"] = [str(Path(folder).resolve()) for folder in args.data]
-        config = TrainConfig.from_dict(values)
-        from train.run import new_run_dir
-
-        run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(config, runs_root())
-        run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir, config = _run_dir(args, parser)
     print(f"run folder: {run_dir}", flush=True)
-    write_json_atomically(run_dir / PROCESS_FILE, {"pid": os.getpid(), "started": time.time()})
+    try:
+        supervisor.take_lock(run_dir)
+    except supervisor.RunBusyError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
+    atomic.write_json(run_dir / supervisor.PROCESS_FILE, {"pid": os.getpid(), "started": psutil.Process().create_time()})
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    from train.run import publish_candidate, run
-
     try:
         candidate = run(config, run_dir, verbose=not args.quiet)
-        card = json.loads((candidate / registry.CARD_FILE).read_text())
-        for split in ("validation", "test"):
-            m = card["metrics"][split]
-            covid = m["per_class"]["COVID-19"]["recall"]
-            print(f"{split:<10} accuracy {m['accuracy']['value']:.4f}  COVID-19 recall {covid['value']:.4f}  "
-                  f"macro AUC {(m['macro_auc'] or {}).get('value', float('nan')):.4f}  n={m['n']}", flush=True)
+        print_summary(ModelCard.load(candidate / registry.CARD_FILE))
         if args.publish:
             target = publish_candidate(run_dir, args.publish, activate=args.activate)
             print(f"published {target}{' (active)' if args.activate else ''}", flush=True)
@@ -79,6 +92,8 @@ def main(argv=None) -> int:
     except Exception as error:
         write_event(run_dir, "failed", error=f"{type(error).__name__}: {error}")
         raise
+    finally:
+        supervisor.release_lock()
     return 0
 
 

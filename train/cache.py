@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from core import atomic
+from core import settings as settings_module
 from core.imaging import UnusableImageError, read_grey
 from core.preprocess import NO_PREPROCESSING, Preprocessing, prepare_grey
-from core.registry import REPO_ROOT
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ CACHE_FORMAT = 1
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("CXR_CACHE_DIR") or REPO_ROOT / ".cache")
+    return settings_module.cache_dir()
 
 
 def cache_key(paths, sizes, settings: Preprocessing = NO_PREPROCESSING) -> str:
@@ -73,9 +74,8 @@ def load_resized(paths, sizes, use_cache=True, settings: Preprocessing = NO_PREP
         arrays, readable, errors = decode_resized(paths, sizes, settings=settings)
         if use_cache:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
-            partial = cache_file.with_suffix(f".{os.getpid()}.partial.npz")
-            np.savez(partial, readable=readable, errors=json.dumps(errors), **{f"x{s}": a for s, a in arrays.items()})
-            os.replace(partial, cache_file)
+            with atomic.atomic_path(cache_file, suffix=".npz") as temporary:
+                np.savez(temporary, readable=readable, errors=json.dumps(errors), **{f"x{s}": a for s, a in arrays.items()})
     if errors:
         listed = "; ".join(f"{path}: {message}" for path, message in list(errors.items())[:20])
         more = f" (and {len(errors) - 20} more)" if len(errors) > 20 else ""

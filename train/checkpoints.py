@@ -4,10 +4,11 @@ a state that names complete files."""
 
 import json
 import math
-import os
 from pathlib import Path
 
 import keras
+
+from core import atomic
 
 STATE_FILE = "state.json"
 
@@ -19,15 +20,6 @@ def read_state(run_dir: Path) -> dict:
         return {"epoch": 0, "checkpoint": None, "best": None, "best_val_loss": None, "best_epoch": None}
 
 
-def write_json_atomically(path: Path, data) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    with open(partial, "w") as stream:
-        json.dump(data, stream, indent=2)
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(partial, path)
-
-
 class EpochCheckpoint(keras.callbacks.Callback):
     def __init__(self, run_dir: Path):
         super().__init__()
@@ -36,15 +28,14 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         name = f"epoch-{epoch + 1:03d}.weights.h5"
-        partial = self.run_dir / f".partial-{name}"
-        self.model.save_weights(partial)
-        os.replace(partial, self.run_dir / name)
+        with atomic.atomic_path(self.run_dir / name, suffix=".weights.h5") as temporary:
+            self.model.save_weights(temporary)
         val_loss = float((logs or {}).get("val_loss", math.nan))
         best = self.state.get("best_val_loss")
         state = dict(self.state, epoch=epoch + 1, checkpoint=name)
         if math.isfinite(val_loss) and (best is None or val_loss < best):
             state.update(best=name, best_val_loss=val_loss, best_epoch=epoch + 1)
-        write_json_atomically(self.run_dir / STATE_FILE, state)
+        atomic.write_json(self.run_dir / STATE_FILE, state)
         self.state = state
         remove_unreferenced(self.run_dir, state)
 
@@ -54,5 +45,5 @@ def remove_unreferenced(run_dir: Path, state: dict) -> None:
     for path in run_dir.glob("*.weights.h5"):
         if path.name not in keep:
             path.unlink(missing_ok=True)
-    for path in run_dir.glob(".partial-*"):
+    for path in run_dir.glob(".*.tmp"):  # left by a kill in the middle of an atomic write
         path.unlink(missing_ok=True)

@@ -3,6 +3,7 @@
 import argparse
 import json
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 from train.architectures import ARCHITECTURES
 from train.schedules import SCHEDULES
@@ -12,49 +13,69 @@ PAPER_CLASS_WEIGHTS = {"COVID-19": 10.0, "Normal": 3.0, "Pneumonia": 1.0}
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 SAMPLINGS = ("shuffle", "class-source")
+INTENSITIES = ("none", "clahe", "equalize")
+
+
+def _setting(default, help: str, choices=None, **kwargs):
+    """A recipe field with what its command-line option says (the CLI is generated from these)."""
+    metadata = {"help": help, "choices": choices}
+    if callable(default):
+        return field(default_factory=default, metadata=metadata, **kwargs)
+    return field(default=default, metadata=metadata, **kwargs)
 
 
 @dataclass
 class TrainConfig:
-    data: list = field(default_factory=list)  # one or more dataset folders, merged into one manifest
-    leave_out_source: str = ""  # train without this source and evaluate on all of its images ("external")
-    arch: str = "dcnn80"
-    epochs: int = 12
-    batch_size: int = 32
-    lr: float = 4e-4
-    lr_schedule: str = "paper"
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.12
-    class_weights: str = "paper"
-    flip: bool = True
-    brightness: float = 0.1
-    contrast: float = 0.2
-    crop_scale_min: float = 80 / 96
-    crop_scale_max: float = 80 / 96
-    rotation: float = 0.0  # max degrees of a random rotation
-    gamma: float = 0.0  # gamma drawn log-uniformly from [1 / (1 + g), 1 + g]
-    blur: float = 0.0  # max Gaussian blur sigma, in input pixels
-    noise: float = 0.0  # max standard deviation of added Gaussian noise
-    jpeg_quality: int = 0  # when > 0, re-compress each image as JPEG at a random quality in [jpeg_quality, 100)
-    mixup: float = 0.0  # Beta(α, α) of mixup (Zhang et al. 2018); 0 disables it
-    sampling: str = "shuffle"  # or "class-source": batches balanced over classes, then over sources within a class
-    intensity: str = "none"  # intensity normalisation in the one preprocessing path: none | clahe | equalize
-    border_crop: float = 0.0  # fraction cut from each side in the one preprocessing path
-    precision: str = "auto"  # auto: mixed_float16 on a GPU, mixed_bfloat16 on a CPU with bf16 units, else float32
-    cache_size: int = 0  # side of the cached training images; 0: round(1.2 × input size), 96 for the 80-px models
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    checkpoint: str = "best"
-    seed: int = 0
-    limit_per_class: int = 0
+    """One training run's recipe; every field is also a ``python -m train`` option (``--field-name``)."""
+
+    data: list = _setting(list, "dataset folder(s): one folder per class, optional manifest.csv; several are merged")
+    leave_out_source: str = _setting("", "train without this source (a manifest source, e.g. nih_cxr14) and "
+                                     "report every one of its images as an external test")
+    arch: str = _setting("dcnn80", "the architecture", choices=tuple(sorted(ARCHITECTURES)))
+    epochs: int = _setting(12, "epochs to train")
+    batch_size: int = _setting(32, "images per batch")
+    lr: float = _setting(4e-4, "peak learning rate (paper: 4e-4)")
+    lr_schedule: str = _setting("paper", "learning-rate schedule", choices=tuple(SCHEDULES))
+    warmup_epochs: float = _setting(1.0, "warm-up epochs (warmup-cosine)")
+    label_smoothing: float = _setting(0.12, "label smoothing of the cross-entropy")
+    class_weights: str = _setting("paper", "paper | balanced | none | C=w,...")
+    flip: bool = _setting(True, "random horizontal flips")
+    brightness: float = _setting(0.1, "max brightness shift")
+    contrast: float = _setting(0.2, "max contrast change (fraction)")
+    crop_scale_min: float = _setting(80 / 96, "smallest crop side / image side")
+    crop_scale_max: float = _setting(80 / 96, "largest crop side / image side")
+    rotation: float = _setting(0.0, "max random rotation, degrees")
+    gamma: float = _setting(0.0, "random gamma drawn log-uniformly from [1/(1+g), 1+g]")
+    blur: float = _setting(0.0, "max Gaussian blur sigma (input pixels)")
+    noise: float = _setting(0.0, "max standard deviation of added Gaussian noise")
+    jpeg_quality: int = _setting(0, "re-compress as JPEG at a random quality >= this (0: off)")
+    mixup: float = _setting(0.0, "mixup Beta(a, a) (Zhang et al. 2018); 0: off")
+    sampling: str = _setting("shuffle", "class-source: batches balanced over classes and, within a class, over "
+                             "sources", choices=SAMPLINGS)
+    intensity: str = _setting("none", "intensity normalisation in the shared preprocessing (training and "
+                              "inference)", choices=INTENSITIES)
+    border_crop: float = _setting(0.0, "fraction cut from each side in the shared preprocessing")
+    precision: str = _setting("auto", "auto: mixed_float16 on a GPU, mixed_bfloat16 on a CPU with bf16 units, "
+                              "else float32", choices=PRECISIONS)
+    cache_size: int = _setting(0, "side of the cached training images; 0: round(1.2 x input size), 96 for 80 px")
+    val_fraction: float = _setting(0.15, "fraction of patients for validation")
+    test_fraction: float = _setting(0.15, "fraction of patients for test")
+    checkpoint: str = _setting("best", "publish the epoch with the lowest validation loss, or the last one",
+                               choices=("best", "last"))
+    seed: int = _setting(0, "random seed (split, initialisation, augmentation)")
+    limit_per_class: int = _setting(0, "use at most N images per class (quick runs); 0: all")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
+        """A recipe from its JSON form; ``ValueError`` names any unknown setting (a typo must not be dropped)."""
         known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in values.items() if k in known}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"Unknown training setting(s): {', '.join(unknown)}. Known: {', '.join(sorted(known))}.")
+        values = dict(values)
         if isinstance(values.get("data"), str):  # configs written before several folders were allowed
             values["data"] = [values["data"]] if values["data"] else []
         return cls(**values)
@@ -92,53 +113,36 @@ def parse_class_weights(spec: str, class_names, train_counts=None) -> dict:
 
 
 def argument_parser() -> argparse.ArgumentParser:
-    d = TrainConfig()
+    """``python -m train``'s options: one per ``TrainConfig`` field (defaults, types, choices and help from the
+    field), then the run's own options."""
     parser = argparse.ArgumentParser(
         prog="python -m train",
         description="Train a CXR Triage model (defaults: Zhong 2020's recipe) and optionally publish it.",
     )
-    parser.add_argument("--data", nargs="+", metavar="DIR",
-                        help="dataset folder(s): one folder per class, optional manifest.csv; several are merged")
-    parser.add_argument("--leave-out-source", default="", metavar="SOURCE",
-                        help="train without SOURCE (a manifest source, e.g. nih_cxr14) and report every one of its "
-                        "images as an external test")
-    parser.add_argument("--arch", default=d.arch, choices=sorted(ARCHITECTURES), help="; ".join(
-        f"{name}: {spec['reference']}" for name, spec in sorted(ARCHITECTURES.items())))
-    parser.add_argument("--epochs", type=int, default=d.epochs)
-    parser.add_argument("--batch-size", type=int, default=d.batch_size)
-    parser.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (paper: 4e-4)")
-    parser.add_argument("--lr-schedule", default=d.lr_schedule, choices=SCHEDULES)
-    parser.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs, help="for warmup-cosine")
-    parser.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
-    parser.add_argument("--class-weights", default=d.class_weights, help="paper | balanced | none | C=w,...")
-    parser.add_argument("--no-flip", dest="flip", action="store_false", help="disable horizontal flips")
-    parser.add_argument("--brightness", type=float, default=d.brightness, help="max brightness shift")
-    parser.add_argument("--contrast", type=float, default=d.contrast, help="max contrast change (fraction)")
-    parser.add_argument("--crop-scale-min", type=float, default=d.crop_scale_min, help="smallest crop side / image side")
-    parser.add_argument("--crop-scale-max", type=float, default=d.crop_scale_max, help="largest crop side / image side")
-    parser.add_argument("--rotation", type=float, default=d.rotation, help="max random rotation, degrees")
-    parser.add_argument("--gamma", type=float, default=d.gamma, help="random gamma in [1/(1+g), 1+g]")
-    parser.add_argument("--blur", type=float, default=d.blur, help="max Gaussian blur sigma (input pixels)")
-    parser.add_argument("--noise", type=float, default=d.noise, help="max Gaussian noise standard deviation")
-    parser.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality,
-                        help="re-compress as JPEG at a random quality >= this (0: off)")
-    parser.add_argument("--mixup", type=float, default=d.mixup, help="mixup Beta(a, a); 0: off")
-    parser.add_argument("--sampling", default=d.sampling, choices=SAMPLINGS,
-                        help="class-source: batches balanced over classes and, within a class, over sources")
-    parser.add_argument("--intensity", default=d.intensity, choices=("none", "clahe", "equalize"),
-                        help="intensity normalisation in the shared preprocessing (training and inference)")
-    parser.add_argument("--border-crop", type=float, default=d.border_crop,
-                        help="fraction cut from each side in the shared preprocessing")
-    parser.add_argument("--precision", default=d.precision, choices=PRECISIONS)
-    parser.add_argument("--val-fraction", type=float, default=d.val_fraction)
-    parser.add_argument("--test-fraction", type=float, default=d.test_fraction)
-    parser.add_argument("--checkpoint", default=d.checkpoint, choices=("best", "last"),
-                        help="publish the epoch with the lowest validation loss, or the last one")
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--limit-per-class", type=int, default=0, help="use at most N images per class (quick runs)")
+    for item in fields(TrainConfig):
+        option = "--" + item.name.replace("_", "-")
+        help_text, choices = item.metadata["help"], item.metadata["choices"]
+        if item.name == "data":
+            parser.add_argument(option, nargs="+", metavar="DIR", help=help_text)
+        elif item.type is bool:
+            parser.add_argument(f"--no-{item.name}", dest=item.name, action="store_false", help=f"no {help_text}")
+        else:
+            parser.add_argument(option, type=_TYPES[item.type], default=item.default, choices=choices,
+                                help=f"{help_text} (default: {item.default:.4g})" if item.type is float
+                                else f"{help_text} (default: {item.default})")
     parser.add_argument("--run-dir", help="where the run's files go (default: runs/<time>-<arch>)")
     parser.add_argument("--resume", metavar="RUN", help="continue an interrupted run (its folder)")
     parser.add_argument("--publish", metavar="NAME", help="publish the trained model as version NAME")
     parser.add_argument("--activate", action="store_true", help="make the published version active")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
+
+
+_TYPES = {str: str, int: int, float: float}
+
+
+def config_from_arguments(args: argparse.Namespace) -> TrainConfig:
+    """The recipe given on the command line (``data`` folders resolved)."""
+    values = {item.name: getattr(args, item.name) for item in fields(TrainConfig)}
+    values["data"] = [str(Path(folder).resolve()) for folder in values["data"] or []]
+    return TrainConfig(**values)

@@ -6,7 +6,6 @@ started by the app) and, once finished, candidate/ (model.keras, card.json, val/
 """
 
 import datetime
-import json
 import logging
 import platform
 import shutil
@@ -17,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core import CLASS_NAMES, registry
+from core import CLASS_NAMES, atomic, registry
+from core.card import ModelCard, write_predictions
 from core.calibration import expected_calibration_error, fit_temperature, reliability_bins
 from core.inference import softmax
 from core.metrics import classification_report, per_source_reports
-from train.checkpoints import EpochCheckpoint, read_state, write_json_atomically
+from train.checkpoints import EpochCheckpoint, read_state
 from train.config import TrainConfig, parse_class_weights
 from train.datasets import DatasetError, label_indices, manifest_hash, scan_datasets, split_by_patient
 from train.progress import CANCEL_REQUESTED, ProgressEvents, StopWhenCancelled, write_event
@@ -254,8 +254,8 @@ def predict_logits(model, images_uint8: np.ndarray, batch_size: int = 256) -> np
 def evaluate(model, data: PreparedData) -> dict:
     """Temperature fitted on validation; the COVID-19 operating point at 97.5 % validation sensitivity; figures
     for validation and test (overall, per source and per population) and for the external split when a source
-    was left out (with the shift figures of ``train.crosshospital``)."""
-    from train.crosshospital import automatic_operating_point, shift_figures
+    was left out (``train.detector.fit_flags`` adds its shift figures)."""
+    from train.crosshospital import automatic_operating_point
 
     splits = [split for split in data.splits if split != "train"]
     logits = {split: predict_logits(model, data.images[split]) for split in splits}
@@ -303,51 +303,51 @@ def write_candidate(model, config, data, evaluation, class_weights, device, stat
         rows = data.frame[data.frame["split"] == split]
         named = len(data.folders) > 1
         paths = [_relative(path, root, named) for path, root in zip(rows["path"], rows["root"])]
-        table = pd.DataFrame({"path": paths, "label": rows["label"].to_numpy(), "source": rows["source"].to_numpy(),
-                              "population": rows["population"].to_numpy()})
-        for index, name in enumerate(CLASS_NAMES):
-            table[f"p_{name}"] = np.round(evaluation["probabilities"][split][:, index], 6)
-        table.to_csv(partial / files[split], index=False)
-    card = {
-        "version": None,
-        "created": None,
-        "architecture": config.arch,
-        "architecture_reference": spec["reference"],
-        "parameters": int(export.count_params()),
-        "initialisation": initialisation(config.arch),
-        "input_size": spec["input_size"],
-        "class_names": list(CLASS_NAMES),
-        "output": "softmax over class_names; layer 'logits' holds the pre-softmax scores",
-        "preprocessing": config.preprocessing().describe(),
-        "gradcam_layer": spec["gradcam_layer"],
-        "conv_layers": conv_layer_names(export),
-        "temperature": evaluation["temperature"],
-        "operating_point": evaluation["operating_point"],
-        "flags": evaluation["flags"],
-        "training": {**asdict(config), "cache_size": cache_size(config, spec["input_size"]),
-                     "class_weight_values": class_weights, "device": device,
-                     "epochs_trained": state["epoch"], "chosen_epoch": state.get("best_epoch")
-                     if config.checkpoint == "best" else state["epoch"], "best_val_loss": state.get("best_val_loss"),
-                     "run": run_dir.name, "seconds": _training_seconds(run_dir)},
-        "seed": config.seed,
-        "data": {"root": config.data[0] if len(config.data) == 1 else None, "folders": data.folders,
-                 "manifest_sha256": data.manifest_sha256, "held_out_source": config.leave_out_source or None,
-                 "split": "patient-level, stratified by class (sklearn StratifiedGroupKFold)",
-                 "split_sizes": {s: int(len(data.labels[s])) for s in data.splits},
-                 "class_counts": {s: {n: int((data.labels[s] == i).sum()) for i, n in enumerate(CLASS_NAMES)}
-                                  for s in data.splits},
-                 "patients": {s: int(data.frame.loc[data.frame["split"] == s, "patient_id"].nunique())
-                              for s in data.splits},
-                 "unreadable_skipped": len(data.skipped)},
-        "libraries": library_versions(),
-        "metrics": evaluation["metrics"],
-        "caveat": CAVEAT,
-    }
-    (partial / registry.CARD_FILE).write_text(json.dumps(_finite(card), indent=2) + "\n")
+        write_predictions(partial / files[split], rows.assign(path=paths), evaluation["probabilities"][split],
+                          CLASS_NAMES)
+    card = ModelCard(
+        architecture=config.arch,
+        architecture_reference=spec["reference"],
+        parameters=int(export.count_params()),
+        initialisation=initialisation(config.arch),
+        input_size=spec["input_size"],
+        class_names=CLASS_NAMES,
+        preprocessing=config.preprocessing().describe(),
+        gradcam_layer=spec["gradcam_layer"],
+        conv_layers=conv_layer_names(export),
+        temperature=evaluation["temperature"],
+        operating_point=evaluation["operating_point"],
+        flags=evaluation["flags"],
+        training={**asdict(config), "cache_size": cache_size(config, spec["input_size"]),
+                  "class_weight_values": class_weights, "device": device, "epochs_trained": state["epoch"],
+                  "chosen_epoch": state.get("best_epoch") if config.checkpoint == "best" else state["epoch"],
+                  "best_val_loss": state.get("best_val_loss"), "run": run_dir.name,
+                  "seconds": _training_seconds(run_dir)},
+        seed=config.seed,
+        data=_data_facts(config, data),
+        libraries=library_versions(),
+        metrics=evaluation["metrics"],
+        caveat=CAVEAT,
+    )
+    card.save(partial / registry.CARD_FILE)
     target = run_dir / CANDIDATE
     shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)
     return target
+
+
+def _data_facts(config: TrainConfig, data: PreparedData) -> dict:
+    """The card's ``data`` section: the folders and their manifest hashes, the split and its sizes."""
+    splits = data.splits
+    return {
+        "root": config.data[0] if len(config.data) == 1 else None, "folders": data.folders,
+        "manifest_sha256": data.manifest_sha256, "held_out_source": config.leave_out_source or None,
+        "split": "patient-level, stratified by class (sklearn StratifiedGroupKFold)",
+        "split_sizes": {s: int(len(data.labels[s])) for s in splits},
+        "class_counts": {s: {n: int((data.labels[s] == i).sum()) for i, n in enumerate(CLASS_NAMES)} for s in splits},
+        "patients": {s: int(data.frame.loc[data.frame["split"] == s, "patient_id"].nunique()) for s in splits},
+        "unreadable_skipped": len(data.skipped),
+    }
 
 
 def _relative(path: str, root: str, named: bool) -> str:
@@ -365,18 +365,6 @@ def _training_seconds(run_dir: Path) -> float:
     return float(sum(e.get("seconds", 0.0) for e in read_events(run_dir) if e["event"] == "epoch"))
 
 
-def _finite(value):
-    if isinstance(value, float):
-        return value if np.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    if isinstance(value, np.generic):
-        return _finite(value.item())
-    return value
-
-
 def publish_candidate(run_dir: Path, version: str, activate: bool = False, root=None) -> Path:
     """Copy a run's candidate into the weights folder as ``version`` (staged, then one rename)."""
     candidate = run_dir / CANDIDATE
@@ -389,9 +377,10 @@ def publish_candidate(run_dir: Path, version: str, activate: bool = False, root=
     try:
         for item in candidate.iterdir():
             shutil.copy2(item, staging / item.name)
-        card = json.loads((staging / registry.CARD_FILE).read_text())
-        card.update(version=version, created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-        (staging / registry.CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+        card = ModelCard.load(staging / registry.CARD_FILE)
+        card.version = version
+        card.created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        card.save(staging / registry.CARD_FILE)
         target = registry.publish(staging, version, activate=activate, root=root)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -416,12 +405,12 @@ def run(config: TrainConfig, run_dir: Path, verbose: bool = True) -> Path:
     from train.architectures import ARCHITECTURES
     from train.detector import fit_flags
 
-    write_json_atomically(run_dir / "config.json", asdict(config))
+    atomic.write_json(run_dir / "config.json", asdict(config))
     input_size = ARCHITECTURES[config.arch]["input_size"]
     data = prepare_data(config, input_size, split_file=run_dir / "split.csv")
     if not (run_dir / "split.csv").is_file():
-        data.frame.to_csv(run_dir / ".split.partial.csv", index=False)
-        (run_dir / ".split.partial.csv").rename(run_dir / "split.csv")
+        with atomic.atomic_path(run_dir / "split.csv") as temporary:
+            data.frame.to_csv(temporary, index=False)
     model, class_weights, device, state = fit(config, data, run_dir, verbose)
     if CANCEL_REQUESTED.is_set():  # a cancel that arrived while Keras or TensorFlow code swallowed it
         raise KeyboardInterrupt("cancelled")
