@@ -1,5 +1,6 @@
 """The Retrain page end to end (AppTest, a real 1-epoch background run on a small real subset), and the run
-management of ``train.jobs``: lock, status, cancel, data root, dataset summary, comparison, schedules."""
+management of ``train.supervisor``, ``train.datasource``, ``train.planning`` and ``train.compare``: lock,
+status, cancel, data root, dataset summary, comparison, schedules."""
 
 import json
 import os
@@ -14,11 +15,10 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import CLASS_NAMES, registry
+from core import CLASS_NAMES, registry, settings
 from core.inference import Predictor
 from tests.conftest import CXR_POOL, REPO, needs_shared_data, publish_random_version
 from train import compare, datasource, planning, supervisor
-from core import settings
 from train.config import TrainConfig
 from train.datasets import DatasetError, scan_dataset
 from train.progress import write_event
