@@ -20,11 +20,12 @@ needs_shared_data = pytest.mark.skipif(not CXR_POOL.is_dir(), reason="../shared/
 
 @pytest.fixture(autouse=True)
 def isolated_folders(tmp_path_factory, monkeypatch):
-    """Every test gets its own weights and runs folders; the decode cache is shared across the session."""
+    """Every test gets its own weights, runs, uploads and exports folders; the decode cache is shared by all."""
     base = tmp_path_factory.mktemp("cxr")
     monkeypatch.setenv("CXR_WEIGHTS_DIR", str(base / "weights"))
     monkeypatch.setenv("CXR_RUNS_DIR", str(base / "runs"))
     monkeypatch.setenv("CXR_UPLOAD_DIR", str(base / "uploads"))
+    monkeypatch.setenv("CXR_EXPORT_DIR", str(base / "exports"))
     monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
     return base
 
