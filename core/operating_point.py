@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import filelock
 import numpy as np
 import pandas as pd
 from sklearn.metrics import (average_precision_score, confusion_matrix, precision_recall_curve, roc_auc_score,
                              roc_curve)
 
-from core import registry
+from core import atomic, registry
 from core.flags import BORDERLINE_CONFIDENCE
 from core.metrics import BOOTSTRAP_RESAMPLES, bootstrap_auc_interval, bootstrap_ci, proportion
 
@@ -29,6 +30,8 @@ SENSITIVITY_TOLERANCE = 1e-9  # a sensitivity k/n counts as reaching a target wi
 PREDICTION_FILES = {"val": registry.VAL_PREDICTIONS, "test": registry.TEST_PREDICTIONS}
 SPLIT_NAMES = {"val": "validation", "test": "test"}
 CHOSEN_ON = "validation"
+CARD_LOCK_TIMEOUT_S = 30.0  # a save holds the lock for milliseconds; waiting this long means a stuck writer
+MAX_NOTE_CHARACTERS = 500  # a reader's name or reason, as stored in the history
 
 
 @dataclass(frozen=True)
@@ -264,13 +267,18 @@ def sensitivity_table(truth, scores, targets=TARGET_SENSITIVITIES) -> list:
 # --- the full decision -------------------------------------------------------------------------------------
 
 
-def decision_matrix(frame: pd.DataFrame, class_names, positive: str, threshold: float) -> np.ndarray:
-    """The confusion matrix (rows true class, columns call, in ``class_names`` order) when every case is
-    called by ``decide`` at this operating point."""
-    card = {"class_names": list(class_names), "operating_point": {"positive_class": positive, "threshold": threshold}}
+def calls_matrix(frame: pd.DataFrame, class_names, point) -> np.ndarray:
+    """The confusion matrix (rows true class, columns call, in ``class_names`` order) when every case is called
+    by ``decide`` at ``point`` (None: the most probable class)."""
+    card = {"class_names": list(class_names), "operating_point": point}
     probabilities = frame[probability_columns(class_names)].to_numpy(np.float64)
     called = [decide(row, card).label for row in probabilities]
     return confusion_matrix(frame["label"], called, labels=list(class_names))
+
+
+def decision_matrix(frame: pd.DataFrame, class_names, positive: str, threshold: float) -> np.ndarray:
+    """``calls_matrix`` at the operating point ``positive`` ≥ ``threshold``."""
+    return calls_matrix(frame, class_names, {"positive_class": positive, "threshold": threshold})
 
 
 def collapse(matrix, class_names, positive: str) -> dict:
@@ -296,17 +304,66 @@ def per_source(frame: pd.DataFrame, positive: str, threshold: float) -> list:
     return rows
 
 
+def decision_figures(frame: pd.DataFrame, class_names, point, positive: str, prevalence: float) -> dict:
+    """What the calls at ``point`` (None: the most probable class) give for ``positive``: counts, the Wilson-interval
+    rates and the PPV at ``prevalence`` — read off the full decision, so points on different classes compare on
+    the same cases (the confirmation before a change shows the saved point and the new one this way)."""
+    found = collapse(calls_matrix(frame, class_names, point), class_names, positive)
+    reached = rates(**found)
+    return {**found, **reached, "ppv_at_prevalence": predictive_values_at(reached, prevalence)["ppv"]}
+
+
 # --- saved operating points --------------------------------------------------------------------------------
 
 
-def save_operating_point(version, positive_class: str, threshold: float, root=None) -> dict:
-    """Store ``positive_class`` at ``threshold`` in the version's card with its validation figures there,
-    atomically; ``decide`` (the Diagnose page and the CLI) uses it from then on. Returns the stored point."""
+def _note(text, what: str) -> str:
+    text = " ".join(str(text or "").split())
+    if not text:
+        raise ValueError(f"Give {what}: every change of the operating point records who made it and why.")
+    return text[:MAX_NOTE_CHARACTERS]
+
+
+def _rule(point):
+    return None if not point else {"positive_class": point["positive_class"], "threshold": float(point["threshold"])}
+
+
+def history_entry(old_point, new_point, reader: str, reason: str, when: str = None) -> dict:
+    """One line of a card's ``operating_point_history``: when, who (``reader``), the rule before and after (None:
+    the most probable class) and why. Raises ``ValueError`` when the name or the reason is blank."""
+    return {"time": when or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "reader": _note(reader, "your name"), "reason": _note(reason, "a reason"),
+            "old": _rule(old_point), "new": _rule(new_point)}
+
+
+def update_card(version, change, root=None):
+    """Read the version's card, apply ``change(card)`` and write it back, all under the card's file lock
+    (``card.json.lock`` beside it), so that two readers' saves never overwrite each other; the write is atomic.
+    Returns what ``change`` returns. Raises ``registry.ModelVersionError`` when the lock stays taken."""
+    name = registry.resolve_version(version, root)
+    path = registry.version_dir(name, root) / registry.CARD_FILE
+    try:
+        with filelock.FileLock(f"{path}.lock", timeout=CARD_LOCK_TIMEOUT_S):
+            card = registry.load_card(name, root)
+            result = change(card)
+            atomic.write_text(path, json.dumps(card, indent=2) + "\n")
+    except filelock.Timeout:
+        raise registry.ModelVersionError(
+            f"The card of version '{name}' is being changed by someone else and stayed locked for "
+            f"{CARD_LOCK_TIMEOUT_S:.0f} s; nothing was saved. Try again.") from None
+    return result
+
+
+def save_operating_point(version, positive_class: str, threshold: float, *, reader: str, reason: str,
+                         root=None) -> dict:
+    """Store ``positive_class`` at ``threshold`` in the version's card with its validation figures, and the change
+    (who, when, old → new, why) in its ``operating_point_history``; ``decide`` (the Diagnose page and the CLI) uses
+    it from then on. Returns the stored point. ``ValueError`` for a bad class, threshold, name or reason."""
     card = registry.load_card(version, root)
     positive_members(card["class_names"], positive_class)
     threshold = float(threshold)
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"A threshold must lie between 0 and 1, not {threshold}.")
+    reader, reason = _note(reader, "your name"), _note(reason, "a reason")
     scores, truth = scores_and_truth(load_predictions(card["version"], "val", root), positive_class)
     found = figures(truth, scores, threshold)
     point = {
@@ -317,13 +374,25 @@ def save_operating_point(version, positive_class: str, threshold: float, root=No
         "figures": json.loads(json.dumps(found), parse_constant=lambda _: None),  # nan → null: strict JSON
         "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    card["operating_point"] = point
-    registry.save_card(card, root)
+
+    def store(card):
+        entry = history_entry(card.get("operating_point"), point, reader, reason, when=point["saved"])
+        card["operating_point"] = point
+        card["operating_point_history"] = [*(card.get("operating_point_history") or []), entry]
+
+    update_card(card["version"], store, root)
     return point
 
 
-def clear_operating_point(version, root=None) -> None:
-    """Remove the version's saved operating point: calls fall back to the most probable class."""
-    card = registry.load_card(version, root)
-    card["operating_point"] = None
-    registry.save_card(card, root)
+def clear_operating_point(version, *, reader: str, reason: str, root=None) -> None:
+    """Remove the version's saved operating point (calls fall back to the most probable class) and record who
+    and why in its history; nothing changes (and nothing is recorded) when it has no point."""
+    reader, reason = _note(reader, "your name"), _note(reason, "a reason")
+
+    def remove(card):
+        if card.get("operating_point"):
+            entry = history_entry(card["operating_point"], None, reader, reason)
+            card["operating_point_history"] = [*(card.get("operating_point_history") or []), entry]
+        card["operating_point"] = None
+
+    update_card(version, remove, root)

@@ -1,28 +1,267 @@
-"""A model version's measured figures as Markdown tables (the README's numbers come from here)."""
+"""How figures read: one formatter for every page, ``python -m core info`` and ``python -m core report``.
 
+The first half turns card values into text a reader can take in at a glance — "—" for anything missing or not a
+number, proportions to three decimals with their interval as "0.950 (0.930–0.970)", thresholds to four, times in
+the reader's own time zone, paths relative to the data root (never a server path) — and builds the card summary,
+the operating-point history and the headline figures from them. The second half renders a version's measured
+figures as the Markdown tables the README quotes.
+"""
+
+import math
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pandas as pd
 
-from core import registry
+from core import registry, settings
 from core.metrics import proportion
+
+__all__ = [
+    "DASH", "is_missing", "number_text", "interval_text", "figure_text", "count_text", "threshold_text",
+    "time_text", "duration_text", "relative_path", "score_text", "point_text", "history_rows", "change_rows", "card_summary", "headline_rows",
+    "headline_comparison", "summary_table", "per_source_table", "confusion_table", "operating_point_table",
+    "cross_hospital_cells", "cross_hospital_table", "lever_table", "flags_table", "markdown_report",
+]
+
+DASH = "—"
+PROPORTION_DIGITS = 3
+THRESHOLD_DIGITS = 4
+TIME_FORMAT = "%-d %b %Y, %H:%M"  # 1 Dec 2026, 21:01
+HEADLINE_SPLITS = {"validation": "Validation", "test": "Test", "external": "External (held-out source)"}
+
+
+# --- values as text -------------------------------------------------------------------------------------------
+
+
+def is_missing(value) -> bool:
+    """True for None and for numbers that are not finite (NaN, ±inf): what a table shows as "—"."""
+    if value is None:
+        return True
+    try:
+        return not math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def number_text(value, digits: int = PROPORTION_DIGITS) -> str:
+    """``value`` rounded to ``digits`` decimals, or "—" when it is missing."""
+    return DASH if is_missing(value) else f"{float(value):.{digits}f}"
+
+
+def interval_text(value, low, high, digits: int = PROPORTION_DIGITS) -> str:
+    """"0.950 (0.930–0.970)"; the bare value when the interval is missing; "—" when the value is."""
+    if is_missing(value):
+        return DASH
+    if is_missing(low) or is_missing(high):
+        return number_text(value, digits)
+    return f"{float(value):.{digits}f} ({float(low):.{digits}f}–{float(high):.{digits}f})"
+
+
+def figure_text(entry, digits: int = PROPORTION_DIGITS) -> str:
+    """A card figure ({"value", "ci95"}) as ``interval_text``; "—" for an absent figure."""
+    if not entry:
+        return DASH
+    low, high = (list(entry.get("ci95") or []) + [None, None])[:2]
+    return interval_text(entry.get("value"), low, high, digits)
+
+
+def count_text(entry) -> str:
+    """"467/478" for a proportion with its count, else "—"."""
+    return f"{entry['k']:,}/{entry['n']:,}" if entry and entry.get("n") and "k" in entry else DASH
+
+
+def threshold_text(value) -> str:
+    return number_text(value, THRESHOLD_DIGITS)
+
+
+def _zone(timezone):
+    """The reader's time zone (an IANA name such as the browser's), else this machine's."""
+    try:
+        return ZoneInfo(timezone) if timezone else None
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+
+
+def time_text(stamp, timezone=None) -> str:
+    """An ISO time as "1 Dec 2026, 21:01 CET" in ``timezone`` (default: this machine's); "—" when absent,
+    the text itself when it is not a time."""
+    if not stamp:
+        return DASH
+    try:
+        moment = datetime.fromisoformat(str(stamp))
+    except ValueError:
+        return str(stamp)
+    local = moment.astimezone(_zone(timezone))
+    return f"{local:{TIME_FORMAT}} {local.tzname()}"
+
+
+def duration_text(seconds) -> str:
+    """"45 s", "13 min" or "2.5 h"; "—" when unknown."""
+    if is_missing(seconds):
+        return DASH
+    minutes = seconds / 60
+    return f"{seconds:.0f} s" if minutes < 1 else f"{minutes:.0f} min" if minutes < 90 else f"{minutes / 60:.1f} h"
+
+
+def relative_path(path, root=None) -> str:
+    """``path`` relative to the data root (``root``, else ``settings.data_root()``); a path outside it shows only
+    its last folder name, so no server path reaches the screen."""
+    if not path:
+        return DASH
+    path, base = Path(path), Path(root or settings.data_root())
+    try:
+        return str(path.resolve().relative_to(base.resolve())) or "."
+    except (ValueError, OSError):
+        return f"…/{path.name}"
+
+
+def score_text(positive: str) -> str:
+    return "1 − p(Normal)" if positive == "abnormal" else f"p({positive})"
+
+
+def point_text(point) -> str:
+    """An operating point as a rule: "COVID-19 when p(COVID-19) ≥ 0.0553"; no point: the most probable class."""
+    if not point:
+        return "most probable class (no operating point)"
+    positive = point.get("positive_class")
+    return f"{positive} when {score_text(positive)} ≥ {threshold_text(point.get('threshold'))}"
+
+
+# --- the card as a reader sees it -----------------------------------------------------------------------------
+
+
+def history_rows(card: dict, timezone=None) -> list:
+    """The card's operating-point changes, newest first: when, who, old → new, and why."""
+    rows = []
+    for entry in reversed(card.get("operating_point_history") or []):
+        rows.append({"When": time_text(entry.get("time"), timezone), "Reader": entry.get("reader") or DASH,
+                     "Change": f"{point_text(entry.get('old'))} → {point_text(entry.get('new'))}",
+                     "Reason": entry.get("reason") or DASH})
+    return rows
+
+
+def _data_text(data: dict, root=None) -> str:
+    folders = data.get("folders") or ([{"root": data["root"]}] if data.get("root") else [])
+    parts = [relative_path(folder.get("root"), root) + (f" ({folder['images']:,} images)" if folder.get("images")
+                                                        else "") for folder in folders]
+    return ", ".join(parts) or DASH
+
+
+def _split_text(data: dict) -> str:
+    sizes = data.get("split_sizes") or {}
+    if not sizes:
+        return DASH
+    return " / ".join(f"{sizes.get(key, 0):,}" for key in ("train", "val", "test")) + " images (train / validation / test)"
+
+
+def _recipe_text(training: dict) -> str:
+    keys = (("epochs", "{} epochs"), ("batch_size", "batch {}"), ("lr", "peak learning rate {:g}"),
+            ("warmup_epochs", "{:g} warm-up epoch(s)"), ("intensity", "intensity {}"))
+    parts = [template.format(training[key]) for key, template in keys if training.get(key) not in (None, "")]
+    return ", ".join(parts) or DASH
+
+
+def card_summary(card: dict, active=None, timezone=None, root=None) -> list:
+    """(field, text) rows that describe a version: the card's own facts (``ModelCard.facts``), rounded, its
+    creation time local, then its data (relative to the data root), split, recipe, operating point and
+    libraries. The one card summary: the Models page and ``python -m core info`` print it."""
+    from core.card import CardError, ModelCard
+
+    try:
+        facts = ModelCard.from_dict(card).facts()
+    except CardError as error:
+        facts = [("Version", str(card.get("version"))), ("Card", f"not a complete card: {error}")]
+    rows = []
+    for label, text in facts:
+        if label == "Created":
+            text = time_text(card.get("created"), timezone)
+        elif label == "Training time (s)":
+            label, text = "Training time", duration_text((card.get("training") or {}).get("seconds"))
+        elif label.startswith("Temperature"):
+            text = number_text(card.get("temperature"))
+        rows.append((label, text))
+    if active is not None:
+        rows.insert(1, ("Status", "active (Diagnose and the CLI use it)" if card.get("version") == active else
+                        "not active"))
+    data, training = card.get("data") or {}, card.get("training") or {}
+    point = card.get("operating_point")
+    rows += [("Data", _data_text(data, root)), ("Split (patient-level)", _split_text(data)),
+             ("Recipe", _recipe_text(training)), ("Operating point", point_text(point))]
+    if point:
+        rows.append(("Operating point saved", f"{time_text(point.get('saved'), timezone)}, chosen on "
+                                              f"{point.get('chosen_on') or DASH} data"))
+    libraries = card.get("libraries") or {}
+    if libraries:
+        rows.append(("Libraries", ", ".join(f"{name} {version}" for name, version in libraries.items())))
+    return rows
+
+
+def headline_rows(card: dict) -> list:
+    """Accuracy, macro AUC and each class's recall per split, as text with 95 % intervals and counts."""
+    rows = []
+    for split, title in HEADLINE_SPLITS.items():
+        report = (card.get("metrics") or {}).get(split)
+        if not report:
+            continue
+        figures = {"Accuracy": report.get("accuracy"), "Macro AUC (one-vs-rest)": report.get("macro_auc")}
+        figures.update({f"{name} recall": (entry or {}).get("recall")
+                        for name, entry in (report.get("per_class") or {}).items()})
+        rows += [{"Split": title, "Figure": name, "Value (95 % CI)": figure_text(entry), "Count": count_text(entry)}
+                 for name, entry in figures.items()]
+    return rows
+
+
+def headline_comparison(active: dict, candidate: dict) -> pd.DataFrame:
+    """The headline figures of two cards side by side (each on its own splits), "—" where one lacks a figure."""
+    frames = [pd.DataFrame(headline_rows(card), columns=["Split", "Figure", "Value (95 % CI)", "Count"])
+              .drop(columns="Count").rename(columns={"Value (95 % CI)": role})
+              for role, card in (("Active", active), ("Candidate", candidate))]
+    return frames[0].merge(frames[1], on=["Split", "Figure"], how="outer", sort=False).fillna(DASH)
+
+
+def change_rows(positive: str, prevalence: float, before: dict, after: dict, old_point, new_point) -> list:
+    """The table a reader confirms before an operating-point change: the rule now and after, and what each gives
+    for ``positive`` on the validation cases (``core.operating_point.decision_figures``), PPV at ``prevalence``
+    (a fraction) with the range its sensitivity and specificity intervals span."""
+    def ppv(figures):
+        entry = figures["ppv_at_prevalence"]
+        return interval_text(entry["value"], *entry["range"])
+
+    def called(figures):
+        return f"{figures['tp'] + figures['fp']:,} of {sum(figures[key] for key in ('tp', 'fp', 'tn', 'fn')):,}"
+
+    rows = [("Rule", point_text(old_point), point_text(new_point)),
+            (f"Sensitivity for {positive} (95 % CI)", figure_text(before["sensitivity"]), figure_text(after["sensitivity"])),
+            (f"Specificity for {positive} (95 % CI)", figure_text(before["specificity"]), figure_text(after["specificity"])),
+            (f"PPV at {100 * prevalence:.1f} % prevalence (range)", ppv(before), ppv(after)),
+            (f"Validation cases called {positive}", called(before), called(after))]
+    return [{"Figure (validation)": label, "Now": now, "After the change": later} for label, now, later in rows]
+
+
+# --- the Markdown report ---------------------------------------------------------------------------------------
+
+
+def _markdown(header: list, cells: list) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
 
 
 def _pct(entry) -> str:
-    if not entry or entry.get("value") is None:
-        return "–"
-    low, high = entry.get("ci95") or (None, None)
-    interval = f" [{100 * low:.1f}, {100 * high:.1f}]" if low is not None and high is not None else ""
+    if not entry or is_missing(entry.get("value")):
+        return DASH
+    low, high = (list(entry.get("ci95") or []) + [None, None])[:2]
+    interval = "" if is_missing(low) or is_missing(high) else f" [{100 * low:.1f}, {100 * high:.1f}]"
     count = f" ({entry['k']}/{entry['n']})" if "k" in entry else ""
     return f"{100 * entry['value']:.1f}{interval}{count}"
 
 
 def _auc(entry) -> str:
-    if not entry or entry.get("value") is None:
-        return "–"
-    low, high = entry["ci95"]
-    return f"{entry['value']:.3f} [{low:.3f}, {high:.3f}]" if low is not None else f"{entry['value']:.3f}"
+    if not entry or is_missing(entry.get("value")):
+        return DASH
+    low, high = (list(entry.get("ci95") or []) + [None, None])[:2]
+    return f"{entry['value']:.3f}" if is_missing(low) else f"{entry['value']:.3f} [{low:.3f}, {high:.3f}]"
 
 
 def summary_table(card: dict) -> str:
@@ -40,32 +279,28 @@ def summary_table(card: dict) -> str:
     rows += [
         ("macro AUC [bootstrap 95 % CI]", lambda m: _auc(m["macro_auc"])),
         ("COVID-19 sensitivity at 95 % specificity %", lambda m: _pct(m.get("covid_sensitivity_at_95_specificity"))),
-        ("ECE before → after temperature scaling",
-         lambda m: f"{m['ece_uncalibrated']:.3f} → {m['ece']:.3f}" if m.get("ece") is not None else "–"),
+        ("ECE before → after temperature scaling", lambda m: f"{number_text(m.get('ece_uncalibrated'))} → "
+                                                             f"{number_text(m.get('ece'))}"),
     ]
-    lines = ["| figure | " + " | ".join(name for name, _ in splits) + " |", "|---|" + "---|" * len(splits)]
-    lines += [f"| {label} | " + " | ".join(render(m) for _, m in splits) + " |" for label, render in rows]
-    return "\n".join(lines)
+    return _markdown(["figure"] + [name for name, _ in splits],
+                     [[label] + [render(m) for _, m in splits] for label, render in rows])
 
 
 def per_source_table(card: dict, split: str = "test") -> str:
     """Per data source: images, accuracy and the recall of each class present (Wilson 95 % intervals)."""
-    metrics = card["metrics"][split]["per_source"]
     names = card["class_names"]
-    lines = ["| source | images | accuracy % | " + " | ".join(f"{n} recall %" for n in names) + " |",
-             "|---|---|---|" + "---|" * len(names)]
-    for source, m in metrics.items():
-        recalls = [_pct(m["per_class"][n]["recall"]) if m["per_class"][n]["support"] else "–" for n in names]
-        lines.append(f"| {source} | {m['n']} | {_pct(m['accuracy'])} | " + " | ".join(recalls) + " |")
-    return "\n".join(lines)
+    cells = [[source, str(m["n"]), _pct(m["accuracy"])] +
+             [_pct(m["per_class"][n]["recall"]) if m["per_class"][n]["support"] else DASH for n in names]
+             for source, m in card["metrics"][split]["per_source"].items()]
+    return _markdown(["source", "images", "accuracy %"] + [f"{n} recall %" for n in names], cells)
+
+
+def _matrix_markdown(corner: str, names, matrix) -> str:
+    return _markdown([corner] + list(names), [[name] + [str(v) for v in row] for name, row in zip(names, matrix)])
 
 
 def confusion_table(card: dict, split: str = "test") -> str:
-    names = card["class_names"]
-    matrix = card["metrics"][split]["confusion_matrix"]
-    lines = ["| true \\ predicted | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    lines += [f"| {name} | " + " | ".join(str(v) for v in row) + " |" for name, row in zip(names, matrix)]
-    return "\n".join(lines)
+    return _matrix_markdown("true \\ predicted", card["class_names"], card["metrics"][split]["confusion_matrix"])
 
 
 def operating_point_table(card: dict, folder: Path) -> str:
@@ -81,13 +316,12 @@ def operating_point_table(card: dict, folder: Path) -> str:
         matrices[split] = decision_matrix(frame, names, point["positive_class"], point["threshold"])
     rows = [("accuracy %", lambda m: _pct(proportion(np.trace(m), m.sum())))]
     rows += [(f"{name} recall %", lambda m, i=i: _pct(proportion(m[i, i], m[i].sum()))) for i, name in enumerate(names)]
-    lines = [f"Called at the saved operating point: {point['positive_class']} when p ≥ {point['threshold']:.4f} "
-             f"(chosen on {point.get('chosen_on', 'validation')}), otherwise the most probable other class.", "",
-             "| figure | validation | test |", "|---|---|---|"]
-    lines += [f"| {label} | {render(matrices['validation'])} | {render(matrices['test'])} |" for label, render in rows]
-    lines += ["", "| true \\ called (test) | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    lines += [f"| {name} | " + " | ".join(str(v) for v in row) + " |" for name, row in zip(names, matrices["test"])]
-    return "\n".join(lines)
+    return "\n".join([
+        f"Called at the saved operating point: {point_text(point)} (chosen on {point.get('chosen_on', 'validation')}), "
+        "otherwise the most probable other class.", "",
+        _markdown(["figure", "validation", "test"],
+                  [[label, render(matrices["validation"]), render(matrices["test"])] for label, render in rows]), "",
+        _matrix_markdown("true \\ called (test)", names, matrices["test"])])
 
 
 SHIFT_FIGURES = (  # (key, column title) of the cross-hospital table, in order
@@ -100,35 +334,35 @@ SHIFT_FIGURES = (  # (key, column title) of the cross-hospital table, in order
     ("wrong_confident", "wrong at p ≥ 0.9, % of images"),
     ("wrong_confident_unflagged", "… and unflagged"),
 )
+LEVER_FIGURES = ("macro_auc_present", "non_covid_called_covid", "normal_called_normal", "wrong_confident")
 
 
 def _share(entry) -> str:
-    if not entry or not entry.get("n") or entry.get("value") is None:
-        return "–"
+    if not entry or not entry.get("n") or is_missing(entry.get("value")):
+        return DASH
     return f"{100 * entry['value']:.1f} ({entry['k']}/{entry['n']})"
 
 
 def _shift_cell(shift: dict, key: str) -> str:
     value = shift.get(key)
-    if key == "macro_auc_present":
-        return "–" if value is None else f"{value:.3f}"
-    return _share(value)
+    return number_text(value) if key == "macro_auc_present" else _share(value)
 
 
-def cross_hospital_table(rows: list) -> str:
-    """The leave-one-source-out table (rows of ``train.crosshospital.fold_row``): one line per fold and
-    population, all images first; every figure at the fold's own validation operating point."""
+def cross_hospital_cells(rows: list):
+    """(header, cells) of the leave-one-source-out table (rows of ``train.crosshospital.fold_row``): one line
+    per fold and population, all images first; every figure at the fold's own validation operating point."""
     header = ["held out", "run", "epochs", "population", "n"] + [title for _, title in SHIFT_FIGURES]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    cells = []
     for row in rows:
         groups = [("all", row["shift"])] + sorted(row["shift"].get("per_population", {}).items())
         for population, shift in groups:
-            cells = [str(row["held_out_source"]), str(row["run"]), str(row["epochs"]), population, str(shift["n"])]
-            lines.append("| " + " | ".join(cells + [_shift_cell(shift, key) for key, _ in SHIFT_FIGURES]) + " |")
-    return "\n".join(lines)
+            cells.append([str(row["held_out_source"]), str(row["run"]), str(row["epochs"]), population,
+                          str(shift["n"])] + [_shift_cell(shift, key) for key, _ in SHIFT_FIGURES])
+    return header, cells
 
 
-LEVER_FIGURES = ("macro_auc_present", "non_covid_called_covid", "normal_called_normal", "wrong_confident")
+def cross_hospital_table(rows: list) -> str:
+    return _markdown(*cross_hospital_cells(rows))
 
 
 def lever_table(rows: list) -> str:
@@ -136,14 +370,13 @@ def lever_table(rows: list) -> str:
     patient-disjoint) and its figures on the held-out source (all images)."""
     titles = dict(SHIFT_FIGURES)
     header = ["run", "recipe", "validation accuracy %", "validation macro AUC"] + [titles[k] for k in LEVER_FIGURES]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    cells = []
     for row in rows:
         validation = row.get("validation") or {}
-        auc = (validation.get("macro_auc") or {}).get("value")
-        cells = [str(row["run"]), row.get("recipe", ""), _share(validation.get("accuracy")),
-                 "–" if auc is None else f"{auc:.3f}"]
-        lines.append("| " + " | ".join(cells + [_shift_cell(row["shift"], key) for key in LEVER_FIGURES]) + " |")
-    return "\n".join(lines)
+        cells.append([str(row["run"]), row.get("recipe", ""), _share(validation.get("accuracy")),
+                      number_text((validation.get("macro_auc") or {}).get("value"))] +
+                     [_shift_cell(row["shift"], key) for key in LEVER_FIGURES])
+    return _markdown(header, cells)
 
 
 def flags_table(card: dict) -> str:
@@ -154,11 +387,8 @@ def flags_table(card: dict) -> str:
     splits = list(rates)
     codes = sorted({code for split in splits for code in rates[split] if code != "n"},
                    key=lambda code: (code not in ("any", "out_of_depth"), code))
-    lines = ["| flag | " + " | ".join(f"{split} (n = {rates[split]['n']})" for split in splits) + " |",
-             "|---|" + "---|" * len(splits)]
-    for code in codes:
-        lines.append(f"| {code} | " + " | ".join(f"{100 * rates[split].get(code, 0.0):.1f} %" for split in splits) + " |")
-    return "\n".join(lines)
+    return _markdown(["flag"] + [f"{split} (n = {rates[split]['n']})" for split in splits],
+                     [[code] + [f"{100 * rates[split].get(code, 0.0):.1f} %" for split in splits] for code in codes])
 
 
 def markdown_report(card: dict, folder: Path = None) -> str:
@@ -166,8 +396,10 @@ def markdown_report(card: dict, folder: Path = None) -> str:
     point_section = []
     if card.get("operating_point") and folder is not None and (folder / registry.TEST_PREDICTIONS).is_file():
         point_section = [operating_point_table(card, folder)]
-    header = (f"**{card['version']}** — `{card['architecture']}`, {card.get('parameters', '?'):,} parameters, "
-              f"temperature {card.get('temperature', 1.0):.3f}")
+    parameters = card.get("parameters")
+    header = (f"**{card['version']}** — `{card['architecture']}`, "
+              f"{DASH if parameters is None else f'{parameters:,}'} parameters, "
+              f"temperature {number_text(card.get('temperature', 1.0))}")
     return "\n\n".join([header] + point_section + [
         "Argmax figures (no operating point), percentages with Wilson 95 % intervals:",
         summary_table(card),

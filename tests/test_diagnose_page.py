@@ -153,9 +153,10 @@ def test_a_saved_operating_point_changes_the_call_after_a_restart(shipped_versio
         assert not app.exception
         return [unescaped(m.value).split("Call: ")[1] for m in app.markdown if "Call: " in unescaped(m.value)]
 
-    operating_point.clear_operating_point(shipped_version)
+    operating_point.clear_operating_point(shipped_version, reader="test", reason="argmax first")
     assert call_on_the_page() == [argmax_call]
-    operating_point.save_operating_point(shipped_version, "COVID-19", float(probabilities[0]) - PROBABILITY_ATOL)
+    operating_point.save_operating_point(shipped_version, "COVID-19", float(probabilities[0]) - PROBABILITY_ATOL,
+                                         reader="test", reason="just below this film")
     assert call_on_the_page() == ["COVID-19"]
 
 
