@@ -1,6 +1,10 @@
-"""CXR Triage library: image reading, the shared preprocessing, the model registry, inference and metrics.
+"""CXR Triage library: image reading, the shared preprocessing, the model card and registry, inference, the
+flags on every call, Grad-CAM, operating points, metrics and reports.
 
-Nothing in this package imports streamlit, so it can be used from the CLI, the trainer and tests.
+Nothing in this package imports streamlit, ``train`` or ``pages`` (the import contract in ``.importlinter``), so
+it can be used from the CLI, the trainer and tests. Every path and environment variable is in ``core.settings``.
 """
 
-CLASS_NAMES = ("COVID-19", "Normal", "Pneumonia")
+__all__ = ["CLASS_NAMES"]
+
+CLASS_NAMES = ("COVID-19", "Normal", "Pneumonia")  # the classes the trainer trains; a model's own are its card's

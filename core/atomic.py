@@ -8,6 +8,7 @@ filesystem and two processes never share a temporary name), is fsynced, and repl
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,7 +18,7 @@ FILE_MODE = 0o644  # mkstemp makes files private; cards, pointers and tables are
 
 
 @contextmanager
-def atomic_path(path, suffix: str = ".tmp"):
+def atomic_path(path, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path beside ``path`` to write to (by any library; ``suffix`` for libraries that insist
     on one, e.g. ``.weights.h5``); on success it is fsynced and replaces ``path``, on an exception removed."""
     path = Path(path)

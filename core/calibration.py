@@ -4,6 +4,8 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 
+__all__ = ["fit_temperature", "reliability_bins", "expected_calibration_error"]
+
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 ECE_BINS = 15
 

@@ -168,7 +168,7 @@ def _fact_text(value) -> str:
     return str(value)
 
 
-def finite(value):
+def finite(value) -> object:
     """``value`` with every non-finite float replaced by None and numpy scalars by Python numbers: strict JSON."""
     if isinstance(value, np.generic):
         value = value.item()

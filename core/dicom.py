@@ -62,6 +62,8 @@ def _display_date(date: str) -> str:
 
 
 def read_dicom(data: bytes) -> Radiograph:
+    """Decode a DICOM file's first frame to [0, 1] display greys with its metadata and hints; ``UnusableImageError``
+    for a damaged file or one that is not a projection radiograph."""
     try:
         dataset = pydicom.dcmread(io.BytesIO(data), force=True)
         for _ in dataset.iterall():  # pydicom parses element values lazily: parse them all now

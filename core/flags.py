@@ -25,6 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+__all__ = ["Assessment", "from_hints", "sigmoid", "FlagDetector", "mahalanobis", "add_model_flags",
+           "operating_score", "is_borderline"]
+
 DETECTOR_FILE = "detector.npz"
 PENULTIMATE = "penultimate"  # the input of the ``logits`` layer
 POOLED_FEATURES_LAYER = "pooled_features"  # the DCNN's global max pools of the four blocks, when the model has them
@@ -79,7 +82,8 @@ def from_hints(hints) -> Assessment:
     return assessment
 
 
-def sigmoid(values):
+def sigmoid(values) -> np.ndarray:
+    """The logistic function, in float64 (the orientation heads' scores)."""
     return 1.0 / (1.0 + np.exp(-np.asarray(values, dtype=np.float64)))
 
 
@@ -163,7 +167,7 @@ def add_model_flags(assessments, probabilities, card: dict, detector=None, score
             assessment.add("borderline")
 
 
-def operating_score(probabilities, card: dict):
+def operating_score(probabilities, card: dict) -> float | None:
     """The score the operating point thresholds: p(positive), or 1 − p(Normal) for "abnormal"; None without
     an operating point."""
     point = card.get("operating_point")

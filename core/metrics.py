@@ -12,12 +12,16 @@ from statsmodels.stats.proportion import proportion_confint
 
 from core.calibration import expected_calibration_error
 
+__all__ = ["wilson_interval", "proportion", "bootstrap_ci", "percentile_interval", "resample_rows", "rank_auc",
+           "rank_macro_auc", "bootstrap_auc_interval", "bootstrap_auc_intervals", "one_vs_rest_auc", "macro_auc",
+           "sensitivity_at_specificity", "classification_report", "per_source_reports"]
+
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 1000
 TARGET_SPECIFICITY = 0.95
 
 
-def wilson_interval(successes: int, total: int, confidence: float = CONFIDENCE):
+def wilson_interval(successes: int, total: int, confidence: float = CONFIDENCE) -> tuple:
     """Wilson score interval for a proportion; (nan, nan) when ``total`` is 0."""
     if total == 0:
         return (float("nan"), float("nan"))
@@ -32,7 +36,7 @@ def proportion(successes: int, total: int) -> dict:
     return {"value": value, "ci95": list(wilson_interval(successes, total)), "k": successes, "n": total}
 
 
-def bootstrap_ci(statistic, arrays, resamples=BOOTSTRAP_RESAMPLES, seed=0, confidence=CONFIDENCE):
+def bootstrap_ci(statistic, arrays, resamples=BOOTSTRAP_RESAMPLES, seed=0, confidence=CONFIDENCE) -> tuple:
     """Percentile bootstrap interval of ``statistic(*arrays)`` resampling rows; resamples where the statistic
     is undefined (it raises ``ValueError`` or returns NaN, e.g. with one class only) are skipped."""
     rng = np.random.default_rng(seed)
@@ -62,7 +66,7 @@ def resample_rows(n: int, resamples=BOOTSTRAP_RESAMPLES, seed=0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, (resamples, n))
 
 
-def rank_auc(positive, scores):
+def rank_auc(positive, scores) -> np.ndarray:
     """ROC AUC in its rank (Mann–Whitney) form, ties counting half: scikit-learn's ``roc_auc_score`` value,
     computed along the last axis so that a whole stack of bootstrap resamples (R, n) is one call. NaN where a
     row lacks positives or negatives. For bootstraps; reported values come from scikit-learn."""
@@ -74,20 +78,20 @@ def rank_auc(positive, scores):
         return ((ranks * positive).sum(axis=-1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
-def rank_macro_auc(labels, probs):
+def rank_macro_auc(labels, probs) -> np.ndarray:
     """Macro one-vs-rest ``rank_auc`` of class-index ``labels`` (…, n) and ``probs`` (…, n, C); NaN where a
     class lacks positives or negatives."""
     labels, probs = np.asarray(labels), np.asarray(probs)
     return np.mean([rank_auc(labels == index, probs[..., index]) for index in range(probs.shape[-1])], axis=0)
 
 
-def bootstrap_auc_interval(truth, scores, resamples=BOOTSTRAP_RESAMPLES, seed=0, confidence=CONFIDENCE):
+def bootstrap_auc_interval(truth, scores, resamples=BOOTSTRAP_RESAMPLES, seed=0, confidence=CONFIDENCE) -> list:
     """Percentile bootstrap interval of a binary ROC AUC, all resamples at once."""
     rows = resample_rows(len(truth), resamples, seed)
     return percentile_interval(rank_auc(np.asarray(truth, dtype=bool)[rows], np.asarray(scores)[rows]), confidence)
 
 
-def bootstrap_auc_intervals(labels, probs, resamples=BOOTSTRAP_RESAMPLES, seed=0, confidence=CONFIDENCE):
+def bootstrap_auc_intervals(labels, probs, resamples=BOOTSTRAP_RESAMPLES, seed=0, confidence=CONFIDENCE) -> tuple:
     """Percentile bootstrap intervals of every one-vs-rest AUC and of their macro mean, all resamples at once;
     resamples lacking a class's positives or negatives are skipped for that class, and for the macro mean.
     Returns ({class index: [low, high]}, [low, high])."""
@@ -98,16 +102,18 @@ def bootstrap_auc_intervals(labels, probs, resamples=BOOTSTRAP_RESAMPLES, seed=0
     return per_class, percentile_interval(np.mean(aucs, axis=0), confidence)
 
 
-def one_vs_rest_auc(labels, scores, positive):
+def one_vs_rest_auc(labels, scores, positive) -> float:
+    """ROC AUC (scikit-learn) of class ``positive`` against the rest, from one score per image."""
     positives = np.asarray(labels) == positive
     return float(roc_auc_score(positives, scores))
 
 
-def macro_auc(labels, probs):
+def macro_auc(labels, probs) -> float:
+    """Macro one-vs-rest ROC AUC (scikit-learn) of class-index ``labels`` and probabilities (n, C)."""
     return float(roc_auc_score(labels, probs, multi_class="ovr", average="macro", labels=np.arange(probs.shape[1])))
 
 
-def sensitivity_at_specificity(labels, scores, positive, specificity=TARGET_SPECIFICITY):
+def sensitivity_at_specificity(labels, scores, positive, specificity=TARGET_SPECIFICITY) -> dict:
     """The highest sensitivity whose specificity is ≥ ``specificity``, with the threshold that reaches it
     (positive means score ≥ threshold) and its Wilson interval."""
     positives = np.asarray(labels) == positive

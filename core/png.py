@@ -10,6 +10,8 @@ import struct
 
 from zlib_ng import zlib_ng
 
+__all__ = ["rgb_png", "chunk"]
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_RGB8 = (8, 2, 0, 0, 0)  # bit depth 8, colour type 2 (RGB), deflate, adaptive filtering, no interlace
 ZLIB_HEADER = b"\x78\x01"  # deflate with a 32 KiB window, no dictionary, "fastest" level

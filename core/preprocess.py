@@ -10,6 +10,9 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
+__all__ = ["Preprocessing", "resize_grey", "shrink_one_axis", "crop_border", "normalise_intensity", "prepare_grey",
+           "to_channels", "to_model_input"]
+
 PREPROCESSING = {
     "colour": "greyscale, EXIF-rotated, DICOM modality/VOI LUT applied, MONOCHROME1 inverted",
     "resize": "cv2.INTER_AREA to a square input (aspect not kept, as in Zhong 2020)",

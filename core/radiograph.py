@@ -57,6 +57,7 @@ class Radiograph:
 
 
 def too_large_message() -> str:
+    """Why a declared size is refused before decoding (a decompression bomb, or a damaged header)."""
     return (f"The image is too large to open safely (more than {MAX_PIXELS // 1_000_000} million pixels); this "
             "can be a damaged or malicious file.")
 

@@ -58,7 +58,7 @@ def export_dir() -> Path:
     return _path(EXPORT_ENV, REPO_ROOT / "exports").resolve()
 
 
-def imagenet_weights_dir():
+def imagenet_weights_dir() -> Path | None:
     """A local folder of ImageNet weights for the transfer-learning architectures, or None (never downloaded)."""
     value = os.environ.get(IMAGENET_WEIGHTS_ENV)
     return Path(value) if value else None

@@ -9,7 +9,6 @@ model card says which initialisation was used (``initialisation``).
 """
 
 import logging
-import os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -18,9 +17,11 @@ from typing import Callable
 import keras
 from keras import layers
 
+from core import settings
+from core.settings import IMAGENET_WEIGHTS_ENV
+
 log = logging.getLogger(__name__)
 
-IMAGENET_WEIGHTS_ENV = "CXR_IMAGENET_WEIGHTS_DIR"
 RANDOM_INITIALISATION = "random (Glorot uniform); no pretrained weights"
 
 # (filters, convolutions) of the four VGG-style blocks of Zhong 2020.
@@ -125,8 +126,8 @@ def lxn(input_size=200, num_classes=3):
 
 def imagenet_weights(backbone: str, weights_dir=None):
     """Path of ``backbone``'s standard no-top ImageNet weights file in ``weights_dir`` (default:
-    ``$CXR_IMAGENET_WEIGHTS_DIR``), or None when no folder is given or the file is not in it."""
-    folder = weights_dir or os.environ.get(IMAGENET_WEIGHTS_ENV)
+    ``core.settings.imagenet_weights_dir()``), or None when no folder is given or the file is not in it."""
+    folder = weights_dir or settings.imagenet_weights_dir()
     if not folder:
         return None
     path = Path(folder) / BACKBONES[backbone].weights_file

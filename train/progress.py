@@ -1,30 +1,21 @@
 """Machine-readable progress: JSON lines appended to ``<run>/events.jsonl`` (read by the Retrain page)."""
 
 import json
-import math
 import threading
 import time
 
 import keras
 
+from core.card import finite
+
 EVENTS_FILE = "events.jsonl"
 STEP_EVENT_SECONDS = 2.0
-
-
-def _clean(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
 
 
 def write_event(run_dir, event: str, **fields) -> None:
     record = {"event": event, "time": time.time(), **fields}
     with open(run_dir / EVENTS_FILE, "a") as stream:
-        stream.write(json.dumps(_clean(record)) + "\n")
+        stream.write(json.dumps(finite(record)) + "\n")
         stream.flush()
 
 
