@@ -1,13 +1,17 @@
-"""Command line: ``python -m core predict [--model VERSION] [--json] [--cam-dir DIR] FILE_OR_FOLDER...`` and
-``python -m core info``."""
+"""Command line: ``python -m core predict [--model VERSION] [--json] [--cam-dir DIR] [--report-dir DIR]
+FILE_OR_FOLDER...``, ``python -m core info`` and ``python -m core report``."""
 
 import argparse
 import json
 import os
 import sys
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
-from core import registry
+import numpy as np
+
+from core import atomic, registry, settings
 
 
 def expand_inputs(items) -> list:
@@ -24,16 +28,42 @@ def expand_inputs(items) -> list:
     return paths
 
 
-def command_predict(args) -> int:
-    from core.flags import UNCERTAIN_CALL
-    from core.inference import Predictor
-    from core.operating_point import decide
+@contextmanager
+def quiet_stderr():
+    """Keep TensorFlow's and absl's start-up lines (written by C++ straight to file descriptor 2) off the
+    terminal: the descriptor goes to a temporary file for the block, whose text is replayed only when the block
+    fails, so a real error is never hidden."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
-    predictor = Predictor(args.model)
+
+def command_predict(args) -> int:
+    with quiet_stderr():
+        from core import worklist
+        from core.flags import UNCERTAIN_CALL
+        from core.inference import Predictor
+        from core.operating_point import decide
+
+        predictor = Predictor(args.model)
+        predictor.logits(np.zeros((1, predictor.input_size, predictor.input_size, 3), np.float32))  # first-run logs
     inputs = expand_inputs(args.files)
-    cam_names = cam_file_names(inputs, args.files) if args.cam_dir else {}
+    cam_names = output_names(inputs, args.files, "_gradcam.png") if args.cam_dir else {}
+    report_names = output_names(inputs, args.files, "_report.pdf") if args.report_dir else {}
     all_read = True
-    for result in predictor.assess_files(inputs, batch_size=args.batch_size, keep_pixels=bool(args.cam_dir)):
+    keep_pixels = bool(args.cam_dir or args.report_dir)
+    for result in predictor.assess_files(inputs, batch_size=args.batch_size, keep_pixels=keep_pixels):
         if result.error is not None:
             all_read = False
             if args.json:
@@ -43,13 +73,12 @@ def command_predict(args) -> int:
             continue
         prediction = decide(result.probabilities, predictor.card).label
         assessment = result.assessment
-        if args.cam_dir:
-            write_cam(predictor, result, Path(args.cam_dir) / cam_names[result.path])
+        entry = worklist.record(str(result.path), result.probabilities, predictor.class_names, prediction,
+                                assessment, predictor.card, worklist.now())
+        if keep_pixels:
+            write_outputs(predictor, result, entry, args, cam_names, report_names)
         if args.json:
-            probabilities = {name: round(float(p), 6) for name, p in zip(predictor.class_names, result.probabilities)}
-            print(json.dumps({"file": str(result.path), "probabilities": probabilities, "prediction": prediction,
-                              "trust": "uncertain" if assessment.out_of_depth else "ok",
-                              "flags": assessment.flags, "warnings": assessment.warnings}), flush=True)
+            print(json.dumps(entry), flush=True)
         else:
             shown = "  ".join(f"{name} {p:.3f}" for name, p in zip(predictor.class_names, result.probabilities))
             call = f"{UNCERTAIN_CALL} (model: {prediction})" if assessment.out_of_depth else prediction
@@ -58,63 +87,56 @@ def command_predict(args) -> int:
     return 0 if all_read else 1
 
 
-def cam_file_names(paths, given) -> dict:
-    """``<relative path without suffix>_gradcam.png`` for each input: relative to the folder it was found in
+def output_names(paths, given, suffix: str) -> dict:
+    """``<relative path without suffix><suffix>`` for each input: relative to the folder it was found in
     (files given directly: their name), so files of the same name in different folders never overwrite each
     other; a clash left over (the same name given twice) gets a numbered suffix."""
     folders = [Path(item) for item in given if Path(item).is_dir()]
     names, used = {}, set()
     for path in paths:
         base = next((path.relative_to(f) for f in folders if path.is_relative_to(f)), Path(path.name))
-        name = base.with_name(f"{base.stem}_gradcam.png")
+        name = base.with_name(f"{base.stem}{suffix}")
         counter = 1
         while name in used:
             counter += 1
-            name = base.with_name(f"{base.stem}_{counter}_gradcam.png")
+            name = base.with_name(f"{base.stem}_{counter}{suffix}")
         used.add(name)
         names[path] = name
     return names
 
 
-def write_cam(predictor, result, target: Path) -> None:
-    """The Grad-CAM overlay of the class called at the operating point, at full resolution, as a PNG."""
-    from core import gradcam
+def write_outputs(predictor, result, entry: dict, args, cam_names: dict, report_names: dict) -> None:
+    """The Grad-CAM overlay PNG (full resolution, with its colour scale) and/or the PDF report of one file,
+    explaining the class called at the operating point."""
+    from core import diagnosis, overlay
+    from core.gradcam import GRADCAM
+    from core.study_report import StudyReport, study_pdf
 
-    explanation, _ = gradcam.explain_call(predictor, predictor.preprocess(result.pixels))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(gradcam.overlay_png(result.pixels, explanation.maps[gradcam.GRADCAM]))
+    (look,) = diagnosis.look_batch(predictor, predictor.preprocess(result.pixels)[np.newaxis])
+    cam = look.maps[GRADCAM]
+    if args.cam_dir:
+        atomic.write_bytes(made_parent(Path(args.cam_dir) / cam_names[result.path]), overlay.overlay_png(result.pixels, cam))
+    if args.report_dir:
+        sentence = diagnosis.call_sentence(look.decision, result.probabilities, result.assessment,
+                                           predictor.class_names, predictor.card)
+        report = StudyReport(overlay.display_copy(result.pixels), cam, GRADCAM, look.decision.label, look.layer,
+                             sentence, entry, predictor.card.get("caveat", ""))
+        atomic.write_bytes(made_parent(Path(args.report_dir) / report_names[result.path]), study_pdf(report))
+
+
+def made_parent(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def command_info(args) -> int:
+    from core.report import info_text
+
     card = registry.load_card(args.model)
     if args.json:
         print(json.dumps(card, indent=2))
         return 0
-    print(f"version       {card['version']}  ({'active' if card['version'] == registry.active_version() else 'inactive'})")
-    print(f"architecture  {card['architecture']}  input {card['input_size']}×{card['input_size']}×3")
-    print(f"classes       {', '.join(card['class_names'])}")
-    print(f"temperature   {card.get('temperature', 1.0):.3f}")
-    print(f"grad-cam      {card.get('gradcam_layer')}")
-    for split in ("validation", "test", "external"):
-        metrics = (card.get("metrics") or {}).get(split)
-        if metrics:
-            auc = metrics.get("macro_auc") or {}
-            low, high = (auc.get("ci95") or [None, None])[:2]
-            auc_text = f"{auc['value']:.3f} [{low:.3f}, {high:.3f}]" if auc.get("value") is not None and low is not None else "—"
-            accuracy = (metrics.get("accuracy") or {}).get("value")
-            print(f"{split:<13} accuracy {accuracy if accuracy is None else f'{accuracy:.3f}'}  macro AUC {auc_text}  "
-                  f"n={metrics.get('n')}")
-    flags = card.get("flags") or {}
-    if flags.get("rates", {}).get("test"):
-        print(f"flags         {100 * flags['rates']['test']['any']:.1f} % of test images flagged "
-              f"({100 * flags['rates']['test']['out_of_depth']:.1f} % 'read without the model')")
-    for row in card.get("cross_hospital") or []:
-        shift = row["shift"]
-        called = shift["non_covid_called_covid"]
-        print(f"held out      {row['held_out_source']}: non-COVID called COVID-19 {100 * (called['value'] or 0):.1f} % "
-              f"({called['k']}/{called['n']}), macro AUC {shift.get('macro_auc_present') or float('nan'):.3f}")
-    if card.get("caveat"):
-        print(f"caveat        {card['caveat']}")
+    print(info_text(card, registry.active_version()))
     return 0
 
 
@@ -140,6 +162,8 @@ def main(argv=None) -> int:
     predict.add_argument("--batch-size", type=int, default=64)
     predict.add_argument("--cam-dir", help="also write each readable file's Grad-CAM overlay (of the called class) "
                          "to CAM_DIR/<path relative to the folder given>_gradcam.png")
+    predict.add_argument("--report-dir", help="also write each readable file's one-page PDF report to "
+                         "REPORT_DIR/<path relative to the folder given>_report.pdf")
     info = commands.add_parser("info", help="show a model version's card")
     info.add_argument("--model", help="model version (default: the active one)")
     info.add_argument("--json", action="store_true")
@@ -147,7 +171,7 @@ def main(argv=None) -> int:
     report.add_argument("--model", help="model version (default: the active one)")
     report.add_argument("--card", help="a card.json file instead, e.g. runs/<run>/candidate/card.json")
     args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    settings.quiet_tensorflow()
     try:
         return {"predict": command_predict, "info": command_info, "report": command_report}[args.command](args)
     except registry.ModelVersionError as error:

@@ -56,6 +56,7 @@ class Predictor:
         signature = [tf.TensorSpec([None, self.input_size, self.input_size, 3], tf.float32)]
         self._forward = tf.function(lambda x: self.logits_model(x, training=False), input_signature=signature)
         self._embed = embedding_model(self.model) if self.detector is not None else None
+        self.explainers = {}  # compiled Grad-CAM passes by layer (core.gradcam, core.diagnosis): they die with the model
 
     def preprocess(self, grey: np.ndarray) -> np.ndarray:
         return to_model_input(grey, self.input_size, self.preprocessing)
@@ -147,8 +148,14 @@ def embedding_model(model):
     @tf.function(input_signature=signature)
     def forward(images):
         logits_out, embedding_out, *pooled = outputs(images, training=False)
-        thumbnail = tf.image.resize(images[..., :1], (ORIENTATION_THUMBNAIL, ORIENTATION_THUMBNAIL), method="area")
-        features = tf.concat([embedding_out, *pooled, tf.reshape(thumbnail, [tf.shape(images)[0], -1])], axis=1)
-        return logits_out, embedding_out, features
+        return logits_out, embedding_out, flag_features(images, embedding_out, pooled)
 
     return forward
+
+
+def flag_features(images, embedding, pooled):
+    """The orientation features (see ``embedding_model``) of a batch, as a tensor (N, F)."""
+    import tensorflow as tf
+
+    thumbnail = tf.image.resize(images[..., :1], (ORIENTATION_THUMBNAIL, ORIENTATION_THUMBNAIL), method="area")
+    return tf.concat([embedding, *pooled, tf.reshape(thumbnail, [tf.shape(images)[0], -1])], axis=1)

@@ -1,194 +1,270 @@
-"""Diagnose: upload chest X-rays; each gets its calibrated class probabilities, the call at the model version's
-operating point and a Grad-CAM overlay.
+"""Diagnose: a reading room. Upload chest X-rays (several files or a zip of a folder); each becomes a study in the
+session's worklist, sorted by priority; the selected study opens large in a viewer (zoom, pan, window/level,
+the Grad-CAM overlay drawn only where the map is high, with its colour scale) beside its call, probabilities and
+flags. Studies and controls stay for the browser session across page changes; nothing is written to disk.
 
-Decoding, inference and explanation live in ``core``; this page lays them out and keeps per-file results in the
-browser session, so moving the opacity or the colormap redraws the overlay without running the model again.
-Uploads stay in memory; nothing is written to disk.
+Reading, drawing and exporting live in ``core`` (worklist, diagnosis, viewer, overlay, study_report); this page
+lays them out. The viewer and the probabilities are drawn before the flags are computed (one more forward pass),
+so the reader sees the film as early as possible.
 """
 
 import hashlib
 import logging
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import plotly.graph_objects as go
 import streamlit as st
 
-from core import gradcam, registry
-from core.flags import UNCERTAIN_CALL
-from core.imaging import Radiograph, UnusableImageError, dicom_fields_for_display, read_image
+from core import gradcam, overlay, registry, viewer, worklist
+from core.diagnosis import call_sentence, look_batch
+from core.imaging import dicom_fields_for_display
+from core.study_report import report_for
 from pages.common import active_card, escape_markdown, load_predictor
 
+STUDIES = "diagnose_studies"  # digest → worklist.Study, for the browser session
+SELECTED = "diagnose_selected"
+UPLOADER_GENERATION = "diagnose_uploader_generation"
+KEPT = "diagnose_kept"  # widget values kept across pages (Streamlit drops the state of widgets not drawn)
+TABLE = "diagnose_worklist_table"
+TABLE_ORDER = "diagnose_table_order"
 CALLED_CLASS = "The called class"
-FILES_STATE = "diagnose_files"
-INTERNAL_ERROR = "This file could not be analysed because of an internal error (logged for the developers)."
+CUSTOM = "custom"
+UPLOAD_LABEL = ("Chest X-rays, or a zip of a folder of them: DICOM (.dcm or no extension), PNG, JPEG, BMP, TIFF, "
+                "WebP or GIF")
+INTERNAL_ERROR = "This study could not be analysed because of an internal error (logged for the developers)."
 RESEARCH_ONLY = "Research use only — not for clinical diagnosis."
-OPACITY_STEP = 0.05
-CHART_HEIGHT = 160
-CALLED_COLOUR, OTHER_COLOUR = "#d62728", "#8c9bab"
+CALL_COLOUR, OTHER_COLOUR = "#2b6cb0", "#a0aec0"
+VIEWER_SHARE = 0.64
+CHART_HEIGHT = 130
 LOG = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Controls:
-    """The reader's choices; ``explained_class`` None means the class called at the operating point."""
-
-    explained_class: str | None
-    method: str
-    layer: str
-    opacity: float
-    colormap: str
-    show_patient_fields: bool
-    card: dict  # read afresh on every run, so a newly saved operating point applies at once
+def kept(widget, label: str, key: str, default, options=None, **kwargs):
+    """A widget whose value survives a visit to another page: kept in ``KEPT`` and handed back on return."""
+    saved = st.session_state.setdefault(KEPT, {})
+    if key not in st.session_state:
+        value = saved.get(key, default)
+        st.session_state[key] = value if options is None or value in options else default
+    value = widget(label, options, key=key, **kwargs) if options is not None else widget(label, key=key, **kwargs)
+    saved[key] = value
+    return value
 
 
-@dataclass
-class FileResult:
-    """One uploaded file's decoded image (or why it is unusable) and the explanations computed for it so far."""
-
-    radiograph: Radiograph | None = None
-    error: str | None = None
-    display: np.ndarray | None = None
-    original_jpeg: bytes = b""
-    decode_ms: float = 0.0
-    explanations: dict = field(default_factory=dict)  # (version, layer, class) → (Explanation, Decision, ms)
-    assessments: dict = field(default_factory=dict)  # (version, operating point) → Assessment
-    overlay: tuple = (None, b"", 0.0)  # the last overlay drawn: ((version, controls), JPEG bytes, ms)
-
-
-def render_controls(card: dict) -> Controls:
+def render_controls(card: dict) -> dict:
     """The explanation controls, in the sidebar."""
     layers = card.get("conv_layers") or [card["gradcam_layer"]]
     with st.sidebar:
         st.subheader("Explanation")
-        explained = st.selectbox("Class to explain", [CALLED_CLASS, *card["class_names"]], key="diagnose_class")
-        method = st.radio("Method", gradcam.METHODS, horizontal=True, key="diagnose_method")
-        layer = st.selectbox("Layer", layers, index=layers.index(card["gradcam_layer"]), key="diagnose_layer")
-        opacity = st.slider("Opacity", 0.0, 1.0, gradcam.DEFAULT_OPACITY, OPACITY_STEP, key="diagnose_opacity")
-        colormap = st.selectbox("Colormap", list(gradcam.COLORMAPS), key="diagnose_colormap")
-        show_patient = st.checkbox("Show patient fields", key="diagnose_patient_fields",
-                                   help="Patient and study fields from DICOM headers, which may identify the patient.")
-    return Controls(None if explained == CALLED_CLASS else explained, method, layer, opacity, colormap, show_patient,
-                    card)
+        explained = kept(st.selectbox, "Class to explain", "diagnose_class", CALLED_CLASS,
+                         [CALLED_CLASS, *card["class_names"]])
+        method = kept(st.radio, "Method", "diagnose_method", gradcam.GRADCAM, list(gradcam.METHODS), horizontal=True)
+        layer = kept(st.selectbox, "Layer", "diagnose_layer", card["gradcam_layer"], layers)
+        percentile = kept(st.slider, "Draw the map where it is above its percentile", "diagnose_percentile",
+                          overlay.DEFAULT_PERCENTILE, min_value=0, max_value=99, step=1,
+                          help="80 draws the top fifth of the map; the film stays untouched elsewhere.")
+        opacity = kept(st.slider, "Opacity", "diagnose_opacity", overlay.DEFAULT_OPACITY, min_value=0.0,
+                       max_value=1.0, step=0.05)
+        colormap = kept(st.selectbox, "Colormap", "diagnose_colormap", overlay.DEFAULT_COLORMAP,
+                        list(overlay.COLORMAPS))
+        show_patient = kept(st.checkbox, "Show patient fields", "diagnose_patient_fields", False,
+                            help="Patient and study fields from DICOM headers, which may identify the patient.")
+    return {"explained_class": None if explained == CALLED_CLASS else explained, "method": method, "layer": layer,
+            "percentile": percentile, "opacity": opacity, "colormap": colormap, "show_patient": show_patient}
 
 
-def decoded(data: bytes) -> FileResult:
-    """Decode an upload once; an unusable file keeps its reader-facing message."""
-    start = time.perf_counter()
-    try:
-        radiograph = read_image(data)
-    except UnusableImageError as error:
-        return FileResult(error=str(error))
-    display = gradcam.display_copy(radiograph.pixels)
-    return FileResult(radiograph, None, display, gradcam.grey_jpeg(display), elapsed_ms(start))
+def studies() -> dict:
+    return st.session_state.setdefault(STUDIES, {})
 
 
-def explained(result: FileResult, predictor, controls: Controls):
-    """(Explanation, Decision, Assessment, ms) for the chosen layer and class, computed once per file, version,
-    operating point, layer and class."""
-    point = controls.card.get("operating_point") or {}
-    key = (predictor.version, point.get("positive_class"), point.get("threshold"), controls.layer,
-           controls.explained_class)
-    if key not in result.explanations:
-        start = time.perf_counter()
-        image = predictor.preprocess(result.radiograph.pixels)
-        explanation, decision = gradcam.explain_call(predictor, image, controls.explained_class, controls.layer,
-                                                     card=controls.card)
-        point_key = key[:3]  # the flags do not depend on the layer or the class explained
-        if point_key not in result.assessments:
-            _, (result.assessments[point_key],) = predictor.assess(image[np.newaxis], [result.radiograph.hints],
-                                                                   card=controls.card)
-        result.explanations[key] = (explanation, decision, result.assessments[point_key], elapsed_ms(start))
-    return result.explanations[key]
-
-
-def overlay_jpeg(result: FileResult, cam: np.ndarray, version: str, controls: Controls):
-    """(JPEG bytes, ms) of the overlay on the display copy, redrawn only when the version or a control changes."""
-    settings = (version, controls)
-    if result.overlay[0] != settings:
-        start = time.perf_counter()
-        jpeg = gradcam.overlay_jpeg(result.display, cam, controls.colormap, controls.opacity)
-        result.overlay = (settings, jpeg, elapsed_ms(start))
-    return result.overlay[1:]
-
-
-def elapsed_ms(start: float) -> float:
-    return (time.perf_counter() - start) * 1000.0
-
-
-def probability_chart(class_names, probabilities, called: str) -> go.Figure:
-    colours = [CALLED_COLOUR if name == called else OTHER_COLOUR for name in class_names]
-    figure = go.Figure(go.Bar(
-        x=list(probabilities), y=list(class_names), orientation="h", marker_color=colours,
-        text=[f"{p:.1%}" for p in probabilities], textposition="auto", hovertemplate="%{y}: %{x:.3f}<extra></extra>",
-    ))
-    figure.update_layout(
-        height=CHART_HEIGHT, margin=dict(l=0, r=10, t=10, b=0), showlegend=False,
-        xaxis=dict(range=[0, 1], tickformat=".0%", title="calibrated probability"), yaxis=dict(autorange="reversed"),
-    )
-    return figure
-
-
-def render_file(predictor, controls: Controls, name: str, data: bytes, key: str) -> str:
-    """One upload's card; returns the file's digest. Any failure stays inside the card, so the other files
-    carry on."""
-    files = st.session_state.setdefault(FILES_STATE, {})
-    digest = hashlib.sha256(data).hexdigest()
-    with st.container(border=True):
-        st.markdown(f"**{escape_markdown(name)}**")
+def add_uploads(uploads, predictor, card) -> None:
+    """Read new uploads into studies (a progress bar for several), within the session's cap; the uploader is
+    renewed afterwards so its copies of the files are released."""
+    files, problems = [], []
+    for upload in uploads:
         try:
-            if digest not in files:
-                files[digest] = decoded(data)
-            render_result(predictor, controls, files[digest], Path(name).stem, key)
-        except Exception:  # a bug must not take the other files' cards down with it
-            LOG.exception("Diagnose failed on an upload")
-            st.error(INTERNAL_ERROR)
-    return digest
+            files += worklist.files_of_upload(upload.name, upload.getvalue())
+        except worklist.UploadError as error:
+            problems.append(str(error))
+    held = studies()
+    fresh = {}
+    for name, data in files:
+        digest = hashlib.sha256(data).hexdigest()
+        if digest not in held and digest not in fresh:
+            fresh[digest] = (name, data)
+    message = worklist.over_cap(held, sum(len(d) for _, d in fresh.values()), len(fresh))
+    if message:
+        problems.append(message)
+        fresh = {}
+    progress = st.progress(0.0, text="Reading the studies…") if len(fresh) > 1 else None
+    for number, (digest, (name, data)) in enumerate(fresh.items(), 1):
+        held[digest] = worklist.decoded_study(name, data, digest, predictor)
+        if held[digest].error is None:
+            worklist.look(held[digest], predictor, card)
+        else:
+            problems.append(f"{name}: {held[digest].error}")
+        if progress is not None:
+            progress.progress(number / len(fresh), text=f"Read {number} of {len(fresh)}: {escape_markdown(name)}")
+    if progress is not None:
+        progress.empty()
+    if fresh:
+        st.session_state[SELECTED] = next(iter(fresh))
+    for problem in problems:
+        st.error(escape_markdown(problem), icon=":material/error:")
+    if uploads:
+        st.session_state[UPLOADER_GENERATION] = st.session_state.get(UPLOADER_GENERATION, 0) + 1
 
 
-def render_result(predictor, controls: Controls, result: FileResult, stem: str, key: str) -> None:
-    if result.error:
-        st.error(escape_markdown(result.error))
+def select_from_table() -> None:
+    """The worklist row the reader clicked opens in the viewer."""
+    rows = st.session_state[TABLE].selection.rows
+    order = st.session_state.get(TABLE_ORDER, [])
+    if rows and rows[0] < len(order):
+        st.session_state[SELECTED] = order[rows[0]]
+
+
+def render_worklist(predictor, card) -> None:
+    """The table of studies, by priority, filterable; the CSV export; the clear button."""
+    rows = []
+    for digest, study in studies().items():
+        if study.error:
+            rows.append({"digest": digest, "rank": 4, "p": -1.0, "thumbnail": None, "file": study.name,
+                         "call": "unreadable", "p(COVID-19)": None, "flags": study.error})
+            continue
+        called, _ = worklist.look(study, predictor, card)
+        flags, _ = worklist.assessment(study, predictor, card)
+        p_positive = float(called.probabilities[list(predictor.class_names).index(worklist.POSITIVE_CLASS)])
+        rows.append({"digest": digest, "rank": worklist.priority(called.decision.label, flags.out_of_depth),
+                     "p": p_positive, "thumbnail": viewer.data_uri(study.thumbnail), "file": study.name,
+                     "call": worklist.shown_call(called.decision.label, flags.out_of_depth),
+                     "p(COVID-19)": p_positive, "flags": ", ".join(flags.flags)})
+    rows.sort(key=lambda row: (row["rank"], -row["p"]))
+    header, clear = st.columns([0.8, 0.2], vertical_alignment="bottom")
+    header.subheader(f"Worklist ({len(rows)} studies)")
+    if clear.button("Clear studies", icon=":material/delete_sweep:", width="stretch"):
+        st.session_state[STUDIES] = {}
+        st.session_state.pop(SELECTED, None)
+        st.rerun()
+    search, shown_groups = st.columns([0.4, 0.6])
+    text = search.text_input("File name contains", key="diagnose_filter_text")
+    groups = kept(st.multiselect, "Show", "diagnose_filter_groups", list(worklist.PRIORITY), list(worklist.PRIORITY))
+    wanted = {worklist.PRIORITY.index(group) for group in groups}
+    visible = [row for row in rows if row["rank"] in wanted and text.lower() in row["file"].lower()]
+    st.session_state[TABLE_ORDER] = [row["digest"] for row in visible]
+    columns = ["thumbnail", "file", "call", "p(COVID-19)", "flags"]
+    st.dataframe(
+        [{column: row[column] for column in columns} for row in visible], key=TABLE, on_select=select_from_table,
+        selection_mode="single-row", hide_index=True, width="stretch", height=min(400, 38 + 35 * max(1, len(visible))),
+        column_config={"thumbnail": st.column_config.ImageColumn("", width="small"),
+                       "p(COVID-19)": st.column_config.NumberColumn(format="%.3f")},
+    )
+    records = [worklist.study_record(s, predictor, card) for s in studies().values() if s.error is None]
+    st.download_button("Export worklist (CSV)", worklist.to_csv(records), file_name="worklist.csv", mime="text/csv",
+                       icon=":material/table_view:", disabled=not records, on_click="ignore")
+
+
+def window_controls(study) -> tuple:
+    """Window presets and sliders above the viewer; (level, width) in the display copy's grey levels."""
+    preset_key, level_key, width_key = "diagnose_window", "diagnose_level", "diagnose_width"
+    preset_column, level_column, width_column, overlay_column = st.columns([0.34, 0.24, 0.24, 0.18],
+                                                                           vertical_alignment="bottom")
+    with preset_column:
+        preset = kept(st.segmented_control, "Window", preset_key, "full range", [*overlay.PRESETS, CUSTOM])
+    if preset and preset != CUSTOM:
+        st.session_state[level_key], st.session_state[width_key] = overlay.window_for(study.display, preset)
+
+    def to_custom():
+        st.session_state[preset_key] = CUSTOM
+
+    with level_column:
+        level = kept(st.slider, "Level", level_key, 128, min_value=0, max_value=255, on_change=to_custom)
+    with width_column:
+        width = kept(st.slider, "Width", width_key, 256, min_value=1, max_value=256, on_change=to_custom)
+    with overlay_column:
+        show = kept(st.toggle, "Overlay", "diagnose_show_overlay", True)
+    return level, width, show
+
+
+def film_jpeg(study, level: int, width: int) -> bytes:
+    """The film as sent to the viewer: the upload itself when it is a plain JPEG at full range (no re-encoding;
+    full resolution for zoom), else the display copy with window/level applied."""
+    if (level, width) == (overlay.LEVELS // 2, overlay.LEVELS) and worklist.browser_ready_jpeg(study.data):
+        return study.data
+    return overlay.encode_jpeg(overlay.windowed(study.display, level, width))
+
+
+def render_study(predictor, card, controls: dict, study) -> None:
+    """The selected study: the viewer (left, large) and its card (call, flags, probabilities, downloads)."""
+    if study.error:
+        st.subheader(escape_markdown(study.name))
+        st.error(escape_markdown(study.error), icon=":material/broken_image:")
         return
-    explanation, decision, assessment, model_ms = explained(result, predictor, controls)
-    cam = explanation.maps[controls.method]
-    explained_name = predictor.class_names[int(explanation.targets)]
-    jpeg, overlay_ms = overlay_jpeg(result, cam, predictor.version, controls)
+    called, model_ms = worklist.look(study, predictor, card)
+    shown, _ = worklist.look(study, predictor, card, controls["layer"], controls["explained_class"])
+    explained = predictor.class_names[shown.target]
+    viewer_column, card_column = st.columns([VIEWER_SHARE, 1 - VIEWER_SHARE])
+    with viewer_column:
+        level, width, show = window_controls(study)
+        jpeg = film_jpeg(study, level, width)
+        cam = shown.maps[controls["method"]] if show else None
+        title = f"{controls['method']} of {explained} at {shown.layer}" if show else "Film"
+        figure = viewer.figure(jpeg, study.display.shape, cam, controls["colormap"], controls["opacity"],
+                               controls["percentile"], title=title, uirevision=study.digest)
+        st.plotly_chart(figure, key="diagnose_viewer", config=viewer.CONFIG, width="stretch")
+    with card_column:
+        st.markdown(f"**{escape_markdown(study.name)}**")
+        call_box = st.container()
+        st.plotly_chart(probability_chart(predictor.class_names, called.probabilities, called.decision.label),
+                        key="diagnose_probabilities", config={"displayModeBar": False})
+        flags, flags_ms = worklist.assessment(study, predictor, card)
+        with call_box:
+            render_call(call_sentence(called.decision, called.probabilities, flags, predictor.class_names, card),
+                        flags)
+        render_downloads(predictor, card, controls, study)
+        with st.expander("Details", icon=":material/info:"):
+            st.caption(f"Model {escape_markdown(predictor.version)} · operating point "
+                       f"{escape_markdown(worklist.describe_point(card))} · read {study.read_at}")
+            st.caption(f"{study.full_shape[1]} × {study.full_shape[0]} px · decode {study.decode_ms:.0f} ms · model "
+                       f"and Grad-CAM {model_ms:.0f} ms · flags {flags_ms:.0f} ms")
+        render_patient_fields(study.metadata, controls["show_patient"])
 
-    image_column, overlay_column, numbers_column = st.columns([2, 2, 3])
-    image_column.image(result.original_jpeg, caption="Original", width="stretch")
-    overlay_column.image(jpeg, caption=f"{controls.method}: {explained_name} at {controls.layer}", width="stretch")
-    with numbers_column:
-        render_call(decision, assessment)
-        st.plotly_chart(probability_chart(predictor.class_names, explanation.probabilities, decision.label),
-                        key=f"probabilities_{key}", config={"displayModeBar": False})
-        st.caption(escape_markdown(f"Model {predictor.version}. {RESEARCH_ONLY} {predictor.card.get('caveat', '')}"))
-        st.download_button(
-            "Download overlay (PNG)", key=f"download_{key}", file_name=f"{stem}_gradcam.png", mime="image/png",
-            data=lambda: gradcam.overlay_png(result.radiograph.pixels, cam, controls.colormap, controls.opacity),
-            on_click="ignore",
-        )
-        st.caption(f"decode {result.decode_ms:.0f} ms · model + Grad-CAM {model_ms:.0f} ms · "
-                   f"overlay {overlay_ms:.0f} ms")
-    render_patient_fields(result.radiograph.metadata, controls.show_patient_fields)
+
+def probability_chart(class_names, probabilities, called: str) -> dict:
+    """Horizontal bars of the calibrated probabilities; only the called class in the call's colour."""
+    colours = [CALL_COLOUR if name == called else OTHER_COLOUR for name in class_names]
+    return {"data": [{"type": "bar", "x": [float(p) for p in probabilities], "y": list(class_names), "orientation": "h",
+                      "marker": {"color": colours}, "text": [f"{p:.1%}" for p in probabilities],
+                      "textposition": "auto", "hovertemplate": "%{y}: %{x:.3f}<extra></extra>"}],
+            "layout": {"height": CHART_HEIGHT, "margin": {"l": 0, "r": 10, "t": 4, "b": 0}, "showlegend": False,
+                       "xaxis": {"range": [0, 1], "tickformat": ".0%", "title": {"text": "calibrated probability"}},
+                       "yaxis": {"autorange": "reversed"}}}
 
 
-def render_call(decision, assessment) -> None:
-    """The call, or "uncertain — read without the model" when a flag says the model is out of its depth,
-    with every flag's warning beside it."""
-    if assessment.out_of_depth:
-        st.markdown(f"#### Call: {UNCERTAIN_CALL}")
-        st.caption(f"The model's output would be {escape_markdown(decision.label)} ({escape_markdown(decision.rule)}); "
-                   "a flag below says not to rely on it.")
-    else:
-        st.markdown(f"#### Call: {escape_markdown(decision.label)}")
-        st.caption(f"Rule: {escape_markdown(decision.rule)}")
-    for warning in assessment.warnings:
-        st.warning(escape_markdown(warning))
-    if assessment.flags:
-        st.caption("Flags: " + ", ".join(f"`{code}`" for code in assessment.flags))
+def render_call(sentence: str, flags) -> None:
+    """The call in words with its flags beside it; each flag's warning under it."""
+    icon = ":material/help:" if flags.out_of_depth else ":material/assignment_turned_in:"
+    st.markdown(f"{icon} **{escape_markdown(sentence)}**")
+    if flags.flags:
+        st.markdown(" ".join(f":orange-badge[:material/flag: {code}]" for code in flags.flags))
+        for warning in flags.warnings:
+            st.caption(escape_markdown(warning))
+
+
+def render_downloads(predictor, card, controls: dict, study) -> None:
+    """The report (PDF) and the full-resolution overlay (PNG), each made only when asked for."""
+    stem = Path(study.name).stem
+    look_args = (controls["layer"], controls["explained_class"])
+    drawing = (controls["colormap"], controls["opacity"], controls["percentile"])
+    pdf_column, png_column = st.columns(2)
+    pdf_column.download_button(
+        "Report (PDF)", key="diagnose_pdf", file_name=f"{stem}_report.pdf", mime="application/pdf",
+        icon=":material/picture_as_pdf:", on_click="ignore", width="stretch",
+        data=lambda: report_for(study, predictor, card, controls["method"], controls["explained_class"],
+                                controls["layer"], *drawing),
+    )
+    png_column.download_button(
+        "Overlay (PNG)", key="diagnose_png", file_name=f"{stem}_gradcam.png", mime="image/png",
+        icon=":material/download:", on_click="ignore", width="stretch",
+        data=lambda: worklist.full_resolution_png(study, predictor, card, controls["method"], *look_args, *drawing),
+    )
 
 
 def render_patient_fields(metadata: dict, show: bool) -> None:
@@ -203,30 +279,42 @@ def render_patient_fields(metadata: dict, show: bool) -> None:
 
 
 def prepare(predictor, layer: str) -> None:
-    """Compile the model's pass now, while the reader picks files, so the first upload does not wait for it."""
-    gradcam.explain(predictor, np.zeros((predictor.input_size, predictor.input_size, 3), np.float32), layer=layer)
+    """Compile the reading pass now, while the reader picks files, so the first upload does not wait for it."""
+    import numpy as np
 
-
-def forget_other_files(kept: set) -> None:
-    """Drop the session's results for files no longer uploaded."""
-    files = st.session_state.get(FILES_STATE, {})
-    st.session_state[FILES_STATE] = {digest: result for digest, result in files.items() if digest in kept}
+    blank = np.zeros((1, predictor.input_size, predictor.input_size, 3), np.float32)
+    look_batch(predictor, blank, layer=layer)
+    predictor.probabilities(blank)
 
 
 st.title("Diagnose")
+st.caption(f"{RESEARCH_ONLY} The model's limits are under “About the model”.")
 card = active_card()
 if card is not None:
+    with st.expander("About the model", icon=":material/info:"):
+        st.markdown(escape_markdown(card.get("caveat", "")))
     controls = render_controls(card)
-    uploads = st.file_uploader(
-        "Chest X-rays: DICOM, PNG, JPEG, BMP, TIFF or WebP (several at once)",
-        type=None, accept_multiple_files=True, key="diagnose_uploads",
-    )
     try:
         predictor = load_predictor(card["version"])
     except registry.ModelVersionError as error:
         st.error(escape_markdown(str(error)))
         st.stop()
-    if not uploads:
-        st.info(f"Upload chest X-rays to see the model's call and where it looked. {RESEARCH_ONLY}")
-        prepare(predictor, controls.layer)
-    forget_other_files({render_file(predictor, controls, u.name, u.getvalue(), u.file_id) for u in uploads})
+    uploads = st.file_uploader(UPLOAD_LABEL, type=None, accept_multiple_files=True,
+                               key=f"diagnose_uploads_{st.session_state.get(UPLOADER_GENERATION, 0)}")
+    if uploads:
+        add_uploads(uploads, predictor, card)
+    worklist_box = st.container()
+    selected = studies().get(st.session_state.get(SELECTED))
+    if selected is None and studies():
+        selected = next(iter(studies().values()))
+    if selected is None:
+        st.info("Upload chest X-rays to see the model's call and where it looked.", icon=":material/upload_file:")
+        prepare(predictor, controls["layer"])
+    else:
+        try:
+            render_study(predictor, card, controls, selected)
+        except Exception:  # a bug must not take the worklist down with it
+            LOG.exception("Diagnose failed on a study")
+            st.error(INTERNAL_ERROR)
+        with worklist_box:
+            render_worklist(predictor, card)
