@@ -21,7 +21,7 @@ from core.metrics import proportion
 __all__ = [
     "DASH", "is_missing", "number_text", "interval_text", "figure_text", "count_text", "threshold_text",
     "time_text", "duration_text", "relative_path", "score_text", "point_text", "history_rows", "change_rows", "card_summary", "headline_rows",
-    "headline_comparison", "summary_table", "per_source_table", "confusion_table", "operating_point_table",
+    "headline_comparison", "info_text", "summary_table", "per_source_table", "confusion_table", "operating_point_table",
     "cross_hospital_cells", "cross_hospital_table", "lever_table", "flags_table", "markdown_report",
 ]
 
@@ -205,7 +205,7 @@ def headline_rows(card: dict) -> list:
         report = (card.get("metrics") or {}).get(split)
         if not report:
             continue
-        figures = {"Accuracy": report.get("accuracy"), "Macro AUC (one-vs-rest)": report.get("macro_auc")}
+        figures = {"Accuracy": report.get("accuracy"), "Macro AUC": report.get("macro_auc")}
         figures.update({f"{name} recall": (entry or {}).get("recall")
                         for name, entry in (report.get("per_class") or {}).items()})
         rows += [{"Split": title, "Figure": name, "Value (95 % CI)": figure_text(entry), "Count": count_text(entry)}
@@ -238,6 +238,28 @@ def change_rows(positive: str, prevalence: float, before: dict, after: dict, old
             (f"PPV at {100 * prevalence:.1f} % prevalence (range)", ppv(before), ppv(after)),
             (f"Validation cases called {positive}", called(before), called(after))]
     return [{"Figure (validation)": label, "Now": now, "After the change": later} for label, now, later in rows]
+
+
+def info_text(card: dict, active=None, timezone=None) -> str:
+    """``python -m core info``: the card summary, the headline figures, flag rates, the cross-hospital folds
+    (all images) and the caveat, as aligned plain text; missing figures read "—"."""
+    rows = card_summary(card, active, timezone)
+    for row in headline_rows(card):
+        rows.append((f"{row['Figure']} ({row['Split'].lower()})",
+                     row["Value (95 % CI)"] + ("" if row["Count"] == DASH else f"  ({row['Count']})")))
+    rates = ((card.get("flags") or {}).get("rates") or {}).get("test") or {}
+    if rates:
+        rows.append(("Flags (test)", f"{number_text(100 * (rates.get('any') or 0), 1)} % of images flagged, "
+                                     f"{number_text(100 * (rates.get('out_of_depth') or 0), 1)} % 'read without the model'"))
+    if card.get("cross_hospital"):
+        header, cells = cross_hospital_cells(card["cross_hospital"])
+        for cell in (dict(zip(header, cells_row)) for cells_row in cells if cells_row[3] == "all"):
+            rows.append((f"Held out {cell['held out']}", f"{cell['run']}: non-COVID called COVID-19 (%) "
+                         f"{cell['non-COVID called COVID-19 %']}, macro AUC {cell['macro AUC (classes present)']}"))
+    if card.get("caveat"):
+        rows.append(("Caveat", card["caveat"]))
+    width = max(len(label) for label, _ in rows)
+    return "\n".join(f"{label:<{width}}  {text}" for label, text in rows)
 
 
 # --- the Markdown report ---------------------------------------------------------------------------------------

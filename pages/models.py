@@ -1,5 +1,7 @@
-"""Models: every published version with its card; activate (roll back), delete a non-active version, export a
-version as a TF SavedModel for TF Serving, download its card. Card text is shown as plain text or tables."""
+"""Models: every published version with its card — the facts, data and recipe, headline figures, operating point
+and its history of changes, cross-hospital figures and flag rates —; activate (roll back), delete a non-active
+version, export a version as a TF SavedModel for TF Serving, download its card. Card text is shown as plain text
+or literal tables, numbers rounded and paths relative to the data root (``core.report``)."""
 
 import json
 
@@ -7,57 +9,49 @@ import pandas as pd
 import streamlit as st
 
 from core import registry
-from core.report import cross_hospital_table, flags_table
-from train import compare
+from core.report import (card_summary, cross_hospital_cells, figure_text, flags_table, headline_rows, history_rows,
+                         point_text, time_text)
+from pages.common import escape_markdown, reader_timezone, text_table
 from train.archive import ArchiveError, export_saved_model, savedmodel_zip
 
-LEFTOVER_PREFIXES = (registry.STAGING_PREFIX, ".deleting-")
 
-
-def overview(versions, active) -> pd.DataFrame:
+def overview(versions, active, timezone) -> pd.DataFrame:
     rows = []
     for version in versions:
         card = registry.load_card(version)
         metrics = card.get("metrics") or {}
         rows.append({
-            "version": version,
-            "active": version == active,
-            "created": card.get("created"),
-            "architecture": card.get("architecture"),
-            "validation accuracy": ((metrics.get("validation") or {}).get("accuracy") or {}).get("value"),
-            "test accuracy": ((metrics.get("test") or {}).get("accuracy") or {}).get("value"),
-            "data (manifest)": ((card.get("data") or {}).get("manifest_sha256") or "")[:12],
+            "Version": version,
+            "Active": version == active,
+            "Created": time_text(card.get("created"), timezone),
+            "Architecture": card.get("architecture"),
+            "Validation accuracy (95 % CI)": figure_text((metrics.get("validation") or {}).get("accuracy")),
+            "Test accuracy (95 % CI)": figure_text((metrics.get("test") or {}).get("accuracy")),
+            "Operating point": point_text(card.get("operating_point")),
         })
     return pd.DataFrame(rows)
 
 
-def facts(card: dict) -> pd.DataFrame:
-    """The card's scalar facts as a two-column text table."""
-    keys = ("version", "created", "architecture", "architecture_reference", "parameters", "initialisation",
-            "input_size", "class_names", "gradcam_layer", "temperature", "seed")
-    return pd.DataFrame({"field": keys, "value": [str(card.get(key, "—")) for key in keys]})
-
-
-def render_card(card: dict) -> None:
-    st.dataframe(facts(card), hide_index=True)
-    data, recipe = st.columns(2)
-    with data:
-        st.markdown("**Data**")
-        st.json(card.get("data") or {}, expanded=False)
-    with recipe:
-        st.markdown("**Recipe**")
-        st.json(card.get("training") or {}, expanded=False)
-    st.markdown("**Metrics** (95 % intervals)")
-    metrics = compare.headline_metrics(card.get("metrics"))
-    if metrics.empty:
-        st.caption("No metrics recorded.")
+def render_card(card: dict, active, timezone) -> None:
+    st.subheader("Card")
+    text_table(card_summary(card, active, timezone), columns=["Field", "Value"])
+    st.markdown("**Figures** (95 % intervals: Wilson for proportions, bootstrap for AUC)")
+    figures = headline_rows(card)
+    if figures:
+        st.dataframe(pd.DataFrame(figures), hide_index=True)
     else:
-        st.dataframe(metrics[["split", "metric", "figure", "n"]], hide_index=True)
-    st.markdown("**Operating point**")
-    st.json(card.get("operating_point") or {"chosen": None}, expanded=False)
+        st.caption("No figures recorded.")
+    st.markdown(f"**Operating point:** {escape_markdown(point_text(card.get('operating_point')))}")
+    history = history_rows(card, timezone)
+    if history:
+        st.caption("History of changes (newest first)")
+        text_table(history)
+    else:
+        st.caption("No change of the operating point recorded since the version was published.")
     if card.get("cross_hospital"):
         st.markdown("**Across hospitals** (leave one source out: each fold trained without it, tested on all of it)")
-        st.markdown(cross_hospital_table(card["cross_hospital"]))
+        header, cells = cross_hospital_cells(card["cross_hospital"])
+        st.dataframe(pd.DataFrame(cells, columns=header), hide_index=True)
     if card.get("flags"):
         st.markdown("**Flags** (share of images flagged; *out_of_depth* calls become “uncertain — read without "
                     "the model”)")
@@ -71,21 +65,22 @@ def render_actions(version: str, active) -> None:
     card = registry.load_card(version)
     activate, delete = st.columns(2)
     if version == active:
-        activate.success("Active: Diagnose uses this version.")
-    elif activate.button("Activate this version (roll back / forward)", key="activate_version", type="primary"):
+        activate.success("Active: Diagnose uses this version.", icon=":material/check_circle:")
+    elif activate.button("Activate this version (roll back / forward)", key="activate_version", type="primary",
+                         icon=":material/published_with_changes:"):
         registry.set_active(version)
         st.rerun()
     if version != active:
         confirmed = delete.checkbox("Yes, delete this version permanently", key=f"confirm_delete:{version}")
-        if delete.button("Delete", key="delete_version", disabled=not confirmed):
+        if delete.button("Delete", key="delete_version", disabled=not confirmed, icon=":material/delete:"):
             registry.delete_version(version)
             st.rerun()
     st.download_button("Download card.json", json.dumps(card, indent=2), file_name=f"{version}-card.json",
-                       mime="application/json", key="download_card")
+                       mime="application/json", key="download_card", icon=":material/download:")
     st.markdown("**Export for TF Serving** (SavedModel serving the calibrated probabilities; card in assets.extra)")
     zipped, folder = st.columns(2)
     export_key = f"export:{version}"
-    if zipped.button("Prepare a zip download", key="export_zip"):
+    if zipped.button("Prepare a zip download", key="export_zip", icon=":material/folder_zip:"):
         with st.spinner("Exporting the SavedModel…"):
             st.session_state[export_key] = savedmodel_zip(version)
     if export_key in st.session_state:
@@ -98,32 +93,35 @@ def render_actions(version: str, active) -> None:
             with st.spinner("Exporting the SavedModel…"):
                 export_saved_model(version, target)
         except ArchiveError as error:
-            folder.error(str(error))
+            folder.error(escape_markdown(error))
         except OSError as error:
-            folder.error(f"The export could not be written: {error.strerror or 'disk error'}.")
+            folder.error(f"The export could not be written: {escape_markdown(error.strerror or 'disk error')}.")
         else:
-            folder.success(f"Written to the exports folder as '{target.strip()}'.")
+            folder.success(f"Written to the exports folder as '{escape_markdown(target.strip())}'.")
 
 
-st.title("Models")
-st.caption("Published model versions. The active one is used by Diagnose; activating an earlier one rolls back.")
-versions = registry.list_versions()
-active = registry.active_version()
-leftovers = [p for p in registry.weights_dir().glob(".*") if p.is_dir() and p.name.startswith(LEFTOVER_PREFIXES)]
-if leftovers and st.button(f"Remove {len(leftovers)} folder(s) left by an interrupted publish or delete", key="cleanup"):
-    registry.remove_stale_staging()
-    st.rerun()
-if not versions:
-    st.info("No model versions yet: train one on the Retrain page.")
-    st.stop()
-if active is None:
-    st.warning("No version is active: activate one below.")
-st.dataframe(overview(versions, active), hide_index=True,
-             column_config={name: st.column_config.NumberColumn(format="%.3f")
-                            for name in ("validation accuracy", "test accuracy")})
-if st.session_state.get("version_choice") not in versions:
-    st.session_state.pop("version_choice", None)
-chosen = st.selectbox("Version", versions, index=versions.index(active) if active in versions else len(versions) - 1,
-                      key="version_choice")
-render_actions(chosen, active)
-render_card(registry.load_card(chosen))
+def main() -> None:
+    st.title("Models")
+    st.caption("Published model versions. The active one is used by Diagnose; activating an earlier one rolls back.")
+    timezone = reader_timezone()
+    versions, active = registry.list_versions(), registry.active_version()
+    leftovers = registry.stale_folders()
+    if leftovers and st.button(f"Remove {len(leftovers)} folder(s) left by an interrupted publish or delete",
+                               key="cleanup", icon=":material/cleaning_services:"):
+        registry.remove_stale_staging()
+        st.rerun()
+    if not versions:
+        st.info("No model versions yet: train one on the Retrain page.")
+        st.stop()
+    if active is None:
+        st.warning("No version is active: activate one below.")
+    st.dataframe(overview(versions, active, timezone), hide_index=True)
+    if st.session_state.get("version_choice") not in versions:
+        st.session_state.pop("version_choice", None)
+    chosen = st.selectbox("Version", versions, key="version_choice",
+                          index=versions.index(active) if active in versions else len(versions) - 1)
+    render_actions(chosen, active)
+    render_card(registry.load_card(chosen), active, timezone)
+
+
+main()

@@ -1,15 +1,17 @@
 """The Models page (AppTest): versions with their cards, activate / roll back, confirmed delete, card download,
-SavedModel export for TF Serving; card text is never rendered as markdown."""
+SavedModel export for TF Serving; card text is never rendered as markdown; numbers rounded, no server path, the
+operating-point history and the cross-hospital figures shown."""
 
 import io
 import json
+import re
 import zipfile
 
 import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import registry
+from core import operating_point, registry, settings
 from core.inference import Predictor
 from tests.conftest import REPO, publish_random_version
 from train.archive import ArchiveError, export_saved_model
@@ -41,7 +43,7 @@ def models_page() -> AppTest:
 def test_activate_roll_back_and_confirmed_delete(two_versions):
     at = models_page()
     assert at.selectbox(key="version_choice").value == "first"  # the active one is shown first
-    assert at.dataframe[0].value["version"].tolist() == ["first", "second"]
+    assert at.dataframe[0].value["Version"].tolist() == ["first", "second"]
     at.selectbox(key="version_choice").select("second").run()
     at.button(key="activate_version").click().run()
     assert registry.active_version() == "second"
@@ -94,3 +96,39 @@ def test_page_offers_the_card_and_a_savedmodel_zip(two_versions):
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         names = archive.namelist()
     assert "first/saved_model.pb" in names and "first/assets.extra/card.json" in names
+
+
+def page_text(at: AppTest) -> str:
+    """Everything the page shows as text: messages, captions, tables and data frames."""
+    parts = [element.value for kind in ("markdown", "caption", "text", "success", "info", "warning", "error")
+             for element in getattr(at, kind)]
+    parts += [element.value.to_string() for element in (*at.table, *at.dataframe)]
+    return re.sub(r"\\(.)", r"\1", "\n".join(parts))  # st.table cells are Markdown-escaped
+
+
+@pytest.mark.slow
+def test_the_shipped_card_reads_rounded_without_server_paths_with_its_history(shipped_version):
+    operating_point.save_operating_point(shipped_version, "COVID-19", 0.0612, reader="Dr A. Reader",
+                                         reason="department audit")
+    at = models_page()
+    text = page_text(at)
+    card = registry.load_card(shipped_version)
+    for absolute in {str(settings.REPO_ROOT), str(settings.data_root()), "/work/", "/tmp/"}:
+        assert absolute not in text
+    assert not re.search(r"\d\.\d{5,}", text), re.search(r".{40}\d\.\d{5,}.{10}", text)  # no unrounded floats
+    facts = dict(zip(*[column.tolist() for _, column in at.table[0].value.items()]))
+    facts = {re.sub(r"\\(.)", r"\1", key): re.sub(r"\\(.)", r"\1", value) for key, value in facts.items()}
+    assert facts["Temperature (calibration)"] == f"{card['temperature']:.3f}"
+    assert facts["Parameters"] == f"{card['parameters']:,}"
+    assert facts["Operating point"] == "COVID-19 when p(COVID-19) ≥ 0.0612"
+    for folder in card["data"]["folders"]:
+        assert f"{folder['root'].rsplit('/', 1)[-1]} ({folder['images']:,} images)" in facts["Data"]
+    assert "Caveat" not in facts and "caveat" not in " ".join(facts)  # the caveat is shown once, as text
+    history = at.table[1].value
+    assert re.sub(r"\\(.)", r"\1", history["Reader"].iloc[0]) == "Dr A. Reader"
+    assert "→ COVID-19 when p(COVID-19) ≥ 0.0612" in re.sub(r"\\(.)", r"\1", history["Change"].iloc[0])
+    assert "department audit" in text
+    accuracy = card["metrics"]["test"]["accuracy"]
+    low, high = accuracy["ci95"]
+    assert f"{accuracy['value']:.3f} ({low:.3f}–{high:.3f})" in text
+    assert card["cross_hospital"] and any("held out" in frame.value.columns for frame in at.dataframe)
