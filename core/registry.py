@@ -4,13 +4,20 @@ A version is a folder ``<weights>/<version>/`` holding ``model.keras``, ``card.j
 and judge the model) and the calibrated ``val_predictions.csv`` / ``test_predictions.csv``. The active version
 is named by the one-line file ``<weights>/ACTIVE``. Versions are published by renaming a finished staging folder
 into place, so a reader never sees a half-written version; folders starting with "." are never listed.
+Publishing, deleting and activating take one file lock (``<weights>/.registry.lock``), so they are safe to run
+from several processes (the app's sessions, a CLI trainer) at once.
 """
 
+import errno
 import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+
+import filelock
+import psutil
 
 from core import atomic, settings
 from core.card import CardError, ModelCard
@@ -22,6 +29,9 @@ VAL_PREDICTIONS = "val_predictions.csv"
 TEST_PREDICTIONS = "test_predictions.csv"
 REQUIRED_FILES = (CARD_FILE, MODEL_FILE)
 STAGING_PREFIX = ".staging-"
+GRAVEYARD_PREFIX = ".deleting-"
+LOCK_FILE = ".registry.lock"
+LOCK_TIMEOUT_S = 30
 
 
 class ModelVersionError(RuntimeError):
@@ -76,7 +86,13 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 def set_active(version: str, root=None) -> None:
-    """Make ``version`` the active one (an atomic rewrite of the pointer file)."""
+    """Make ``version`` the active one (an atomic rewrite of the pointer file), under the registry lock: a
+    version being deleted or published meanwhile is either complete and activated, or refused."""
+    with registry_lock(root):
+        _set_active_unlocked(version, root)
+
+
+def _set_active_unlocked(version: str, root=None) -> None:
     path = version_dir(version, root)
     if not is_complete(path):
         raise ModelVersionError(f"Model version '{version}' does not exist or is incomplete.")
@@ -130,42 +146,97 @@ def load_model(version=None, root=None):
 
 
 def new_staging_dir(root=None) -> Path:
-    """An empty hidden folder inside the weights folder (same filesystem, so publishing is one rename)."""
+    """An empty hidden folder inside the weights folder (same filesystem, so publishing is one rename), named
+    after this process so that ``remove_stale_staging`` never removes one still being filled."""
     base = weights_dir(root)
     base.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=base, prefix=STAGING_PREFIX))
+    staging = Path(tempfile.mkdtemp(dir=base, prefix=f"{STAGING_PREFIX}{os.getpid()}-"))
     staging.chmod(0o755)  # mkdtemp makes it private; a published version is readable like any other folder
     return staging
 
 
+@contextmanager
+def registry_lock(root=None):
+    """Hold the weights folder's lock (a file lock: across processes) while versions are published, deleted or
+    activated; ``ModelVersionError`` when another process holds it for longer than ``LOCK_TIMEOUT_S``."""
+    base = weights_dir(root)
+    base.mkdir(parents=True, exist_ok=True)
+    try:
+        with filelock.FileLock(base / LOCK_FILE, timeout=LOCK_TIMEOUT_S):
+            yield
+    except filelock.Timeout as error:
+        raise ModelVersionError("The model versions are being changed by another user or process; try again in "
+                                "a moment.") from error
+
+
 def publish(staging: Path, version: str, activate: bool = False, root=None) -> Path:
-    """Move a finished staging folder into place as ``version``; optionally make it active."""
+    """Move a finished staging folder into place as ``version``; optionally make it active.
+
+    Two publishes of one name, from any processes: one wins, the other gets ``ModelVersionError`` and its
+    staging folder is left to its caller. The rename cannot clobber a version (it only lands on a missing
+    name; the registry lock orders the check and the rename)."""
     target = version_dir(version, root)
-    if target.exists():
-        raise ModelVersionError(f"Model version '{version}' already exists; choose another name.")
     if not is_complete(Path(staging)):
-        raise ModelVersionError(f"The staging folder {staging} is incomplete; nothing was published.")
-    os.replace(staging, target)
-    if activate:
-        set_active(version, root)
+        raise ModelVersionError(f"The staging folder {Path(staging).name} is incomplete; nothing was published.")
+    taken = ModelVersionError(f"Model version '{version}' already exists; choose another name.")
+    with registry_lock(root):
+        if os.path.lexists(target):
+            raise taken
+        try:
+            os.rename(staging, target)
+        except OSError as error:  # ENOTEMPTY / EEXIST: a folder of that name appeared outside the lock
+            if error.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise taken from error
+            raise ModelVersionError(f"Model version '{version}' could not be published: "
+                                    f"{error.strerror or error}.") from error
+        if activate:
+            _set_active_unlocked(version, root)
     return target
 
 
 def delete_version(version: str, root=None) -> None:
-    if version == active_version(root):
-        raise ModelVersionError(f"'{version}' is the active version; activate another one before deleting it.")
-    path = version_dir(version, root)
-    if not path.is_dir():
-        raise ModelVersionError(f"Model version '{version}' does not exist.")
-    graveyard = weights_dir(root) / f".deleting-{version}"
-    os.replace(path, graveyard)
-    shutil.rmtree(graveyard)
+    """Delete a non-active version: under the registry lock it is renamed into a graveyard folder of its own
+    (a unique name, so leftovers of earlier deletes never collide), then removed outside the lock."""
+    with registry_lock(root):
+        if version == active_version(root):
+            raise ModelVersionError(f"'{version}' is the active version; activate another one before deleting it.")
+        path = version_dir(version, root)
+        if not path.is_dir():
+            raise ModelVersionError(f"Model version '{version}' does not exist.")
+        graveyard = Path(tempfile.mkdtemp(dir=weights_dir(root), prefix=f"{GRAVEYARD_PREFIX}{version}-"))
+        try:
+            os.rename(path, graveyard / version)  # a new name inside a new folder: nothing to collide with
+        except OSError as error:
+            graveyard.rmdir()
+            raise ModelVersionError(f"Model version '{version}' could not be deleted: "
+                                    f"{error.strerror or error}.") from error
+    shutil.rmtree(graveyard, ignore_errors=True)  # what is left is hidden, and removed by remove_stale_staging
+
+
+def stale_folders(root=None) -> list:
+    """Hidden folders left by a killed publish or delete: every graveyard, and the staging folders whose
+    process is gone (a staging folder still being filled by a live process is not stale)."""
+    base = weights_dir(root)
+    if not base.is_dir():
+        return []
+    found = []
+    for path in base.iterdir():
+        if not path.is_dir():
+            continue
+        if path.name.startswith(GRAVEYARD_PREFIX):
+            found.append(path)
+        elif path.name.startswith(STAGING_PREFIX) and not _owner_alive(path.name[len(STAGING_PREFIX):]):
+            found.append(path)
+    return sorted(found)
+
+
+def _owner_alive(suffix: str) -> bool:
+    """Whether the process named in a staging folder's ``<pid>-<random>`` suffix runs (older names: no)."""
+    pid, _, _ = suffix.partition("-")
+    return pid.isdigit() and int(pid) != 0 and psutil.pid_exists(int(pid))
 
 
 def remove_stale_staging(root=None) -> None:
-    """Remove staging folders left by a killed publish or delete."""
-    base = weights_dir(root)
-    if base.is_dir():
-        for path in base.iterdir():
-            if path.is_dir() and path.name.startswith((STAGING_PREFIX, ".deleting-")):
-                shutil.rmtree(path, ignore_errors=True)
+    """Remove the folders left by a killed publish or delete (``stale_folders``)."""
+    for path in stale_folders(root):
+        shutil.rmtree(path, ignore_errors=True)
