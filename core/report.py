@@ -21,7 +21,7 @@ from core.metrics import proportion
 __all__ = [
     "DASH", "is_missing", "number_text", "interval_text", "figure_text", "count_text", "threshold_text",
     "time_text", "duration_text", "relative_path", "score_text", "point_text", "history_rows", "change_rows", "card_summary", "headline_rows",
-    "headline_comparison", "info_text", "summary_table", "per_source_table", "confusion_table", "operating_point_table",
+    "headline_comparison", "difference_rows", "settings_rows", "info_text", "summary_table", "per_source_table", "confusion_table", "operating_point_table",
     "cross_hospital_cells", "cross_hospital_table", "lever_table", "flags_table", "markdown_report",
 ]
 
@@ -59,12 +59,13 @@ def interval_text(value, low, high, digits: int = PROPORTION_DIGITS) -> str:
     return f"{float(value):.{digits}f} ({float(low):.{digits}f}–{float(high):.{digits}f})"
 
 
+def _bounds(entry) -> list:
+    return (list(entry.get("ci95") or []) + [None, None])[:2]
+
+
 def figure_text(entry, digits: int = PROPORTION_DIGITS) -> str:
     """A card figure ({"value", "ci95"}) as ``interval_text``; "—" for an absent figure."""
-    if not entry:
-        return DASH
-    low, high = (list(entry.get("ci95") or []) + [None, None])[:2]
-    return interval_text(entry.get("value"), low, high, digits)
+    return interval_text(entry.get("value"), *_bounds(entry), digits) if entry else DASH
 
 
 def count_text(entry) -> str:
@@ -73,7 +74,7 @@ def count_text(entry) -> str:
 
 
 def threshold_text(value) -> str:
-    return number_text(value, THRESHOLD_DIGITS)
+    return number_text(value, THRESHOLD_DIGITS)  # thresholds such as 0.0553 need four decimals
 
 
 def _zone(timezone):
@@ -151,9 +152,8 @@ def _data_text(data: dict, root=None) -> str:
 
 def _split_text(data: dict) -> str:
     sizes = data.get("split_sizes") or {}
-    if not sizes:
-        return DASH
-    return " / ".join(f"{sizes.get(key, 0):,}" for key in ("train", "val", "test")) + " images (train / validation / test)"
+    counts = " / ".join(f"{sizes.get(key, 0):,}" for key in ("train", "val", "test"))
+    return f"{counts} images (train / validation / test)" if sizes else DASH
 
 
 def _recipe_text(training: dict) -> str:
@@ -192,24 +192,20 @@ def card_summary(card: dict, active=None, timezone=None, root=None) -> list:
     if point:
         rows.append(("Operating point saved", f"{time_text(point.get('saved'), timezone)}, chosen on "
                                               f"{point.get('chosen_on') or DASH} data"))
-    libraries = card.get("libraries") or {}
-    if libraries:
-        rows.append(("Libraries", ", ".join(f"{name} {version}" for name, version in libraries.items())))
-    return rows
+    libraries = ", ".join(f"{name} {version}" for name, version in (card.get("libraries") or {}).items())
+    return rows + ([("Libraries", libraries)] if libraries else [])
 
 
 def headline_rows(card: dict) -> list:
     """Accuracy, macro AUC and each class's recall per split, as text with 95 % intervals and counts."""
     rows = []
     for split, title in HEADLINE_SPLITS.items():
-        report = (card.get("metrics") or {}).get(split)
-        if not report:
-            continue
+        report = (card.get("metrics") or {}).get(split) or {}
         figures = {"Accuracy": report.get("accuracy"), "Macro AUC": report.get("macro_auc")}
         figures.update({f"{name} recall": (entry or {}).get("recall")
                         for name, entry in (report.get("per_class") or {}).items()})
         rows += [{"Split": title, "Figure": name, "Value (95 % CI)": figure_text(entry), "Count": count_text(entry)}
-                 for name, entry in figures.items()]
+                 for name, entry in figures.items() if report]
     return rows
 
 
@@ -238,6 +234,23 @@ def change_rows(positive: str, prevalence: float, before: dict, after: dict, old
             (f"PPV at {100 * prevalence:.1f} % prevalence (range)", ppv(before), ppv(after)),
             (f"Validation cases called {positive}", called(before), called(after))]
     return [{"Figure (validation)": label, "Now": now, "After the change": later} for label, now, later in rows]
+
+
+def difference_rows(table: pd.DataFrame) -> list:
+    """``train.compare.paired_differences`` as text: each figure for both models and candidate − active with its
+    95 % paired bootstrap interval, signed ("+0.012 (−0.004 to +0.031)")."""
+    def signed(value):
+        return DASH if is_missing(value) else f"{value:+.{PROPORTION_DIGITS}f}".replace("-", "−")
+
+    return [{"Figure": row["metric"], "Active": number_text(row["active"]), "Candidate": number_text(row["candidate"]),
+             "Difference (95 % CI)": f"{signed(row['difference'])} ({signed(row['ci95_low'])} to {signed(row['ci95_high'])})"}
+            for row in table.to_dict("records")]
+
+
+def settings_rows(config: dict, root=None) -> list:
+    """A run's settings as (setting, text) rows, its data folders relative to the data root."""
+    return [(key, ", ".join(relative_path(path, root) for path in value) if key == "data" else
+             DASH if value in (None, "") else str(value)) for key, value in config.items()]
 
 
 def info_text(card: dict, active=None, timezone=None) -> str:
@@ -273,7 +286,7 @@ def _markdown(header: list, cells: list) -> str:
 def _pct(entry) -> str:
     if not entry or is_missing(entry.get("value")):
         return DASH
-    low, high = (list(entry.get("ci95") or []) + [None, None])[:2]
+    low, high = _bounds(entry)
     interval = "" if is_missing(low) or is_missing(high) else f" [{100 * low:.1f}, {100 * high:.1f}]"
     count = f" ({entry['k']}/{entry['n']})" if "k" in entry else ""
     return f"{100 * entry['value']:.1f}{interval}{count}"
@@ -282,7 +295,7 @@ def _pct(entry) -> str:
 def _auc(entry) -> str:
     if not entry or is_missing(entry.get("value")):
         return DASH
-    low, high = (list(entry.get("ci95") or []) + [None, None])[:2]
+    low, high = _bounds(entry)
     return f"{entry['value']:.3f}" if is_missing(low) else f"{entry['value']:.3f} [{low:.3f}, {high:.3f}]"
 
 

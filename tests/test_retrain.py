@@ -18,7 +18,8 @@ from streamlit.testing.v1 import AppTest
 from core import CLASS_NAMES, registry, settings
 from core.inference import Predictor
 from tests.conftest import CXR_POOL, REPO, needs_shared_data, publish_random_version
-from train import compare, datasource, planning, supervisor
+from train import compare, datasource, planning, recipes, supervisor
+from train.checkpoints import STATE_FILE
 from train.config import TrainConfig
 from train.datasets import DatasetError, scan_dataset
 from train.progress import write_event
@@ -56,7 +57,7 @@ def test_page_trains_compares_publishes_activates_and_models_page_rolls_back(tin
     assert at.multiselect(key="datasets").value == [str(CXR_POOL.resolve())]
     at.selectbox(key="arch").select("dcnn80-compact")
     at.number_input(key="epochs").set_value(1)
-    at.number_input(key="limit").set_value(40)
+    at.number_input(key="limit_per_class").set_value(40)
     at.button(key="start").click()
     at.run()
     assert_no_exception(at)
@@ -323,3 +324,91 @@ def test_duration_estimate_from_earlier_runs_or_a_timing(isolated_folders):
     assert planning.measured_speed("dcnn80-compact", 32) == pytest.approx(20.0, abs=1e-9)
     assert planning.measured_speed("dcnn80", 32) is None
     assert planning.benchmark_speed("dcnn80-compact", batch_size=4, steps=1) > 0
+
+
+# --- the recipe the page starts from, the estimate, the honest resume -----------------------------------------
+
+
+def test_a_recipe_survives_the_form_round_trip_and_the_card_recipe_drops_the_trainers_additions():
+    for config in (TrainConfig(), TrainConfig(arch="dcnn80-compact", sampling="class-source", class_weights="none",
+                                              lr_schedule="warmup-cosine", crop_scale_min=0.75, crop_scale_max=1.0,
+                                              leave_out_source="nih_cxr14", precision="float32", cache_size=96),
+                   TrainConfig(class_weights="COVID-19=5,Normal=2,Pneumonia=1")):
+        values = recipes.form_values(config)
+        assert recipes.config_from_form(config, values, config.data) == config
+    custom = recipes.form_values(TrainConfig(class_weights="COVID-19=5,Normal=2,Pneumonia=1"))
+    assert (custom["class_weights"], custom["weight:COVID-19"], custom["weight:Normal"]) == ("custom", 5.0, 2.0)
+    card = {"version": "v9", "training": {"arch": "dcnn80-compact", "epochs": 3, "rotation": 0, "seconds": 12.5,
+                                          "device": {"kind": "CPU"}, "class_weight_values": {}, "chosen_epoch": 2}}
+    recipe = recipes.recipe_from_card(card)
+    assert (recipe.arch, recipe.epochs, recipe.lr_schedule) == ("dcnn80-compact", 3, TrainConfig().lr_schedule)
+    assert isinstance(recipes.form_values(recipe)["rotation"], float)  # a slider over floats needs a float
+    assert list(recipes.presets(card)) == ["v9 (the active version's recipe)", recipes.PAPER]
+    assert list(recipes.presets({"version": "bare"})) == [recipes.PAPER]
+    assert recipes.recipe_from_card(None) is None
+
+
+@pytest.mark.parametrize("epochs, images, speed, expected", [
+    (12, 8483, 47.0, 12 * 8483 / 47.0), (1, 100, 50.0, 2.0), (3, 10, 0.0, None), (3, 10, None, None)])
+def test_training_time_estimate(epochs, images, speed, expected):
+    found = recipes.training_seconds(TrainConfig(epochs=epochs), images, speed)
+    assert found == (None if expected is None else pytest.approx(expected, rel=1e-12))
+
+
+def test_trained_on_keeps_the_folders_the_recipe_used(tmp_path):
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+    folders = [str(tmp_path / name) for name in ("a", "b", "c")]
+    config = TrainConfig(data=[str(tmp_path / "c"), str(tmp_path / "a" / ".." / "b")])
+    assert recipes.trained_on(config, folders) == folders[1:]
+
+
+@pytest.mark.slow
+@needs_shared_data
+def test_page_starts_from_the_active_versions_recipe_and_offers_the_papers(shipped_version):
+    card = registry.load_card(shipped_version)
+    trained = card["training"]
+    at = app_on("pages/retrain.py")
+    assert_no_exception(at)
+    assert at.selectbox(key="recipe_preset").value.startswith(shipped_version)
+    for key in ("arch", "epochs", "batch_size", "lr", "lr_schedule", "sampling", "label_smoothing", "intensity"):
+        assert at.session_state[key] == trained[key], key
+    assert at.radio(key="class_weights").value == trained["class_weights"] == "none"
+    assert at.slider(key="crop").value == (trained["crop_scale_min"], trained["crop_scale_max"]) == (0.75, 1.0)
+    expected_folders = [str(datasource.checked_data_folder(folder)) for folder in trained["data"]]
+    assert at.multiselect(key="datasets").value == expected_folders and len(expected_folders) == 2
+    assert not any(str(settings.data_root()) in str(option) for option in at.multiselect(key="datasets").options)
+
+    at.selectbox(key="recipe_preset").select(recipes.PAPER).run()
+    assert_no_exception(at)
+    paper = TrainConfig()
+    assert (at.selectbox(key="arch").value, at.radio(key="class_weights").value, at.selectbox(key="sampling").value,
+            at.selectbox(key="lr_schedule").value) == (paper.arch, "paper", "shuffle", "paper")
+    assert at.slider(key="crop").value == pytest.approx((80 / 96, 80 / 96), abs=1e-12)
+
+
+def interrupted_run(root, saved_epochs: int):
+    run_dir = write_run(root, f"run-{saved_epochs}", ["start", "cancelled"])
+    config = json.loads((run_dir / supervisor.CONFIG_FILE).read_text())
+    (run_dir / supervisor.CONFIG_FILE).write_text(json.dumps({**config, "epochs": 5}))
+    if saved_epochs:
+        (run_dir / STATE_FILE).write_text(json.dumps({"epoch": saved_epochs, "checkpoint": "epoch-002.weights.h5"}))
+    return run_dir
+
+
+@pytest.mark.slow
+def test_after_a_cancel_the_page_says_what_can_be_resumed(tiny_version):
+    root = settings.runs_dir()
+    interrupted_run(root, 0)
+    at = app_on("pages/retrain.py")
+    assert_no_exception(at)
+    assert any("nothing can be resumed" in w.value for w in at.warning)
+    assert not any("continues from" in w.value for w in at.warning)
+    assert at.button(key="resume").label == "Run again from the start"
+    assert ":material/cancel:" in " ".join(m.value for m in at.markdown)  # a Material icon, not an emoji
+
+    interrupted_run(root, 2)
+    at = app_on("pages/retrain.py")
+    at.selectbox(key="run_choice").select("run-2").run()
+    assert any("after epoch 2 of 5" in w.value and "continues from epoch 3" in w.value for w in at.warning)
+    assert at.button(key="resume").label == "Resume from epoch 3"
