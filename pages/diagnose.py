@@ -22,7 +22,8 @@ from pages.common import active_card, escape_markdown, load_predictor
 
 STUDIES = "diagnose_studies"  # digest → worklist.Study, for the browser session
 SELECTED = "diagnose_selected"
-UPLOADER_GENERATION = "diagnose_uploader_generation"
+UPLOADER_GENERATION = "diagnose_uploader_generation"  # a new uploader (key) after "clear studies"
+HANDLED = "diagnose_handled_uploads"  # upload file ids already read
 KEPT = "diagnose_kept"  # widget values kept across pages (Streamlit drops the state of widgets not drawn)
 TABLE = "diagnose_worklist_table"
 TABLE_ORDER = "diagnose_table_order"
@@ -76,10 +77,13 @@ def studies() -> dict:
 
 
 def add_uploads(uploads, predictor, card) -> None:
-    """Read new uploads into studies (a progress bar for several), within the session's cap; the uploader is
-    renewed afterwards so its copies of the files are released."""
+    """Read uploads not seen before into studies (a progress bar for several), within the session's cap."""
+    handled = st.session_state.setdefault(HANDLED, set())
     files, problems = [], []
     for upload in uploads:
+        if upload.file_id in handled:
+            continue
+        handled.add(upload.file_id)
         try:
             files += worklist.files_of_upload(upload.name, upload.getvalue())
         except worklist.UploadError as error:
@@ -109,8 +113,6 @@ def add_uploads(uploads, predictor, card) -> None:
         st.session_state[SELECTED] = next(iter(fresh))
     for problem in problems:
         st.error(escape_markdown(problem), icon=":material/error:")
-    if uploads:
-        st.session_state[UPLOADER_GENERATION] = st.session_state.get(UPLOADER_GENERATION, 0) + 1
 
 
 def select_from_table() -> None:
@@ -142,6 +144,7 @@ def render_worklist(predictor, card) -> None:
     if clear.button("Clear studies", icon=":material/delete_sweep:", width="stretch"):
         st.session_state[STUDIES] = {}
         st.session_state.pop(SELECTED, None)
+        st.session_state[UPLOADER_GENERATION] = st.session_state.get(UPLOADER_GENERATION, 0) + 1  # an empty one
         st.rerun()
     search, shown_groups = st.columns([0.4, 0.6])
     text = search.text_input("File name contains", key="diagnose_filter_text")

@@ -1,25 +1,30 @@
-"""The Diagnose page through Streamlit's AppTest: real uploads (a full-resolution CXR, the real DICOM, a corrupt
-file), the controls, and the patient fields."""
+"""The Diagnose page through Streamlit's AppTest: real uploads (full-resolution CXRs, the real DICOM, a corrupt
+file, a zip of a folder), the viewer's figure, the controls, the worklist and its CSV (equal to ``predict
+--json``), the PDF report, studies kept across pages, the session's cap and the patient fields."""
 
+import base64
 import hashlib
 import io
 import json
 import re
+import zipfile
 
 import cv2
 import numpy as np
 import pytest
 
+from core import worklist
 from core.imaging import UnusableImageError, read_image
 from core.inference import Predictor
 from core.operating_point import decide
 from tests.conftest import DICOM_SAMPLE, FULLRES, REPO
 
 CXR = FULLRES / "NORMAL__IM-0636-0001.jpeg"
+OTHER_CXR = FULLRES / "PNEUMONIA__person491_bacteria_2082.jpeg"
 CORRUPT = b"this is not an image at all\n" * 8
-UPLOADS = "diagnose_uploads"
-# The page computes probabilities in another graph than Predictor.probabilities (one forward pass that also gives
-# the Grad-CAM maps, per layer): float32 round-off differs in the 7th-8th decimal, so compare with a tolerance.
+STUDIES = "diagnose_studies"
+# The page's probabilities come from its own compiled pass (the call made in the graph), not from
+# Predictor.probabilities: float32 round-off differs in the 7th-8th decimal, so compare with a tolerance.
 PROBABILITY_ATOL = 1e-5
 
 
@@ -30,99 +35,244 @@ def unescaped(text: str) -> str:
 
 def upload(app, *files):
     """Upload ``(name, bytes)`` pairs through the page's file uploader and rerun."""
-    app.file_uploader(key=UPLOADS).set_value([(name, data, "application/octet-stream") for name, data in files])
+    app.get("file_uploader")[0].set_value([(name, data, "application/octet-stream") for name, data in files])
     return app.run()
 
 
-def chart_probabilities(app) -> list:
-    return [json.loads(chart.proto.spec)["data"][0]["x"] for chart in app.get("plotly_chart")]
+def figures(app) -> dict:
+    """The page's plotly figures by key: the viewer and the probability bars."""
+    return {name: json.loads(chart.proto.spec) for name, chart in zip(("viewer", "probabilities"),
+                                                                       app.get("plotly_chart"))}
 
 
-def explanations(app) -> int:
-    return sum(len(result.explanations) for result in app.session_state["diagnose_files"].values())
+def heat(trace) -> np.ndarray:
+    """A heatmap's z as plotly sends it (a base64 typed array, NaN where transparent)."""
+    z = trace["z"]
+    if isinstance(z, dict):
+        shape = [int(n) for n in str(z["shape"]).split(",")]
+        return np.frombuffer(base64.b64decode(z["bdata"]), dtype=z["dtype"]).reshape(shape).astype(float)
+    return np.array(z, dtype=float)
 
 
-def dicom_reader_or_skip():
-    try:
-        read_image(DICOM_SAMPLE)
-    except UnusableImageError:
-        pytest.skip("core.imaging does not read this DICOM (yet)")
+def shown_probabilities(app) -> list:
+    return figures(app)["probabilities"]["data"][0]["x"]
+
+
+def calls(app) -> list:
+    return [unescaped(m.value) for m in app.markdown if "Called " in m.value]
+
+
+def looks(app) -> int:
+    return sum(len(study.looks) for study in app.session_state[STUDIES].values())
+
+
+def worklist_table(app):
+    return app.dataframe[0].value
 
 
 @pytest.fixture
 def app(tiny_version):
     from streamlit.testing.v1 import AppTest
 
-    app = AppTest.from_file(str(REPO / "app.py"), default_timeout=60).run()
+    app = AppTest.from_file(str(REPO / "app.py"), default_timeout=90).run()
     assert not app.exception
     return app
 
 
 def small_png() -> bytes:
-    """The CXR shrunk to a thumbnail: usable, but the reader may warn about it."""
+    """The CXR shrunk to a thumbnail: usable, but the reader flags it."""
     grey = cv2.imread(str(CXR), cv2.IMREAD_GRAYSCALE)
     return cv2.imencode(".png", cv2.resize(grey, (150, 135), interpolation=cv2.INTER_AREA))[1].tobytes()
 
 
-def test_probabilities_and_overlay_appear_and_a_corrupt_file_does_not_stop_the_others(app, tiny_version):
+def test_upload_label_lists_every_accepted_format(app):
+    label = app.get("file_uploader")[0].proto.label
+    for name in ("DICOM", "PNG", "JPEG", "BMP", "TIFF", "WebP", "GIF", "zip"):
+        assert name in label
+
+
+def test_probabilities_viewer_and_call_appear_and_a_corrupt_file_does_not_stop_the_others(app, tiny_version):
     upload(app, ("cxr.jpeg", CXR.read_bytes()), ("broken.png", CORRUPT), ("small [1].png", small_png()))
     assert not app.exception
     with pytest.raises(UnusableImageError) as expected:
         read_image(CORRUPT)
-    assert [unescaped(error.value) for error in app.error] == [str(expected.value)]
-    assert [unescaped(warning.value) for warning in app.warning] == read_image(small_png()).hints
-    assert "**small \\[1\\]\\.png**" in [m.value for m in app.markdown]  # a file name is text, not markup
+    assert [unescaped(error.value) for error in app.error] == [f"broken.png: {expected.value}"]
 
     predictor = Predictor(tiny_version)
     probabilities = predictor.probabilities(predictor.preprocess(read_image(CXR).pixels)[np.newaxis])[0]
-    shown = chart_probabilities(app)[0]
-    np.testing.assert_allclose(shown, probabilities, atol=PROBABILITY_ATOL)
+    np.testing.assert_allclose(shown_probabilities(app), probabilities, atol=PROBABILITY_ATOL)
     call = decide(probabilities, predictor.card).label
-    assert any(unescaped(m.value).endswith(f"Call: {call}") for m in app.markdown)
-    images = app.get("image")
-    assert [image.captions[0] for image in images[:2]] == ["Original", f"Grad-CAM: {call} at block4_conv3"]
-    assert len(images) == 4 and len(app.get("download_button")) == 2
-    captions = " ".join(unescaped(c.value) for c in app.caption)
-    assert "Research use only" in captions and "Model tiny" in captions and predictor.card["caveat"] in captions
+    assert calls(app) == [f":material/assignment_turned_in: **Called {call}: the most probable class (no operating "
+                          "point saved)**"]
+    bars = figures(app)["probabilities"]["data"][0]
+    coloured = [name for name, colour in zip(bars["y"], bars["marker"]["color"]) if colour == "#2b6cb0"]
+    assert coloured == [call]  # only the called class in the call's colour
 
-    result = app.session_state["diagnose_files"][hashlib.sha256(CXR.read_bytes()).hexdigest()]
-    overlay = cv2.imdecode(np.frombuffer(result.overlay[1], np.uint8), cv2.IMREAD_COLOR)
-    assert overlay.shape[:2] == result.display.shape and result.display.shape[1] == 1024  # aspect kept
+    viewer = figures(app)["viewer"]
+    heatmap = viewer["data"][0]
+    assert heatmap["type"] == "heatmap" and "colorbar" in heatmap
+    z = heat(heatmap)
+    drawn = ~np.isnan(z)
+    assert 0.05 < drawn.mean() < 0.5  # only where the map is high: transparent elsewhere
+    image = viewer["layout"]["images"][0]
+    assert image["source"].startswith("data:image/jpeg;base64,") and image["layer"] == "below"
+    assert viewer["layout"]["title"]["text"] == f"Grad-CAM of {call} at block4_conv3"
+    assert viewer["layout"]["dragmode"] == "pan"
+
+    table = worklist_table(app)
+    assert sorted(table["file"]) == ["broken.png", "cxr.jpeg", "small [1].png"]
+    assert table["call"].iloc[-1] == "unreadable"
+    assert "thumbnail" in table.iloc[table.index[table["file"] == "small [1].png"][0]]["flags"]
+    captions = " ".join(unescaped(c.value) for c in app.caption)
+    assert "Research use only" in captions and captions.count("Research use only") == 1
 
 
 @pytest.mark.slow
 def test_moving_the_controls_redraws_without_rerunning_the_model_unless_needed(app):
     upload(app, ("cxr.jpeg", CXR.read_bytes()))
-    overlay_url = app.get("image")[1].value
-    probabilities = chart_probabilities(app)
+    before = figures(app)["viewer"]
+    probabilities = shown_probabilities(app)
+    assert looks(app) == 1
 
     app.slider(key="diagnose_opacity").set_value(0.8).run()
     app.selectbox(key="diagnose_colormap").set_value("inferno").run()
+    app.slider(key="diagnose_percentile").set_value(95).run()
     app.radio(key="diagnose_method").set_value("Grad-CAM++").run()
     assert not app.exception
-    assert app.get("image")[1].value != overlay_url
-    assert app.get("image")[1].captions[0].startswith("Grad-CAM++:")
-    assert explanations(app) == 1  # one pass gave both methods; opacity and colormap only redraw
+    after = figures(app)["viewer"]
+    assert after["data"][0]["opacity"] == 0.8 and after["data"][0]["colorscale"] != before["data"][0]["colorscale"]
+    assert np.isnan(heat(after["data"][0])).mean() > 0.9
+    assert after["layout"]["title"]["text"].startswith("Grad-CAM++ of")
+    assert looks(app) == 1  # one pass gave both methods; opacity, colormap and threshold only redraw
 
     app.selectbox(key="diagnose_class").set_value("COVID-19").run()
     app.selectbox(key="diagnose_layer").set_value("block3_conv3").run()
     assert not app.exception
-    assert app.get("image")[1].captions[0] == "Grad-CAM++: COVID-19 at block3_conv3"
-    assert explanations(app) == 3
-    np.testing.assert_allclose(chart_probabilities(app), probabilities, atol=PROBABILITY_ATOL)
+    assert figures(app)["viewer"]["layout"]["title"]["text"] == "Grad-CAM++ of COVID-19 at block3_conv3"
+    assert looks(app) == 3
+    np.testing.assert_allclose(shown_probabilities(app), probabilities, atol=PROBABILITY_ATOL)
+
+
+def test_window_presets_and_sliders_change_the_film_not_the_reading(app):
+    upload(app, ("cxr.jpeg", CXR.read_bytes()))
+    full = figures(app)["viewer"]["layout"]["images"][0]["source"]
+    app.get("button_group")[0].set_value("lung").run()
+    lung = figures(app)["viewer"]["layout"]["images"][0]["source"]
+    level, width = app.slider(key="diagnose_level").value, app.slider(key="diagnose_width").value
+    study = next(iter(app.session_state[STUDIES].values()))
+    from core import overlay
+
+    assert (level, width) == overlay.window_for(study.display, "lung") and lung != full
+    app.slider(key="diagnose_width").set_value(60).run()
+    assert app.get("button_group")[0].value == "custom"
+    assert figures(app)["viewer"]["layout"]["images"][0]["source"] not in (full, lung)
+    assert looks(app) == 1 and not app.exception
+
+
+def test_studies_and_controls_survive_a_visit_to_another_page(app):
+    upload(app, ("cxr.jpeg", CXR.read_bytes()), ("other.jpeg", OTHER_CXR.read_bytes()))
+    app.slider(key="diagnose_opacity").set_value(0.7).run()
+    shown = calls(app)
+    app.switch_page("pages/models.py").run()
+    assert not app.exception and not calls(app)
+    app.switch_page("pages/diagnose.py").run()
+    assert not app.exception
+    assert calls(app) == shown and sorted(worklist_table(app)["file"]) == ["cxr.jpeg", "other.jpeg"]
+    assert app.slider(key="diagnose_opacity").value == 0.7
+    assert figures(app)["viewer"]["data"][0]["opacity"] == 0.7
+
+    app.button[0].click().run()  # clear studies
+    assert not app.exception and not app.session_state[STUDIES] and not calls(app)
+
+
+def test_the_worklist_csv_equals_predict_json_for_the_same_files(app, tmp_path, capsys):
+    from core.__main__ import main
+
+    files = sorted(FULLRES.glob("*.jp*g"))[::4]
+    upload(app, *[(path.name, path.read_bytes()) for path in files])
+    assert not app.exception
+    studies = app.session_state[STUDIES]
+    card = Predictor().card
+    predictor = Predictor()
+    exported = worklist.to_csv([worklist.study_record(s, predictor, card) for s in studies.values()]).decode()
+    import csv
+
+    rows = {row["file"]: row for row in csv.DictReader(io.StringIO(exported))}
+    assert main(["predict", "--json", *map(str, files)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == len(lines) == len(files)
+    for line in lines:
+        expected = worklist.csv_row(dict(line, file=FULLRES.joinpath(line["file"]).name))
+        row = rows[expected["file"]]
+        for key, value in expected.items():
+            if key.startswith("p_"):
+                assert float(row[key]) == pytest.approx(float(value), abs=2e-6)
+            elif key != "time":
+                assert row[key] == value, key
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", row["time"])
+    assert [s.name for s in studies.values()] == [p.name for p in files]
+
+
+def test_the_pdf_report_holds_the_call_version_and_operating_point(app, tiny_version):
+    from pypdf import PdfReader
+
+    from core import operating_point
+    from core.study_report import report_for
+
+    operating_point.save_operating_point(tiny_version, "COVID-19", 0.3, reader="Test Reader", reason="test")
+    upload(app, ("cxr.jpeg", CXR.read_bytes()))
+    study = next(iter(app.session_state[STUDIES].values()))
+    predictor = Predictor(tiny_version)
+    card = predictor.card
+    pdf = report_for(study, predictor, card, "Grad-CAM")
+    text = " ".join(page.extract_text() for page in PdfReader(io.BytesIO(pdf)).pages)
+    call = unescaped(calls(app)[0]).split("**")[1]
+    assert call in " ".join(text.split())
+    assert f"Model version: {tiny_version}" in text and "Operating point: COVID-19 at p ≥ 0.3" in text
+    assert "Research use only" in text and card["caveat"] in text
+
+
+def test_the_session_cap_refuses_with_a_clear_message(app, monkeypatch):
+    monkeypatch.setattr(worklist, "MAX_STUDIES", 1)
+    upload(app, ("cxr.jpeg", CXR.read_bytes()), ("other.jpeg", OTHER_CXR.read_bytes()))
+    assert not app.exception
+    messages = [unescaped(e.value) for e in app.error]
+    assert len(messages) == 1 and "can hold 1 studies" in messages[0] and "Clear studies" in messages[0]
+    assert not app.session_state[STUDIES]
+
+
+def test_a_zip_of_a_folder_becomes_studies_and_a_hostile_zip_is_refused(app):
+    folder = io.BytesIO()
+    with zipfile.ZipFile(folder, "w") as archive:
+        archive.writestr("day1/a.jpeg", CXR.read_bytes())
+        archive.writestr("day1/b.jpeg", OTHER_CXR.read_bytes())
+        archive.writestr("__MACOSX/day1/._a.jpeg", b"resource fork")
+    upload(app, ("day1.zip", folder.getvalue()))
+    assert not app.exception and not app.error
+    assert sorted(worklist_table(app)["file"]) == ["day1.zip/day1/a.jpeg", "day1.zip/day1/b.jpeg"]
+
+    hostile = io.BytesIO()
+    with zipfile.ZipFile(hostile, "w") as archive:
+        archive.writestr("../../etc/evil.jpeg", CXR.read_bytes())
+    upload(app, ("evil.zip", hostile.getvalue()))
+    assert not app.exception
+    assert any("points outside it" in unescaped(e.value) for e in app.error)
+    assert len(app.session_state[STUDIES]) == 2
 
 
 def test_dicom_renders_and_patient_fields_stay_hidden_until_asked_then_show_as_text(app):
     import pydicom
 
-    dicom_reader_or_skip()
+    try:
+        read_image(DICOM_SAMPLE)
+    except UnusableImageError:
+        pytest.skip("core.imaging does not read this DICOM (yet)")
     dataset = pydicom.dcmread(DICOM_SAMPLE)
     dataset.PatientName = "<b>x</b>"
     hostile = io.BytesIO()
     dataset.save_as(hostile)
-    upload(app, ("study.dcm", DICOM_SAMPLE.read_bytes()), ("hostile.dcm", hostile.getvalue()))
-    assert not app.exception and not app.error
-    assert len(chart_probabilities(app)) == 2 and len(app.get("image")) == 4
+    upload(app, ("hostile.dcm", hostile.getvalue()))
+    assert not app.exception and not app.error and len(calls(app)) == 1
 
     def rendered_text():
         return " ".join(str(e.value) for kind in ("markdown", "caption", "code", "text") for e in app.get(kind))
@@ -137,7 +287,7 @@ def test_dicom_renders_and_patient_fields_stay_hidden_until_asked_then_show_as_t
 def test_a_saved_operating_point_changes_the_call_after_a_restart(shipped_version):
     """A borderline image (its COVID-19 probability below the argmax) is called COVID-19 once an operating point
     at that probability (less the round-off tolerance: the page's pass is another graph) is saved — in a new
-    session, as after a restart."""
+    session, as after a restart; the sentence says why."""
     from streamlit.testing.v1 import AppTest
 
     from core import operating_point
@@ -148,30 +298,36 @@ def test_a_saved_operating_point_changes_the_call_after_a_restart(shipped_versio
     assert argmax_call != "COVID-19"
 
     def call_on_the_page():
-        app = AppTest.from_file(str(REPO / "app.py"), default_timeout=60).run()
+        app = AppTest.from_file(str(REPO / "app.py"), default_timeout=90).run()
         upload(app, ("cxr.jpeg", CXR.read_bytes()))
         assert not app.exception
-        return [unescaped(m.value).split("Call: ")[1] for m in app.markdown if "Call: " in unescaped(m.value)]
+        return calls(app)
 
-    operating_point.clear_operating_point(shipped_version, reader="test", reason="argmax first")
-    assert call_on_the_page() == [argmax_call]
+    operating_point.clear_operating_point(shipped_version, reader="Test Reader", reason="test")
+    assert call_on_the_page() == [f":material/assignment_turned_in: **Called {argmax_call}: the most probable class "
+                                  "(no operating point saved)**"]
     operating_point.save_operating_point(shipped_version, "COVID-19", float(probabilities[0]) - PROBABILITY_ATOL,
-                                         reader="test", reason="just below this film")
-    assert call_on_the_page() == ["COVID-19"]
+                                         reader="Test Reader", reason="test")
+    (sentence,) = call_on_the_page()
+    assert f"Called COVID-19: p = {probabilities[0]:.3f}" in sentence and f"although {argmax_call} is more" in sentence
 
 
 @pytest.mark.slow
-def test_a_sideways_film_is_called_uncertain_with_its_flag_beside_the_call(shipped_version):
-    """The shipped version's detector flags a real radiograph turned 90°: the page says to read it without the
-    model and shows why; the upright film keeps its call."""
+def test_a_sideways_film_is_called_uncertain_with_its_flag_and_goes_up_the_worklist(shipped_version):
+    """The shipped version's detector flags a real radiograph turned 90°: the worklist says to read it without
+    the model (above the Normal films) and its card shows why; the upright film keeps its call."""
     from streamlit.testing.v1 import AppTest
 
     grey = cv2.imread(str(CXR), cv2.IMREAD_GRAYSCALE)
     sideways = cv2.imencode(".png", cv2.rotate(grey, cv2.ROTATE_90_CLOCKWISE))[1].tobytes()
-    app = AppTest.from_file(str(REPO / "app.py"), default_timeout=60).run()
+    app = AppTest.from_file(str(REPO / "app.py"), default_timeout=90).run()
     upload(app, ("upright.jpeg", CXR.read_bytes()), ("sideways.png", sideways))
     assert not app.exception
-    calls = [unescaped(m.value).split("Call: ")[1] for m in app.markdown if "Call: " in unescaped(m.value)]
-    assert calls[0] != "uncertain — read without the model" and calls[1] == "uncertain — read without the model"
-    assert any("rotated" in unescaped(w.value) for w in app.warning)
-    assert any("`rotated`" in c.value for c in app.caption)
+    table = worklist_table(app)
+    assert list(table["file"]) == ["sideways.png", "upright.jpeg"]
+    assert list(table["call"]) == ["uncertain — read without the model", "Normal"]
+    assert "rotated" in table["flags"].iloc[0]
+    app.session_state["diagnose_selected"] = hashlib.sha256(sideways).hexdigest()
+    app.run()
+    assert calls(app)[0].startswith(":material/help: **Uncertain — read without the model.")
+    assert any("rotated" in m.value for m in app.markdown) and any("rotated" in unescaped(c.value) for c in app.caption)

@@ -1,15 +1,19 @@
 """Grad-CAM / Grad-CAM++: shapes, class-logit consistency, localisation on a model trained to find a square,
-the model-randomisation sanity check (Adebayo et al. 2018), and the full-resolution overlay."""
+the model-randomisation sanity check (Adebayo et al. 2018), the compiled passes living on their Predictor, the
+one-pass reading (``core.diagnosis``) and the full-resolution overlay (``core.overlay``)."""
 
+import gc
 import json
+import weakref
 
 import cv2
 import numpy as np
 import pytest
 
-from core import CLASS_NAMES, gradcam
+from core import CLASS_NAMES, diagnosis, gradcam, overlay
 from core.imaging import read_image
 from core.inference import LOGITS_LAYER, Predictor
+from core.operating_point import decide
 from tests.conftest import FULLRES, publish_random_version
 
 SQUARE_IMAGE = 32
@@ -171,35 +175,100 @@ def correlation(a, b) -> float:
     return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
 
 
-def test_explain_call_explains_the_class_called_at_the_operating_point(tiny_version):
+@pytest.mark.parametrize("positive", ["other", "abnormal", None])
+def test_the_reading_explains_the_class_called_at_the_operating_point(tiny_version, positive):
+    """The call made in the graph is ``decide``'s, for a class's and for the "abnormal" operating point, and the
+    map is that class's Grad-CAM, as ``explain`` gives it."""
     predictor = Predictor(tiny_version)
-    image = np.random.default_rng(4).random((80, 80, 3), dtype=np.float32)
-    top = int(gradcam.explain(predictor, image).targets)
-    other = CLASS_NAMES[(top + 1) % 3]
-    card = dict(predictor.card, operating_point={"positive_class": other, "threshold": 0.0})
-    explanation, decision = gradcam.explain_call(Predictor(model=predictor.model, card=card), image)
-    assert decision.label == other and explanation.targets == CLASS_NAMES.index(other)
+    images = np.random.default_rng(4).random((4, 80, 80, 3), dtype=np.float32)
+    top = gradcam.explain(predictor, images).targets
+    point = None
+    if positive == "other":
+        point = {"positive_class": CLASS_NAMES[(int(top[0]) + 1) % 3], "threshold": 0.0}
+    elif positive == "abnormal":
+        point = {"positive_class": "abnormal", "threshold": 0.5}
+    card = dict(predictor.card, operating_point=point)
+    looks = diagnosis.look_batch(predictor, images, card)
+    for look, image in zip(looks, images):
+        assert look.decision == decide(look.probabilities, card)
+        assert CLASS_NAMES[look.target] == look.decision.label
+        expected = gradcam.explain(predictor, image, targets=look.target)
+        np.testing.assert_allclose(look.maps[gradcam.GRADCAM], expected.maps[gradcam.GRADCAM], atol=1e-5)
+        np.testing.assert_allclose(look.probabilities, expected.probabilities, atol=1e-6)
+    if positive == "other":
+        assert looks[0].decision.label == point["positive_class"]
 
 
-def test_overlay_covers_the_full_resolution_image():
+def test_another_class_can_be_explained_and_the_flags_match_the_predictors(tiny_version):
+    predictor = Predictor(tiny_version)
+    image = np.random.default_rng(5).random((80, 80, 3), dtype=np.float32)
+    reading = diagnosis.read(predictor, image)
+    other = CLASS_NAMES[(reading.look.target + 1) % 3]
+    (look,) = diagnosis.look_batch(predictor, image[np.newaxis], explained_class=other)
+    assert look.target == CLASS_NAMES.index(other) and look.decision == reading.look.decision
+    _, (expected,) = predictor.assess(image[np.newaxis])
+    assert reading.assessment.flags == expected.flags
+
+
+def test_compiled_passes_die_with_their_model(tiny_version):
+    """The explainers are kept on the Predictor, not in a module-level cache that would keep an evicted model
+    (and its weights) alive."""
+    predictor = Predictor(tiny_version)
+    gradcam.explain(predictor, np.zeros((80, 80, 3), np.float32))
+    diagnosis.look_batch(predictor, np.zeros((1, 80, 80, 3), np.float32))
+    assert set(predictor.explainers) == {predictor.card["gradcam_layer"], (diagnosis.READING_PASS, "block4_conv3")}
+    model = weakref.ref(predictor.model)
+    del predictor
+    gc.collect()
+    assert model() is None
+
+
+def test_overlay_is_drawn_only_where_the_map_is_high():
     grey = np.full((30, 50), 0.5, np.float32)
-    cam = np.zeros((5, 5), np.float32)
-    cam[0, 0] = 1.0
-    rgb = gradcam.overlay(grey, cam, colormap="jet", opacity=0.5)
+    cam = np.linspace(0.0, 1.0, 25, dtype=np.float32).reshape(5, 5)  # 1 at the bottom right
+    rgb = overlay.overlay(grey, cam, colormap="jet", opacity=0.5, percentile=90)
     assert rgb.shape == (30, 50, 3) and rgb.dtype == np.uint8
-    hot, cold = rgb[0, 0], rgb[-1, -1]
-    assert hot[0] > hot[2] and cold[2] > cold[0]  # jet: red where the map is 1, blue where it is 0
-    np.testing.assert_array_equal(gradcam.overlay(grey, cam, opacity=0.0), np.full((30, 50, 3), 128, np.uint8))
+    hot = rgb[-1, -1]
+    assert hot[0] > hot[2]  # jet: red where the map is 1
+    np.testing.assert_array_equal(rgb[0, 0], [128, 128, 128])  # below the cut: the film untouched
+    assert (rgb != 128).any(axis=-1).mean() < 0.2
+    np.testing.assert_array_equal(overlay.overlay(grey, cam, opacity=0.0), np.full((30, 50, 3), 128, np.uint8))
+    everywhere = overlay.overlay(grey, cam, colormap="jet", opacity=0.5, percentile=0)
+    assert everywhere[0, 0, 2] > everywhere[0, 0, 0]  # percentile 0: the whole film tinted (jet blue at 0)
 
 
-def test_overlay_png_of_a_real_radiograph_keeps_its_size(predictor):
+def test_overlay_png_of_a_real_radiograph_keeps_its_size_and_has_a_colour_scale(predictor):
     grey = read_image(sorted(FULLRES.glob("*.jp*g"))[0]).pixels
     explanation = gradcam.explain(predictor, predictor.preprocess(grey))
-    png = gradcam.overlay_png(grey, explanation.maps[gradcam.GRADCAM], colormap="inferno", opacity=0.3)
-    decoded = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
-    assert decoded.shape == (*grey.shape, 3)
-    expected = gradcam.overlay(grey, explanation.maps[gradcam.GRADCAM], "inferno", 0.3)
-    np.testing.assert_array_equal(decoded[..., ::-1], expected)
+    cam = explanation.maps[gradcam.GRADCAM]
+    png = overlay.overlay_png(grey, cam, colormap="inferno", opacity=0.3)
+    decoded = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+    height, width = grey.shape
+    assert decoded.shape[1] == width and decoded.shape[0] > height
+    np.testing.assert_array_equal(decoded[:height], overlay.overlay(grey, cam, "inferno", 0.3))
+    scale = decoded[height + 5]
+    np.testing.assert_array_equal(scale[-1], overlay.RGB_COLORMAPS["inferno"][255, 0])
+    np.testing.assert_array_equal(scale[0], [128, 128, 128])  # below the cut: grey (not drawn)
+
+
+def test_the_display_copy_is_eight_bit_and_at_most_the_display_width():
+    grey = read_image(FULLRES / "COVID19__covid-19-pneumonia-15-PA.jpg").pixels
+    display = overlay.display_copy(grey)
+    assert display.dtype == np.uint8 and display.shape[1] <= overlay.MAX_DISPLAY_WIDTH
+    factor = grey.shape[1] // display.shape[1]
+    expected = cv2.resize(grey[: display.shape[0] * factor, : display.shape[1] * factor],
+                          display.shape[::-1], interpolation=cv2.INTER_AREA)
+    np.testing.assert_allclose(display, expected * 255, atol=1)
+
+
+def test_window_level_maps_the_window_to_the_full_grey_range():
+    levels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    shown = overlay.windowed(levels, level=100, width=50)
+    assert shown[levels <= 75].max() == 0 and shown[levels >= 125].min() == 255
+    assert shown[levels == 100][0] in (127, 128)
+    lung_level, lung_width = overlay.window_for(levels, "lung")
+    mediastinum_level, _ = overlay.window_for(levels, "mediastinum")
+    assert lung_level < mediastinum_level and lung_width < 256
 
 
 def test_cli_cam_dir_writes_overlays_and_keeps_the_json(tiny_version, tmp_path, capsys):
@@ -217,5 +286,6 @@ def test_cli_cam_dir_writes_overlays_and_keeps_the_json(tiny_version, tmp_path, 
     assert with_cams[0]["probabilities"] == pytest.approx(plain[0]["probabilities"], abs=1e-5)
     written = sorted(p.name for p in (tmp_path / "cams").iterdir())
     assert written == [f"{cxr.stem}_gradcam.png"]
-    overlay = cv2.imread(str(tmp_path / "cams" / written[0]))
-    assert overlay.shape == (*read_image(cxr).pixels.shape, 3)
+    drawn = cv2.imread(str(tmp_path / "cams" / written[0]))
+    height, width = read_image(cxr).pixels.shape
+    assert drawn.shape[1] == width and drawn.shape[0] > height  # the colour scale under the image
