@@ -10,7 +10,7 @@ import streamlit as st
 
 from core import registry
 from core.report import (card_summary, cross_hospital_cells, figure_text, flags_table, headline_rows, history_rows,
-                         point_text, time_text)
+                         point_text, threshold_text, time_text)
 from pages.common import escape_markdown, reader_timezone, text_table
 from train.archive import ArchiveError, export_saved_model, savedmodel_zip
 
@@ -27,7 +27,8 @@ def overview(versions, active, timezone) -> pd.DataFrame:
             "Architecture": card.get("architecture"),
             "Validation accuracy (95 % CI)": figure_text((metrics.get("validation") or {}).get("accuracy")),
             "Test accuracy (95 % CI)": figure_text((metrics.get("test") or {}).get("accuracy")),
-            "Operating point": point_text(card.get("operating_point")),
+            "Positive class": (card.get("operating_point") or {}).get("positive_class", "argmax"),
+            "Threshold": threshold_text((card.get("operating_point") or {}).get("threshold")),
         })
     return pd.DataFrame(rows)
 

@@ -294,8 +294,8 @@ def controls(frame: pd.DataFrame, card: dict, keys: dict, choices: list):
     clear.button("Clear the saved operating point…", key="op_clear", icon=":material/delete:", disabled=not saved,
                  on_click=request_change, args=(keys, None))
     right.number_input("Target sensitivity (%)", 50.0, 100.0, step=0.5, format="%.1f", key=keys["target"])
-    right.button("Set threshold for this sensitivity", key="op_apply_target", on_click=apply_target,
-                 args=(truth, scores, keys))
+    right.button("Set threshold", key="op_apply_target", on_click=apply_target, args=(truth, scores, keys),
+                 help="The highest threshold whose validation sensitivity reaches the target.")
     prevalence = right.slider("Prevalence of the positive class (%)", 0.1, 50.0, step=0.1, key=keys["prevalence"],
                               help="For the predictive values (PPV, NPV) in your population.")
     return positive, scores, truth, threshold, prevalence / 100
