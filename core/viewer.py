@@ -5,19 +5,28 @@ this small figure, never run the model.
 
 Chosen over a pre-blended overlay image: the browser keeps the film and the map as separate layers, so the
 overlay can be hidden or its opacity changed without a new image, the colour bar comes with the trace, and the
-hover shows the map's value. The map travels as a coarse grid (``MAP_COLUMNS`` wide), not per pixel.
+hover shows the map's value. The map travels as a coarse grid (``MAP_COLUMNS`` wide), not per pixel. The film
+travels best as a URL the page serves (fetched and cached once by the browser): inside the figure, a
+megabyte-sized data URI costs plotly's JSON encoder ~30 ms on every redraw (measured in bench/diagnose_latency.py).
 """
 
 import base64
+import io
 
 import numpy as np
+from PIL import Image
 
-from core.overlay import RGB_COLORMAPS, masked_map
+from core.overlay import LEVELS, RGB_COLORMAPS, encode_jpeg, masked_map, windowed
 
 MAP_COLUMNS = 96  # the heatmap grid's width; its height keeps the film's aspect
 COLORSCALE_STOPS = 11
 FIGURE_HEIGHT = 820
 BACKGROUND = "#111111"
+CALL_COLOUR, OTHER_COLOUR = "#2b6cb0", "#a0aec0"
+CHART_HEIGHT = 130
+JPEG_SIGNATURE = b"\xff\xd8\xff"
+MAX_SENT_AS_IS = 2 * 1024**2  # a JPEG upload up to this size goes to the viewer as it is (full resolution)
+EXIF_ORIENTATION = 0x0112
 CONFIG = {"scrollZoom": True, "displaylogo": False, "doubleClick": "reset",
           "modeBarButtonsToRemove": ["select2d", "lasso2d", "autoScale2d", "toImage"]}
 
@@ -44,11 +53,11 @@ def map_grid(cam: np.ndarray, shape: tuple, percentile: float) -> tuple:
     return z, columns / grid_columns, rows / grid_rows
 
 
-def figure(jpeg: bytes, shape: tuple, cam=None, colormap="jet", opacity=0.45, percentile=80.0,
+def figure(source: str, shape: tuple, cam=None, colormap="jet", opacity=0.45, percentile=80.0,
            title="", uirevision="study") -> dict:
-    """The viewer's plotly figure (a dict, as ``st.plotly_chart`` takes it) for a display copy of ``shape`` (rows,
-    columns) encoded as ``jpeg``; ``cam`` None shows the film alone. ``uirevision`` keeps the reader's zoom and
-    pan across redraws of the same study."""
+    """The viewer's plotly figure (a dict, as ``st.plotly_chart`` takes it) for a film of display ``shape`` (rows,
+    columns) at the URL ``source`` (a served file, or ``data_uri``); ``cam`` None shows the film alone.
+    ``uirevision`` keeps the reader's zoom and pan across redraws of the same study."""
     rows, columns = shape
     data = []
     if cam is not None:
@@ -70,7 +79,48 @@ def figure(jpeg: bytes, shape: tuple, cam=None, colormap="jet", opacity=0.45, pe
         "paper_bgcolor": BACKGROUND, "plot_bgcolor": BACKGROUND, "dragmode": "pan", "uirevision": uirevision,
         "xaxis": {"range": [0, columns], "visible": False, "constrain": "domain"},
         "yaxis": {"range": [rows, 0], "visible": False, "scaleanchor": "x", "constrain": "domain"},
-        "images": [{"source": data_uri(jpeg), "xref": "x", "yref": "y", "x": 0, "y": 0, "sizex": columns,
+        "images": [{"source": source, "xref": "x", "yref": "y", "x": 0, "y": 0, "sizex": columns,
                     "sizey": rows, "sizing": "stretch", "layer": "below"}],
     }
     return {"data": data, "layout": layout}
+
+
+def browser_ready_jpeg(data: bytes) -> bool:
+    """Whether an upload is a JPEG a browser shows as we read it: greyscale or RGB, upright (no EXIF turn), and
+    small enough to send as it is."""
+    if not data.startswith(JPEG_SIGNATURE) or len(data) > MAX_SENT_AS_IS:
+        return False
+    try:
+        header = Image.open(io.BytesIO(data))
+        return header.mode in ("L", "RGB") and header.getexif().get(EXIF_ORIENTATION, 1) == 1
+    except Exception:  # whatever a damaged header makes Pillow raise: re-encode instead
+        return False
+
+
+def film_jpeg(data: bytes, display: np.ndarray, level: int, width: int) -> bytes:
+    """The film as sent to the viewer: the upload itself when it is a plain JPEG shown at full range (no
+    re-encoding, and full resolution for zooming in), else the 8-bit display copy with window/level applied."""
+    if (level, width) == (LEVELS // 2, LEVELS) and browser_ready_jpeg(data):
+        return data
+    return encode_jpeg(windowed(display, level, width))
+
+
+def probability_chart(class_names, probabilities, called: str) -> dict:
+    """Horizontal bars of the calibrated probabilities; only the called class in the call's colour."""
+    colours = [CALL_COLOUR if name == called else OTHER_COLOUR for name in class_names]
+    bars = {"type": "bar", "x": [float(p) for p in probabilities], "y": list(class_names), "orientation": "h",
+            "marker": {"color": colours}, "text": [f"{p:.1%}" for p in probabilities], "textposition": "auto",
+            "hovertemplate": "%{y}: %{x:.3f}<extra></extra>"}
+    layout = {"height": CHART_HEIGHT, "margin": {"l": 0, "r": 10, "t": 4, "b": 0}, "showlegend": False,
+              "xaxis": {"range": [0, 1], "tickformat": ".0%", "title": {"text": "calibrated probability"}},
+              "yaxis": {"autorange": "reversed"}}
+    return {"data": [bars], "layout": layout}
+
+
+def checked(figure: dict):
+    """``figure`` as a plotly Figure built without plotly's per-property validation, which ``st.plotly_chart``
+    would otherwise run on every redraw (about half of the figure's cost). Only for this module's figures, whose
+    every property the tests validate (tests/test_viewer.py)."""
+    import plotly.graph_objects as go
+
+    return go.Figure(figure, _validate=False)

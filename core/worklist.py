@@ -12,12 +12,12 @@ import io
 import json
 import time
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import PurePosixPath
 
 import numpy as np
-from PIL import Image
 
 from core import diagnosis, overlay
 from core.flags import UNCERTAIN_CALL
@@ -28,9 +28,6 @@ MAX_SESSION_BYTES = 300 * 1024**2  # upload bytes held by one browser session
 MAX_ZIP_MEMBERS = 200
 MAX_ZIP_BYTES = 500 * 1024**2  # unpacked, in memory
 ZIP_SIGNATURE = b"PK\x03\x04"
-JPEG_SIGNATURE = b"\xff\xd8\xff"
-MAX_SENT_AS_IS = 2 * 1024**2  # a JPEG upload up to this size goes to the viewer as it is (full resolution)
-EXIF_ORIENTATION = 0x0112
 SKIPPED_PARTS = ("__MACOSX",)
 POSITIVE_CLASS = "COVID-19"
 PRIORITY = ("called COVID-19", "uncertain: read without the model", "other abnormal", "Normal", "unreadable")
@@ -138,18 +135,6 @@ def full_resolution_png(study: Study, predictor, card: dict, method: str, layer=
     return overlay.overlay_png(read_image(study.data).pixels, shown.maps[method], colormap, opacity, percentile)
 
 
-def browser_ready_jpeg(data: bytes) -> bool:
-    """Whether an upload is a JPEG a browser shows as we read it: greyscale or RGB, upright (no EXIF turn), and
-    small enough to send as it is."""
-    if not data.startswith(JPEG_SIGNATURE) or len(data) > MAX_SENT_AS_IS:
-        return False
-    try:
-        header = Image.open(io.BytesIO(data))
-        return header.mode in ("L", "RGB") and header.getexif().get(EXIF_ORIENTATION, 1) == 1
-    except Exception:  # whatever a damaged header makes Pillow raise: re-encode instead
-        return False
-
-
 def point_key(card: dict) -> str:
     """The operating point as a key: a saved change makes new readings."""
     return json.dumps(card.get("operating_point"), sort_keys=True)
@@ -242,8 +227,11 @@ def wanted_member(info: zipfile.ZipInfo) -> bool:
 
 def read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> bytes:
     """A member's bytes, never more than its header declares (a lying header is refused)."""
-    with archive.open(info) as stream:
-        data = stream.read(info.file_size + 1)
+    try:
+        with archive.open(info) as stream:
+            data = stream.read(info.file_size + 1)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as error:
+        raise UploadError(f"The zip was refused: '{info.filename}' in {name} cannot be read ({error}).") from error
     if len(data) > info.file_size:
         raise UploadError(f"The zip was refused: '{info.filename}' in {name} is larger than its header says.")
     return data

@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 import streamlit as st
+from streamlit import runtime
 
 from core import gradcam, overlay, registry, viewer, worklist
 from core.diagnosis import call_sentence, look_batch
@@ -33,9 +34,8 @@ UPLOAD_LABEL = ("Chest X-rays, or a zip of a folder of them: DICOM (.dcm or no e
                 "WebP or GIF")
 INTERNAL_ERROR = "This study could not be analysed because of an internal error (logged for the developers)."
 RESEARCH_ONLY = "Research use only — not for clinical diagnosis."
-CALL_COLOUR, OTHER_COLOUR = "#2b6cb0", "#a0aec0"
 VIEWER_SHARE = 0.64
-CHART_HEIGHT = 130
+VIEWER_FILM = "diagnose_viewer_film"  # the served film's place (Streamlit frees it when no longer shown)
 LOG = logging.getLogger(__name__)
 
 
@@ -43,11 +43,20 @@ def kept(widget, label: str, key: str, default, options=None, **kwargs):
     """A widget whose value survives a visit to another page: kept in ``KEPT`` and handed back on return."""
     saved = st.session_state.setdefault(KEPT, {})
     if key not in st.session_state:
-        value = saved.get(key, default)
-        st.session_state[key] = value if options is None or value in options else default
+        st.session_state[key] = still_valid(saved.get(key, default), default, options)
     value = widget(label, options, key=key, **kwargs) if options is not None else widget(label, key=key, **kwargs)
     saved[key] = value
     return value
+
+
+def still_valid(value, default, options):
+    """``value`` if the widget's options (which may change with the model version) still allow it, else
+    ``default``; for a multiselect, the chosen values that are still options."""
+    if options is None:
+        return value
+    if isinstance(value, list):
+        return [item for item in value if item in options]
+    return value if value in options else default
 
 
 def render_controls(card: dict) -> dict:
@@ -186,12 +195,12 @@ def window_controls(study) -> tuple:
     return level, width, show
 
 
-def film_jpeg(study, level: int, width: int) -> bytes:
-    """The film as sent to the viewer: the upload itself when it is a plain JPEG at full range (no re-encoding;
-    full resolution for zoom), else the display copy with window/level applied."""
-    if (level, width) == (overlay.LEVELS // 2, overlay.LEVELS) and worklist.browser_ready_jpeg(study.data):
-        return study.data
-    return overlay.encode_jpeg(overlay.windowed(study.display, level, width))
+def film_source(jpeg: bytes) -> str:
+    """The film's URL for the viewer: served by Streamlit's media endpoint (content-addressed, so the browser
+    fetches it once and the figure stays small), or a data URI where no Streamlit server runs (AppTest)."""
+    if runtime.exists():
+        return runtime.get_instance().media_file_mgr.add(jpeg, "image/jpeg", VIEWER_FILM)
+    return viewer.data_uri(jpeg)
 
 
 def render_study(predictor, card, controls: dict, study) -> None:
@@ -206,17 +215,17 @@ def render_study(predictor, card, controls: dict, study) -> None:
     viewer_column, card_column = st.columns([VIEWER_SHARE, 1 - VIEWER_SHARE])
     with viewer_column:
         level, width, show = window_controls(study)
-        jpeg = film_jpeg(study, level, width)
+        source = film_source(viewer.film_jpeg(study.data, study.display, level, width))
         cam = shown.maps[controls["method"]] if show else None
         title = f"{controls['method']} of {explained} at {shown.layer}" if show else "Film"
-        figure = viewer.figure(jpeg, study.display.shape, cam, controls["colormap"], controls["opacity"],
+        figure = viewer.figure(source, study.display.shape, cam, controls["colormap"], controls["opacity"],
                                controls["percentile"], title=title, uirevision=study.digest)
-        st.plotly_chart(figure, key="diagnose_viewer", config=viewer.CONFIG, width="stretch")
+        st.plotly_chart(viewer.checked(figure), key="diagnose_viewer", config=viewer.CONFIG, width="stretch")
     with card_column:
         st.markdown(f"**{escape_markdown(study.name)}**")
         call_box = st.container()
-        st.plotly_chart(probability_chart(predictor.class_names, called.probabilities, called.decision.label),
-                        key="diagnose_probabilities", config={"displayModeBar": False})
+        bars = viewer.probability_chart(predictor.class_names, called.probabilities, called.decision.label)
+        st.plotly_chart(viewer.checked(bars), key="diagnose_probabilities", config={"displayModeBar": False})
         flags, flags_ms = worklist.assessment(study, predictor, card)
         with call_box:
             render_call(call_sentence(called.decision, called.probabilities, flags, predictor.class_names, card),
@@ -228,17 +237,6 @@ def render_study(predictor, card, controls: dict, study) -> None:
             st.caption(f"{study.full_shape[1]} × {study.full_shape[0]} px · decode {study.decode_ms:.0f} ms · model "
                        f"and Grad-CAM {model_ms:.0f} ms · flags {flags_ms:.0f} ms")
         render_patient_fields(study.metadata, controls["show_patient"])
-
-
-def probability_chart(class_names, probabilities, called: str) -> dict:
-    """Horizontal bars of the calibrated probabilities; only the called class in the call's colour."""
-    colours = [CALL_COLOUR if name == called else OTHER_COLOUR for name in class_names]
-    return {"data": [{"type": "bar", "x": [float(p) for p in probabilities], "y": list(class_names), "orientation": "h",
-                      "marker": {"color": colours}, "text": [f"{p:.1%}" for p in probabilities],
-                      "textposition": "auto", "hovertemplate": "%{y}: %{x:.3f}<extra></extra>"}],
-            "layout": {"height": CHART_HEIGHT, "margin": {"l": 0, "r": 10, "t": 4, "b": 0}, "showlegend": False,
-                       "xaxis": {"range": [0, 1], "tickformat": ".0%", "title": {"text": "calibrated probability"}},
-                       "yaxis": {"autorange": "reversed"}}}
 
 
 def render_call(sentence: str, flags) -> None:

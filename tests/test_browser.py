@@ -1,5 +1,6 @@
 """The Diagnose page in a real browser: `streamlit run app.py` in a subprocess, Debian's chromium driven by
-playwright, a real full-resolution CXR uploaded through the page's file input."""
+playwright, real full-resolution CXRs uploaded through the page's file input; the viewer's zoom and window, the
+worklist and its exports. Screenshots go to test-artifacts/."""
 
 import os
 import socket
@@ -18,7 +19,8 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
 CXR = FULLRES / "COVID19__covid-19-pneumonia-15-PA.jpg"
-SCREENSHOT = REPO / "test-artifacts" / "diagnose.png"
+ARTIFACTS = REPO / "test-artifacts"
+SCREENSHOT = ARTIFACTS / "diagnose.png"
 SERVER_START_S = 60
 PAGE_TIMEOUT_MS = 240_000  # generous: CI machines are small and shared
 
@@ -72,25 +74,96 @@ def app_url(isolated_folders, tmp_path):
         log.close()
 
 
+def open_page(playwright, app_url):
+    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    page.set_default_timeout(PAGE_TIMEOUT_MS)
+    page.goto(app_url)
+    page.wait_for_selector("input[type=file]", state="attached")
+    return browser, page
+
+
+def viewer_state(page) -> dict:
+    """The viewer's x and y ranges and its film's URL, as plotly holds them in the browser."""
+    return page.evaluate("""() => {
+        const plot = document.querySelectorAll('[data-testid="stPlotlyChart"] .js-plotly-plot')[0];
+        const layout = plot._fullLayout;
+        return {x: layout.xaxis.range.slice(), y: layout.yaxis.range.slice(), film: layout.images[0].source};
+    }""")
+
+
+def wait_for_viewer(page) -> None:
+    page.wait_for_selector('[data-testid="stPlotlyChart"] .js-plotly-plot .heatmaplayer image, '
+                           '[data-testid="stPlotlyChart"] .js-plotly-plot .layer-below image', state="attached")
+    page.wait_for_function("""() => {
+        const image = document.querySelector('[data-testid="stPlotlyChart"] .layer-below image');
+        return image && image.getAttribute('href');
+    }""")
+
+
 def test_upload_a_cxr_and_see_probabilities_and_overlay(app_url):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser, page = open_page(playwright, app_url)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(PAGE_TIMEOUT_MS)
-            page.goto(app_url)
-            page.wait_for_selector("input[type=file]", state="attached")
             page.set_input_files("input[type=file]", str(CXR))
             page.wait_for_selector(".js-plotly-plot .bars")
-            overlay = page.locator('[data-testid="stImage"] img').nth(1)
-            overlay.wait_for()
-            page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=overlay.element_handle())
-            assert page.get_by_text("Call:").count() == 1
+            wait_for_viewer(page)
+            assert page.get_by_text("Called ").count() == 1
+            assert page.locator(".js-plotly-plot .colorbar").count() == 1  # the overlay's colour scale
             assert page.locator('[data-testid="stException"]').count() == 0
             SCREENSHOT.parent.mkdir(exist_ok=True)
             page.screenshot(path=str(SCREENSHOT), full_page=True)
         finally:
             browser.close()
     assert SCREENSHOT.stat().st_size > 0
+
+
+def test_viewer_zooms_and_windows_and_the_worklist_exports(app_url):
+    """A full-resolution CXR and a second film: the wheel zooms the viewer (its axis ranges shrink), the lung
+    window changes the film, the worklist shows both studies and exports a CSV and a PDF report."""
+    from playwright.sync_api import sync_playwright
+
+    other = FULLRES / "NORMAL__IM-0636-0001.jpeg"
+    with sync_playwright() as playwright:
+        browser, page = open_page(playwright, app_url)
+        try:
+            page.set_input_files("input[type=file]", [str(CXR), str(other)])
+            wait_for_viewer(page)
+            page.wait_for_selector('[data-testid="stDataFrame"]')
+            before = viewer_state(page)
+            page.screenshot(path=str(ARTIFACTS / "viewer_before_zoom.png"))
+            box = page.locator('[data-testid="stPlotlyChart"] .js-plotly-plot .nsewdrag').first.bounding_box()
+            page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            for _ in range(5):
+                page.mouse.wheel(0, -200)
+                page.wait_for_timeout(150)
+            page.wait_for_function("""(before) => {
+                const range = document.querySelector('[data-testid="stPlotlyChart"] .js-plotly-plot')
+                    ._fullLayout.xaxis.range;
+                return Math.abs(range[1] - range[0]) < 0.9 * Math.abs(before[1] - before[0]);
+            }""", arg=before["x"])
+            zoomed = viewer_state(page)
+            assert abs(zoomed["x"][1] - zoomed["x"][0]) < abs(before["x"][1] - before["x"][0])
+            page.screenshot(path=str(ARTIFACTS / "viewer_after_zoom.png"))
+
+            page.get_by_role("button", name="lung").click()
+            page.wait_for_function("""(film) => document.querySelector('[data-testid="stPlotlyChart"] .js-plotly-plot')
+                ._fullLayout.images[0].source !== film""", arg=before["film"])
+            page.screenshot(path=str(ARTIFACTS / "viewer_lung_window.png"))
+
+            worklist = page.locator('[data-testid="stDataFrame"]')
+            assert worklist.is_visible()
+            worklist.screenshot(path=str(ARTIFACTS / "worklist.png"))
+            with page.expect_download() as csv_download:
+                page.get_by_role("button", name="Export worklist (CSV)").click()
+            csv_text = Path(csv_download.value.path()).read_text()
+            assert csv_text.startswith("file,p_COVID-19,") and CXR.name in csv_text and other.name in csv_text
+            with page.expect_download() as pdf_download:
+                page.get_by_role("button", name="Report (PDF)").click()
+            assert Path(pdf_download.value.path()).read_bytes().startswith(b"%PDF")
+            assert page.locator('[data-testid="stException"]').count() == 0
+            page.screenshot(path=str(ARTIFACTS / "diagnose_reading_room.png"), full_page=True)
+        finally:
+            browser.close()

@@ -55,3 +55,31 @@ def test_info_and_missing_model(tiny_version):
     assert json.loads(result.stdout)["version"] == tiny_version
     result = run_core("info", "--model", "nope")
     assert result.returncode == 2 and "nope" in result.stderr and "Traceback" not in result.stderr
+
+
+@needs_shared_data
+def test_predict_prints_no_tensorflow_noise_on_stderr_for_a_good_file(tiny_version):
+    result = run_core("predict", "--json", str(sorted(FULLRES.glob("*.jp*g"))[0]))
+    assert result.returncode == 0
+    assert result.stderr == ""
+    (line,) = [json.loads(text) for text in result.stdout.splitlines()]
+    assert line["model_version"] == tiny_version and line["operating_point"] == "none (most probable class)"
+
+
+@needs_shared_data
+def test_predict_report_dir_writes_a_pdf_per_readable_file(tiny_version, tmp_path):
+    from pypdf import PdfReader
+
+    folder = tmp_path / "inbox"
+    (folder / "day1").mkdir(parents=True)
+    cxr = sorted(FULLRES.glob("*.jp*g"))[0]
+    shutil.copy(cxr, folder / "day1" / cxr.name)
+    (folder / "broken.png").write_bytes(b"not an image")
+    result = run_core("predict", "--json", "--report-dir", str(tmp_path / "reports"), str(folder))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    line = next(json.loads(text) for text in result.stdout.splitlines() if "probabilities" in text)
+    (report,) = (tmp_path / "reports").rglob("*.pdf")
+    assert report.relative_to(tmp_path / "reports").as_posix() == f"day1/{cxr.stem}_report.pdf"
+    text = " ".join(" ".join(page.extract_text().split()) for page in PdfReader(report).pages)
+    assert f"Called {line['prediction']}" in text and f"Model version: {tiny_version}" in text
+    assert "Operating point: none (most probable class)" in text
