@@ -155,11 +155,10 @@ def _cpu_has_bfloat16() -> bool:
 
 
 def distribution_strategy(device: dict):
-    import tensorflow as tf
+    """Several machines (TF_CONFIG), several GPUs or one device: ``train.distribute.training_strategy``."""
+    from train.distribute import training_strategy
 
-    if device["kind"] == "GPU" and device["count"] > 1:
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
+    return training_strategy(device["count"] if device["kind"] == "GPU" else 0)
 
 
 def compile_model(config: TrainConfig, steps_per_epoch: int):
@@ -186,9 +185,10 @@ def fit(config: TrainConfig, data: PreparedData, run_dir: Path, verbose: bool = 
     from train.pipeline import Augmentation, evaluation_dataset, training_dataset
 
     device = device_description()
+    strategy = distribution_strategy(device)  # first: a multi-worker strategy must precede every TensorFlow op
     precision = training_precision(config, device)
     keras.mixed_precision.set_global_policy(precision)
-    device = {**device, "precision": precision}
+    device = {**device, "precision": precision, "replicas": strategy.num_replicas_in_sync}
     keras.utils.set_random_seed(config.seed)
     input_size = ARCHITECTURES[config.arch]["input_size"]
     train_counts = {name: int((data.labels["train"] == i).sum()) for i, name in enumerate(CLASS_NAMES)}
@@ -206,7 +206,7 @@ def fit(config: TrainConfig, data: PreparedData, run_dir: Path, verbose: bool = 
     val_data = evaluation_dataset(data.images["val"], onehot[data.labels["val"]])
     steps = int(np.ceil(len(data.labels["train"]) / config.batch_size))
 
-    with distribution_strategy(device).scope():
+    with strategy.scope():
         model = compile_model(config, steps)
     state = read_state(run_dir)
     if state.get("checkpoint"):
