@@ -12,13 +12,13 @@ import pytest
 
 from core.imaging import read_grey
 from core.inference import Predictor
-from tests.conftest import CXR_POOL, needs_shared_data, publish_random_version
+from tests.conftest import CXR_POOL, REPO, needs_shared_data, publish_random_version
 from tests.test_models_page import models_page
 from train.archive import SERVING_INPUT, SERVING_OUTPUT, export_saved_model, savedmodel_zip
 
-pytestmark = [pytest.mark.slow, needs_shared_data]  # exporting and loading a SavedModel takes seconds
 
 TOLERANCE = 1e-5
+slow_export = pytest.mark.slow  # exporting and loading a SavedModel takes seconds
 IMAGES_PER_CLASS = 2
 
 
@@ -37,6 +37,8 @@ def serving_probabilities(folder, batch: np.ndarray) -> np.ndarray:
     return signature(**{SERVING_INPUT: tf.constant(batch)})[SERVING_OUTPUT].numpy()
 
 
+@slow_export
+@needs_shared_data
 def test_the_serving_signature_gives_the_apps_probabilities_on_real_radiographs(isolated_folders):
     publish_random_version(isolated_folders / "weights", "served", temperature=2.5, seed=3)
     exported = export_saved_model("served", "cxr/1")
@@ -52,6 +54,8 @@ def test_the_serving_signature_gives_the_apps_probabilities_on_real_radiographs(
     np.testing.assert_allclose(served.sum(axis=1), 1.0, atol=TOLERANCE)
 
 
+@slow_export
+@needs_shared_data
 def test_the_zip_download_holds_the_same_servable_model(isolated_folders, tmp_path):
     publish_random_version(isolated_folders / "weights", "zipped", temperature=0.7, seed=4)
     with zipfile.ZipFile(io.BytesIO(savedmodel_zip("zipped"))) as archive:
@@ -64,6 +68,7 @@ def test_the_zip_download_holds_the_same_servable_model(isolated_folders, tmp_pa
                                atol=TOLERANCE, rtol=0)
 
 
+@slow_export
 def test_the_models_page_writes_exports_only_under_the_exports_root(isolated_folders, tmp_path):
     publish_random_version(isolated_folders / "weights", "first", seed=1)
     at = models_page()
@@ -79,3 +84,13 @@ def test_the_models_page_writes_exports_only_under_the_exports_root(isolated_fol
     shown = [element.value for element in (*at.success, *at.error, *at.markdown, *at.caption, *at.text)]
     assert any("exports folder as 'cxr/1'" in value for value in shown)
     assert not any(str(isolated_folders) in value for value in shown)  # no server path on the page
+
+
+def test_the_app_listens_on_this_machine_only_by_default():
+    """`streamlit run app.py` reads .streamlit/config.toml: serving a department goes through an authenticating
+    proxy or st.login (README, "Serving a department"), never an open address."""
+    import tomllib
+
+    config = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["address"] == "127.0.0.1"
+    assert config["server"].get("enableXsrfProtection", True)
