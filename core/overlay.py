@@ -118,16 +118,32 @@ def colour_scale(colormap: str, width: int, height: int, low=0.0) -> np.ndarray:
 def overlay_png(grey: np.ndarray, cam: np.ndarray, colormap=DEFAULT_COLORMAP, opacity=DEFAULT_OPACITY,
                 percentile=DEFAULT_PERCENTILE) -> bytes:
     """The full-resolution overlay as a lossless PNG (stored, not deflated: see ``core.png``), drawn straight
-    into the PNG's scanlines, with its colour scale as a band under the image (map value 0 at the left, 1 at the
-    right; grey where the map is not drawn)."""
+    into the PNG's scanlines, with its colour scale as a labelled band under the image (map value 0 at the left,
+    1 at the right; grey where the map is not drawn)."""
     height, width = grey.shape
     band = max(24, round(height * LEGEND_FRACTION))
     scanlines = np.empty((height + band, 1 + 3 * width), dtype=np.uint8)
     scanlines[:, 0] = 0  # filter type "none"
     pixels = scanlines[:, 1:].reshape(height + band, width, 3)
     overlay(grey, cam, colormap, opacity, percentile, out=pixels[:height])
-    pixels[height:] = colour_scale(colormap, width, band, low=cut(cam, percentile))
+    low = cut(cam, percentile)
+    pixels[height:] = colour_scale(colormap, width, band, low=low)
+    label_scale(pixels[height:], [(0.0, "map 0"), (low, f"drawn from {low:.2f}"), (1.0, "1")])
     return png.rgb_png(scanlines)
+
+
+def label_scale(band: np.ndarray, labels) -> None:
+    """Write ``(value, text)`` labels into a colour-scale band (in place), white on a dark outline, each at its
+    value's place between flush left (0) and flush right (1)."""
+    height, width = band.shape[:2]
+    scale = height / 40.0
+    thickness = max(1, round(height / 20))
+    for value, text in labels:
+        (text_width, text_height), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+        x = int(2 + value * (width - text_width - 4))  # 0: flush left, 1: flush right
+        origin = (x, (height + text_height) // 2)
+        for colour, weight in (((0, 0, 0), thickness * 3), ((255, 255, 255), thickness)):
+            cv2.putText(band, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, weight, cv2.LINE_AA)
 
 
 def encode_jpeg(image: np.ndarray) -> bytes:

@@ -64,7 +64,7 @@ def figure(source: str, shape: tuple, cam=None, colormap="jet", opacity=0.45, pe
         z, dx, dy = map_grid(cam, shape, percentile)
         data.append({
             "type": "heatmap", "z": z, "x0": dx / 2, "dx": dx, "y0": dy / 2, "dy": dy, "zmin": 0.0, "zmax": 1.0,
-            "colorscale": colorscale(colormap), "opacity": opacity, "hoverongaps": False, "name": "Grad-CAM",
+            "colorscale": colorscale(colormap), "opacity": opacity, "hoverongaps": False, "name": "Grad-CAM", "zsmooth": "best",
             "hovertemplate": "map %{z:.2f}<extra></extra>",
             "colorbar": {"title": {"text": f"map (drawn ≥ P{percentile:g})", "side": "right"}, "thickness": 14,
                          "len": 0.6, "tickvals": [0, 0.25, 0.5, 0.75, 1], "tickfont": {"color": "#dddddd"},
@@ -74,11 +74,11 @@ def figure(source: str, shape: tuple, cam=None, colormap="jet", opacity=0.45, pe
         data.append({"type": "scatter", "x": [0, columns], "y": [0, rows], "mode": "markers",
                      "marker": {"opacity": 0}, "hoverinfo": "skip", "showlegend": False})
     layout = {
-        "height": FIGURE_HEIGHT, "margin": {"l": 0, "r": 0, "t": 30 if title else 0, "b": 0},
-        "title": {"text": title, "font": {"size": 13, "color": "#dddddd"}, "x": 0.01},
+        "height": FIGURE_HEIGHT, "margin": {"l": 0, "r": 0, "t": 0, "b": 0},  # a top margin shifts the film (plotly)
+        "title": {"text": title, "font": {"size": 13, "color": "#dddddd"}, "x": 0.01, "y": 0.99, "yanchor": "top"},
         "paper_bgcolor": BACKGROUND, "plot_bgcolor": BACKGROUND, "dragmode": "pan", "uirevision": uirevision,
-        "xaxis": {"range": [0, columns], "visible": False, "constrain": "domain"},
-        "yaxis": {"range": [rows, 0], "visible": False, "scaleanchor": "x", "constrain": "domain"},
+        "xaxis": {"range": [0, columns], "visible": False},
+        "yaxis": {"range": [rows, 0], "visible": False, "scaleanchor": "x"},
         "images": [{"source": source, "xref": "x", "yref": "y", "x": 0, "y": 0, "sizex": columns,
                     "sizey": rows, "sizing": "stretch", "layer": "below"}],
     }

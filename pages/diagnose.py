@@ -35,6 +35,7 @@ UPLOAD_LABEL = ("Chest X-rays, or a zip of a folder of them: DICOM (.dcm or no e
 INTERNAL_ERROR = "This study could not be analysed because of an internal error (logged for the developers)."
 RESEARCH_ONLY = "Research use only — not for clinical diagnosis."
 VIEWER_SHARE = 0.64
+TABLE_HEIGHT = 250  # px: about six rows, then the table scrolls (the viewer stays in sight)
 VIEWER_FILM = "diagnose_viewer_film"  # the served film's place (Streamlit frees it when no longer shown)
 LOG = logging.getLogger(__name__)
 
@@ -148,29 +149,31 @@ def render_worklist(predictor, card) -> None:
                      "call": worklist.shown_call(called.decision.label, flags.out_of_depth),
                      "p(COVID-19)": p_positive, "flags": ", ".join(flags.flags)})
     rows.sort(key=lambda row: (row["rank"], -row["p"]))
-    header, clear = st.columns([0.8, 0.2], vertical_alignment="bottom")
+    header, filters, export, clear = st.columns([0.46, 0.18, 0.18, 0.18], vertical_alignment="bottom")
     header.subheader(f"Worklist ({len(rows)} studies)")
+    with filters.popover("Filter", icon=":material/filter_list:", width="stretch"):
+        text = st.text_input("File name contains", key="diagnose_filter_text")
+        groups = kept(st.multiselect, "Show", "diagnose_filter_groups", list(worklist.PRIORITY),
+                      list(worklist.PRIORITY))
+    records = [worklist.study_record(s, predictor, card) for s in studies().values() if s.error is None]
+    export.download_button("Export CSV", worklist.to_csv(records), file_name="worklist.csv", mime="text/csv",
+                           icon=":material/table_view:", disabled=not records, on_click="ignore", width="stretch",
+                           help="Every readable study: the same fields as `python -m core predict --json`.")
     if clear.button("Clear studies", icon=":material/delete_sweep:", width="stretch"):
         st.session_state[STUDIES] = {}
         st.session_state.pop(SELECTED, None)
         st.session_state[UPLOADER_GENERATION] = st.session_state.get(UPLOADER_GENERATION, 0) + 1  # an empty one
         st.rerun()
-    search, shown_groups = st.columns([0.4, 0.6])
-    text = search.text_input("File name contains", key="diagnose_filter_text")
-    groups = kept(st.multiselect, "Show", "diagnose_filter_groups", list(worklist.PRIORITY), list(worklist.PRIORITY))
     wanted = {worklist.PRIORITY.index(group) for group in groups}
     visible = [row for row in rows if row["rank"] in wanted and text.lower() in row["file"].lower()]
     st.session_state[TABLE_ORDER] = [row["digest"] for row in visible]
     columns = ["thumbnail", "file", "call", "p(COVID-19)", "flags"]
     st.dataframe(
         [{column: row[column] for column in columns} for row in visible], key=TABLE, on_select=select_from_table,
-        selection_mode="single-row", hide_index=True, width="stretch", height=min(400, 38 + 35 * max(1, len(visible))),
+        selection_mode="single-row", hide_index=True, width="stretch", height=min(TABLE_HEIGHT, 38 + 35 * max(1, len(visible))),
         column_config={"thumbnail": st.column_config.ImageColumn("", width="small"),
                        "p(COVID-19)": st.column_config.NumberColumn(format="%.3f")},
     )
-    records = [worklist.study_record(s, predictor, card) for s in studies().values() if s.error is None]
-    st.download_button("Export worklist (CSV)", worklist.to_csv(records), file_name="worklist.csv", mime="text/csv",
-                       icon=":material/table_view:", disabled=not records, on_click="ignore")
 
 
 def window_controls(study) -> tuple:

@@ -57,7 +57,8 @@ def app_url(isolated_folders, tmp_path):
         publish_random_version(weights)
     port = free_port()
     command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-               "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
+               "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
+               "--server.fileWatcherType", "none"]  # watching the whole checkout floods inotify on a busy machine
     log = (tmp_path / "streamlit.log").open("w")
     process = subprocess.Popen(command, cwd=REPO, env=dict(os.environ, CXR_WEIGHTS_DIR=str(weights)),
                                stdout=log, stderr=subprocess.STDOUT)
@@ -93,10 +94,9 @@ def viewer_state(page) -> dict:
 
 
 def wait_for_viewer(page) -> None:
-    page.wait_for_selector('[data-testid="stPlotlyChart"] .js-plotly-plot .heatmaplayer image, '
-                           '[data-testid="stPlotlyChart"] .js-plotly-plot .layer-below image', state="attached")
+    page.wait_for_selector('[data-testid="stPlotlyChart"] .js-plotly-plot .heatmaplayer image', state="attached")
     page.wait_for_function("""() => {
-        const image = document.querySelector('[data-testid="stPlotlyChart"] .layer-below image');
+        const image = document.querySelector('[data-testid="stPlotlyChart"] .imagelayer image');
         return image && image.getAttribute('href');
     }""")
 
@@ -110,7 +110,7 @@ def test_upload_a_cxr_and_see_probabilities_and_overlay(app_url):
             page.set_input_files("input[type=file]", str(CXR))
             page.wait_for_selector(".js-plotly-plot .bars")
             wait_for_viewer(page)
-            assert page.get_by_text("Called ").count() == 1
+            assert page.get_by_text("Called ").first.is_visible()
             assert page.locator(".js-plotly-plot .colorbar").count() == 1  # the overlay's colour scale
             assert page.locator('[data-testid="stException"]').count() == 0
             SCREENSHOT.parent.mkdir(exist_ok=True)
@@ -157,7 +157,7 @@ def test_viewer_zooms_and_windows_and_the_worklist_exports(app_url):
             assert worklist.is_visible()
             worklist.screenshot(path=str(ARTIFACTS / "worklist.png"))
             with page.expect_download() as csv_download:
-                page.get_by_role("button", name="Export worklist (CSV)").click()
+                page.get_by_role("button", name="Export CSV").click()
             csv_text = Path(csv_download.value.path()).read_text()
             assert csv_text.startswith("file,p_COVID-19,") and CXR.name in csv_text and other.name in csv_text
             with page.expect_download() as pdf_download:

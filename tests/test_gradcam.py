@@ -246,9 +246,10 @@ def test_overlay_png_of_a_real_radiograph_keeps_its_size_and_has_a_colour_scale(
     height, width = grey.shape
     assert decoded.shape[1] == width and decoded.shape[0] > height
     np.testing.assert_array_equal(decoded[:height], overlay.overlay(grey, cam, "inferno", 0.3))
-    scale = decoded[height + 5]
+    scale = decoded[height + 1]  # the band's top row, above its labels
     np.testing.assert_array_equal(scale[-1], overlay.RGB_COLORMAPS["inferno"][255, 0])
     np.testing.assert_array_equal(scale[0], [128, 128, 128])  # below the cut: grey (not drawn)
+    assert (decoded[height:] == 255).all(axis=-1).any()  # white label text
 
 
 def test_the_display_copy_is_eight_bit_and_at_most_the_display_width():
