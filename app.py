@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from pages.common import render_sidebar
+from pages.common import mark_app_run, open_requested_page, render_sidebar
 
 st.set_page_config(page_title="CXR Triage", page_icon=":material/pulmonology:", layout="wide")
 
@@ -13,6 +13,8 @@ PAGES = [
     st.Page("pages/models.py", title="Models", icon=":material/inventory_2:"),
 ]
 
+mark_app_run()
 navigation = st.navigation(PAGES)
+open_requested_page()
 render_sidebar()
 navigation.run()

@@ -3,6 +3,7 @@ and the one confusion-matrix chart. Logic lives in ``core``."""
 
 import html
 import re
+from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -10,6 +11,8 @@ import streamlit as st
 
 from core import registry
 
+APP_RAN = "app_ran"  # set by app.py in every run of a session
+REQUESTED_PAGE = "requested_page"  # the page a session asked for before app.py had run
 MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")  # backslash-escaped by escape_markdown
 
 
@@ -19,6 +22,30 @@ def load_predictor(version: str):
     from core.inference import Predictor
 
     return Predictor(version)
+
+
+def mark_app_run() -> None:
+    """Called by app.py: this session's runs go through the navigation."""
+    st.session_state[APP_RAN] = True
+
+
+def run_through_app(page_file: str) -> None:
+    """Send a page that Streamlit ran on its own back through app.py, which then opens it.
+
+    Because the pages live in ``pages/``, a fresh server whose first request is a page's own URL (a bookmark, a
+    reload) runs that file alone, in Streamlit's older folder-based multipage mode: no navigation, no wide
+    layout, no sidebar, a page per file of the folder — and every session stays so until app.py runs once. One
+    pass through app.py (its ``st.navigation``) ends that mode for the server."""
+    if not st.session_state.get(APP_RAN):
+        st.session_state[REQUESTED_PAGE] = f"pages/{Path(page_file).name}"
+        st.switch_page("app.py")
+
+
+def open_requested_page() -> None:
+    """Called by app.py after ``st.navigation``: open the page a session asked for before app.py had run."""
+    requested = st.session_state.pop(REQUESTED_PAGE, None)
+    if requested:
+        st.switch_page(requested)
 
 
 def active_card():

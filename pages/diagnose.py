@@ -19,7 +19,7 @@ from core import gradcam, overlay, registry, viewer, worklist
 from core.diagnosis import call_sentence, look_batch
 from core.imaging import dicom_fields_for_display
 from core.study_report import report_for
-from pages.common import active_card, escape_markdown, load_predictor
+from pages.common import active_card, escape_markdown, load_predictor, run_through_app
 
 STUDIES = "diagnose_studies"  # digest → worklist.Study, for the browser session
 SELECTED = "diagnose_selected"
@@ -179,7 +179,7 @@ def render_worklist(predictor, card) -> None:
 def window_controls(study) -> tuple:
     """Window presets and sliders above the viewer; (level, width) in the display copy's grey levels."""
     preset_key, level_key, width_key = "diagnose_window", "diagnose_level", "diagnose_width"
-    preset_column, level_column, width_column, overlay_column = st.columns([0.34, 0.24, 0.24, 0.18],
+    preset_column, level_column, width_column, overlay_column = st.columns([0.44, 0.2, 0.2, 0.16],
                                                                            vertical_alignment="bottom")
     with preset_column:
         preset = kept(st.segmented_control, "Window", preset_key, "full range", [*overlay.PRESETS, CUSTOM])
@@ -291,6 +291,7 @@ def prepare(predictor, layer: str) -> None:
     predictor.probabilities(blank)
 
 
+run_through_app(__file__)
 st.title("Diagnose")
 st.caption(f"{RESEARCH_ONLY} The model's limits are under “About the model”.")
 card = active_card()

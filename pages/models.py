@@ -11,7 +11,7 @@ import streamlit as st
 from core import registry
 from core.report import (card_summary, cross_hospital_cells, figure_text, flags_table, headline_rows, history_rows,
                          point_text, threshold_text, time_text)
-from pages.common import escape_markdown, reader_timezone, text_table
+from pages.common import escape_markdown, reader_timezone, run_through_app, text_table
 from train.archive import ArchiveError, export_saved_model, savedmodel_zip
 
 
@@ -102,6 +102,7 @@ def render_actions(version: str, active) -> None:
 
 
 def main() -> None:
+    run_through_app(__file__)
     st.title("Models")
     st.caption("Published model versions. The active one is used by Diagnose; activating an earlier one rolls back.")
     timezone = reader_timezone()

@@ -13,8 +13,8 @@ from core import operating_point as op
 from core import registry
 from core.report import (change_rows, count_text, figure_text, history_rows, number_text, point_text, score_text,
                          threshold_text, time_text)
-from pages.common import (CHART_HEIGHT, CHART_MARGIN, active_card, confusion_figure, escape_markdown,
-                          reader_timezone, text_table)
+from pages.common import (CHART_HEIGHT, CHART_MARGIN, active_card, confusion_figure, escape_markdown, reader_timezone,
+                          run_through_app, text_table)
 
 DEFAULT_THRESHOLD = 0.5
 THRESHOLD_STEP = 0.001
@@ -302,6 +302,7 @@ def controls(frame: pd.DataFrame, card: dict, keys: dict, choices: list):
 
 
 def main() -> None:
+    run_through_app(__file__)
     st.title("Operating point")
     card = active_card()
     if card is None:

@@ -9,7 +9,7 @@ import streamlit as st
 from core import CLASS_NAMES, registry
 from core.report import (DASH, difference_rows, duration_text, headline_comparison, number_text, relative_path,
                          settings_rows)
-from pages.common import CHART_HEIGHT, CHART_MARGIN, confusion_figure, text_table
+from pages.common import CHART_HEIGHT, CHART_MARGIN, confusion_figure, run_through_app, text_table
 from pages.common import escape_markdown as escape
 from train import compare, datasource, planning, recipes, supervisor
 from train.archive import ArchiveError
@@ -390,6 +390,7 @@ def render_new_run(busy: bool) -> None:
     render_plan(recipe(named, folders, [s for s in summary["sources"].index if s != "unknown"]), summary, busy)
 
 
+run_through_app(__file__)
 st.title("Retrain")
 st.caption("Train a new model version in the background, compare it with the active one, then publish and "
            "activate it. Research use only.")
