@@ -306,8 +306,10 @@ if card is not None:
         st.stop()
     uploads = st.file_uploader(UPLOAD_LABEL, type=None, accept_multiple_files=True,
                                key=f"diagnose_uploads_{st.session_state.get(UPLOADER_GENERATION, 0)}")
+    notices = st.container()  # progress and messages: a fixed slot, so the elements below keep their places
     if uploads:
-        add_uploads(uploads, predictor, card)
+        with notices:
+            add_uploads(uploads, predictor, card)
     worklist_box = st.container()
     selected = studies().get(st.session_state.get(SELECTED))
     if selected is None and studies():
