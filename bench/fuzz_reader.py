@@ -2,15 +2,16 @@
 
 The contract under test: whatever the bytes, the reader returns a ``Radiograph`` or raises ``UnusableImageError``
 (with a message for a radiologist), and never takes more than ``--limit-s`` seconds. Seeds are built at run time
-from the real radiographs in ../shared/data (pool JPEGs as they are, one re-encoded as PNG 8/16-bit and as a
-progressive JPEG, the real DICOM, and native / RLE / preamble-less DICOMs made from a pool image); nothing is
-written to disk unless ``--save-failures`` is given.
+from the real radiographs in ../shared/data (pool JPEGs as they are; one pool film re-encoded as a progressive
+JPEG, PNG 8/16-bit, TIFF 16-bit, lossless WebP, BMP and GIF; the real DICOM; native / RLE / preamble-less DICOMs
+of the pool film); nothing is written to disk unless ``--save-failures`` is given.
 
 Mutations (each input is one mutation of one seed, drawn from a NumPy generator with ``--seed``, so a run is
 reproducible and an input is named by its index): bit flips, overwrites with boundary bytes, truncations,
 splices of two seeds (also across formats), deleted and repeated ranges, and header mutations that keep the
 container parseable (PNG IHDR fields with the CRC recomputed, JPEG start-of-frame fields, DICOM element values:
-sizes, bit depths, photometric interpretation, window, rescale, frames, transfer syntax, pixel data length).
+sizes, bit depths, photometric interpretation, window, rescale, frames, transfer syntax, pixel data length;
+boundary bytes in the first 64 bytes of the other containers).
 
 Each input is read in a worker process (so a crash or a hang is seen, not suffered); a worker that does not
 answer within ``HANG_S`` is killed, the input counted as a hang, and a new worker started. Times are the
@@ -81,6 +82,7 @@ DICOM_FIELDS = {  # keyword: ((group, element), VR, values); text values are pad
     "PixelDataLength": ((0x7FE0, 0x0010), b"OW", (0, 1, 2, 0xFFFFFFFE, 0xFFFFFFFF, 2**31)),
 }
 LONG_VRS = (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN")
+HEADER_BYTES = 64
 
 
 # ---- seeds ----
@@ -130,11 +132,19 @@ def build_seeds() -> dict:
 
     grey = _grey(_pool_file("NORMAL"))
     twelve = np.round(grey.astype(np.float64) * 4095 / 255).astype(np.uint16)
-    progressive = io.BytesIO()
-    Image.fromarray(grey).save(progressive, "JPEG", quality=90, progressive=True)
+
+    def pillow(pixels, image_format, **options) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, image_format, **options)
+        return buffer.getvalue()
+
     return {
         **{f"jpeg-{label.lower()}": _pool_file(label).read_bytes() for label in POOL_CLASSES},
-        "jpeg-progressive": progressive.getvalue(),
+        "jpeg-progressive": pillow(grey, "JPEG", quality=90, progressive=True),
+        "tiff-16bit": pillow(grey.astype(np.uint16) * 257, "TIFF"),
+        "webp-lossless": pillow(grey, "WEBP", lossless=True),
+        "bmp-8bit": pillow(grey, "BMP"),
+        "gif-8bit": pillow(grey, "GIF"),
         "png-8bit": cv2.imencode(".png", grey)[1].tobytes(),
         "png-16bit": cv2.imencode(".png", grey.astype(np.uint16) * 257)[1].tobytes(),
         "dicom-rsna-jpeg": DICOM_FILE.read_bytes(),
@@ -237,7 +247,14 @@ HEADER_MUTATIONS = {"PNG": (png_header, PNG_FIELDS), "JPEG": (jpeg_header, JPEG_
 
 
 def seed_format(name: str) -> str:
-    return {"png": "PNG", "jpeg": "JPEG", "dicom": "DICOM"}[name.split("-")[0]]
+    """The container a seed is in, from its name ("png-8bit" → "PNG")."""
+    return name.split("-")[0].upper()
+
+
+def header_bytes(data: bytes, position: int, chunk: bytes) -> bytes:
+    """For the containers without a field table here (TIFF, WebP, BMP, GIF): boundary bytes written into the
+    first ``HEADER_BYTES`` bytes, where their sizes, offsets and counts are."""
+    return overwrite(data, position % HEADER_BYTES, chunk)
 
 
 # ---- the bench's random draws ----
@@ -273,6 +290,9 @@ def random_input(rng: np.random.Generator, seeds: dict) -> tuple:
             return f"{name} delete {length} at {start}", delete_range(data, start, length)
         times = int(rng.integers(2, 9))
         return f"{name} repeat {length}×{times} at {start}", repeat_range(data, start, length, times)
+    if seed_format(name) not in HEADER_MUTATIONS:
+        chunk, position = bytes(rng.choice(BOUNDARY_BYTES, int(rng.integers(1, 5))).tolist()), int(rng.integers(64))
+        return f"{name} header bytes {chunk.hex()} at {position}", header_bytes(data, position, chunk)
     mutate, fields = HEADER_MUTATIONS[seed_format(name)]
     field = sorted(fields)[rng.integers(len(fields))]
     values = fields[field][-1]

@@ -1,6 +1,6 @@
-"""core.imaging.read_image under mutation (hypothesis): real PNG, JPEG and DICOM seeds (built at test time from
-../shared/data by bench/fuzz_reader.py, never stored), mutated by bit flips, boundary bytes, truncations,
-splices, deleted or repeated ranges and header fields; the only exception that may escape is
+"""core.imaging.read_image under mutation (hypothesis): real PNG, JPEG, DICOM, TIFF, WebP, BMP and GIF seeds
+(built at test time from ../shared/data by bench/fuzz_reader.py, never stored), mutated by bit flips, boundary
+bytes, truncations, splices, deleted or repeated ranges and header fields; the only exception that may escape is
 ``UnusableImageError`` and no input takes more than 2 s (hypothesis' deadline). The long run is
 ``bench/fuzz_reader.py``; the cases it found are kept below."""
 
@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench.fuzz_reader import (BOUNDARY_BYTES, HEADER_MUTATIONS, build_seeds, delete_range, flip_bits, overwrite,
-                               repeat_range, seed_format, splice, truncate)
+from bench.fuzz_reader import (BOUNDARY_BYTES, HEADER_BYTES, HEADER_MUTATIONS, build_seeds, delete_range, flip_bits,
+                               header_bytes, overwrite, repeat_range, seed_format, splice, truncate)
 from core.imaging import UnusableImageError, read_image
 from tests.conftest import needs_shared_data
 
@@ -52,6 +52,9 @@ def mutated_files(draw) -> bytes:
         return delete_range(data, draw(position), draw(st.integers(1, MAX_RANGE)))
     if kind == "repeat":
         return repeat_range(data, draw(position), draw(st.integers(1, MAX_RANGE)), draw(st.integers(2, 8)))
+    if seed_format(name) not in HEADER_MUTATIONS:
+        chunk = bytes(draw(st.lists(st.sampled_from(BOUNDARY_BYTES), min_size=1, max_size=4)))
+        return header_bytes(data, draw(st.integers(0, HEADER_BYTES - 1)), chunk)
     mutate, fields = HEADER_MUTATIONS[seed_format(name)]
     field = draw(st.sampled_from(sorted(fields)))
     return mutate(data, field, draw(st.sampled_from(fields[field][-1])))
