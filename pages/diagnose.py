@@ -34,7 +34,7 @@ UPLOAD_LABEL = ("Chest X-rays, or a zip of a folder of them: DICOM (.dcm or no e
                 "WebP or GIF")
 INTERNAL_ERROR = "This study could not be analysed because of an internal error (logged for the developers)."
 RESEARCH_ONLY = "Research use only — not for clinical diagnosis."
-VIEWER_SHARE = 0.64
+VIEWER_SHARE = 0.7
 TABLE_HEIGHT = 250  # px: about six rows, then the table scrolls (the viewer stays in sight)
 VIEWER_FILM = "diagnose_viewer_film"  # the served film's place (Streamlit frees it when no longer shown)
 LOG = logging.getLogger(__name__)
