@@ -23,6 +23,7 @@ CXR = FULLRES / "COVID19__covid-19-pneumonia-15-PA.jpg"
 ARTIFACTS = REPO / "test-artifacts"
 SCREENSHOT = ARTIFACTS / "diagnose.png"
 SERVER_START_S = 60
+SELECTION_CELL_X, TABLE_HEADER_PX, TABLE_ROW_PX = 15, 35, 35  # Streamlit's dataframe: row-selection column, row heights
 PAGE_TIMEOUT_MS = 240_000  # generous: CI machines are small and shared
 
 pytestmark = [pytest.mark.slow,
@@ -123,7 +124,8 @@ def test_upload_a_cxr_and_see_probabilities_and_overlay(app_url):
 
 def test_viewer_zooms_and_windows_and_the_worklist_exports(app_url):
     """A full-resolution CXR and a second film: the wheel zooms the viewer (its axis ranges shrink), the lung
-    window changes the film, the worklist shows both studies and exports a CSV and a PDF report."""
+    window changes the film, the worklist shows both studies, a click on a row opens that study, and the
+    worklist exports a CSV and the study a PDF report."""
     from playwright.sync_api import sync_playwright
 
     other = FULLRES / "NORMAL__IM-0636-0001.jpeg"
@@ -166,6 +168,11 @@ def test_viewer_zooms_and_windows_and_the_worklist_exports(app_url):
             worklist = page.locator('[data-testid="stDataFrame"]')
             assert worklist.is_visible()
             worklist.screenshot(path=str(ARTIFACTS / "worklist.png"))
+            grid = worklist.bounding_box()  # the table is a canvas: click the second row's selection cell
+            page.mouse.click(grid["x"] + SELECTION_CELL_X, grid["y"] + TABLE_HEADER_PX + 1.5 * TABLE_ROW_PX)
+            page.wait_for_function("""(name) => [...document.querySelectorAll('[data-testid="stMarkdownContainer"] strong')]
+                .some(strong => strong.textContent === name)""", arg=other.name)  # the card of the row clicked
+            page.wait_for_function("""() => document.querySelectorAll('[data-testid="stPlotlyChart"]').length === 2""")
             with page.expect_download() as csv_download:
                 page.get_by_role("button", name="Export CSV").click()
             csv_text = Path(csv_download.value.path()).read_text()
