@@ -62,6 +62,17 @@ def render_card(card: dict, active, timezone) -> None:
         st.text(card.get("caveat") or "—")
 
 
+def changed(place, action, version: str) -> None:
+    """Run a registry ``action`` on ``version`` and show the new state; a refusal (the version is gone, now
+    active, or locked by another publish or delete) is shown where the button is."""
+    try:
+        action(version)
+    except registry.ModelVersionError as error:
+        place.error(escape_markdown(error))
+    else:
+        st.rerun()
+
+
 def render_actions(version: str, active) -> None:
     card = registry.load_card(version)
     activate, delete = st.columns(2)
@@ -69,13 +80,11 @@ def render_actions(version: str, active) -> None:
         activate.success("Active: Diagnose uses this version.", icon=":material/check_circle:")
     elif activate.button("Activate this version (roll back / forward)", key="activate_version", type="primary",
                          icon=":material/published_with_changes:"):
-        registry.set_active(version)
-        st.rerun()
+        changed(activate, registry.set_active, version)
     if version != active:
         confirmed = delete.checkbox("Yes, delete this version permanently", key=f"confirm_delete:{version}")
         if delete.button("Delete", key="delete_version", disabled=not confirmed, icon=":material/delete:"):
-            registry.delete_version(version)
-            st.rerun()
+            changed(delete, registry.delete_version, version)
     st.download_button("Download card.json", json.dumps(card, indent=2), file_name=f"{version}-card.json",
                        mime="application/json", key="download_card", icon=":material/download:")
     st.markdown("**Export for TF Serving** (SavedModel serving the calibrated probabilities; card in assets.extra)")

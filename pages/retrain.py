@@ -161,8 +161,12 @@ def render_publish(info) -> None:
         st.success("This version is active: Diagnose uses it. Roll back on the Models page.")
     elif st.button("Activate", key="activate", type="primary", icon=":material/published_with_changes:",
                    help="Make this version the one Diagnose uses."):
-        registry.set_active(version)
-        st.rerun()
+        try:
+            registry.set_active(version)
+        except registry.ModelVersionError as error:
+            st.error(escape(error))
+        else:
+            st.rerun()
 
 
 def render_run(info) -> None:

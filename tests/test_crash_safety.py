@@ -114,5 +114,5 @@ def test_kill_9_mid_publish_leaves_only_a_hidden_staging_folder(tiny_version, is
     for version in registry.list_versions()[1:]:  # copies published before the kill are complete
         assert (weights / version / "padding.bin").stat().st_size == PADDING_BYTES
     registry.remove_stale_staging()
-    assert not list(weights.glob(".*"))
+    assert [p.name for p in weights.glob(".*")] in ([], [registry.LOCK_FILE])  # the lock file may stay
     assert registry.active_version() == tiny_version
