@@ -38,6 +38,7 @@ import plotly.tools  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from core import CLASS_NAMES, gradcam, overlay, registry, viewer, worklist  # noqa: E402
+from core.card import ModelCard  # noqa: E402
 from core.imaging import read_image  # noqa: E402
 from core.inference import LOGITS_LAYER, Predictor, softmax  # noqa: E402
 from core.settings import SHARED_DATA  # noqa: E402
@@ -58,9 +59,9 @@ def load_predictor() -> Predictor:
 
     model = build_model(RANDOM_ARCHITECTURE)
     spec = ARCHITECTURES[RANDOM_ARCHITECTURE]
-    card = {"version": f"random {RANDOM_ARCHITECTURE}", "class_names": list(CLASS_NAMES), "temperature": 1.0,
-            "input_size": spec["input_size"], "gradcam_layer": spec["gradcam_layer"],
-            "conv_layers": conv_layer_names(model)}
+    card = ModelCard(version=f"random {RANDOM_ARCHITECTURE}", architecture=RANDOM_ARCHITECTURE, class_names=CLASS_NAMES,
+                     input_size=spec["input_size"], gradcam_layer=spec["gradcam_layer"],
+                     conv_layers=conv_layer_names(model))
     return Predictor(model=model, card=card)
 
 
@@ -100,7 +101,7 @@ def on_screen(predictor, data: bytes) -> dict:
 
 def floor(predictor, data: bytes, image: np.ndarray) -> float:
     """Decode plus one compiled forward/backward pass (on an already prepared input) (ms)."""
-    run = gradcam.explainer(predictor, predictor.card["gradcam_layer"])
+    run = gradcam.explainer(predictor, predictor.card.gradcam_layer)
     targets = np.full(1, gradcam.TOP_CLASS, np.int32)
     start = time.perf_counter()
     read_image(data)
@@ -122,7 +123,7 @@ def common_gradient_model(predictor):
     import keras
 
     model = predictor.model
-    layer = model.get_layer(predictor.card["gradcam_layer"])
+    layer = model.get_layer(predictor.card.gradcam_layer)
     return keras.Model(model.inputs, [layer.output, model.get_layer(LOGITS_LAYER).output])
 
 
@@ -219,7 +220,7 @@ def main(argv=None) -> int:
               f"the previous page's per-file results ({before / now:.1f}×)")
         return 0
     gradient_model = common_gradient_model(predictor)
-    print(f"model {predictor.version}, Grad-CAM at {predictor.card['gradcam_layer']}; {len(files)} images, "
+    print(f"model {predictor.version}, Grad-CAM at {predictor.card.gradcam_layer}; {len(files)} images, "
           f"median of {args.repeats} runs each after {WARMUP} warm-ups; {os.cpu_count()} CPU cores; ms")
     print(f"{'image':<24}{'size':>11}" + "".join(f"{column:>14}" for column in COLUMNS) + f"{'screen/floor':>14}")
     rows = []

@@ -71,7 +71,7 @@ def command_predict(args) -> int:
             else:
                 print(f"{result.path}\tERROR\t{result.error}", flush=True)
             continue
-        prediction = decide(result.probabilities, predictor.card).label
+        prediction = decide(result.probabilities, predictor.class_names, predictor.card.operating_point).label
         assessment = result.assessment
         entry = worklist.record(str(result.path), result.probabilities, predictor.class_names, prediction,
                                 assessment, predictor.card, worklist.now())
@@ -120,7 +120,7 @@ def write_outputs(predictor, result, entry: dict, args, cam_names: dict, report_
         sentence = diagnosis.call_sentence(look.decision, result.probabilities, result.assessment,
                                            predictor.class_names, predictor.card)
         report = StudyReport(overlay.display_copy(result.pixels), cam, GRADCAM, look.decision.label, look.layer,
-                             sentence, entry, predictor.card.get("caveat", ""))
+                             sentence, entry, predictor.card.caveat)
         atomic.write_bytes(made_parent(Path(args.report_dir) / report_names[result.path]), study_pdf(report))
 
 
@@ -134,20 +134,25 @@ def command_info(args) -> int:
 
     card = registry.load_card(args.model)
     if args.json:
-        print(json.dumps(card, indent=2))
+        print(json.dumps(card.to_dict(), indent=2))
         return 0
     print(info_text(card, registry.active_version()))
     return 0
 
 
 def command_report(args) -> int:
+    from core.card import CardError, ModelCard
     from core.report import markdown_report
 
     if args.card:
-        card, folder = json.loads(Path(args.card).read_text()), Path(args.card).parent
+        try:
+            card, folder = ModelCard.load(args.card), Path(args.card).parent
+        except CardError as error:
+            print(f"error: {args.card} is not a model card: {error}", file=sys.stderr)
+            return 2
     else:
         card = registry.load_card(args.model)
-        folder = registry.version_dir(card["version"])
+        folder = registry.version_dir(card.version)
     print(markdown_report(card, folder))
     return 0
 

@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from core import gradcam
+from core.card import ModelCard
 from core.flags import POOLED_FEATURES_LAYER, UNCERTAIN_CALL, Assessment, add_model_flags, from_hints
 from core.gradcam import GRADCAM, GRADCAM_PLUS_PLUS
 from core.inference import LOGITS_LAYER, flag_features, softmax
@@ -101,9 +102,9 @@ def called_classes(probabilities, index, threshold, abnormal):
     return tf.argmax(adjusted, axis=-1, output_type=tf.int32)
 
 
-def rule(card: dict, class_names) -> tuple:
+def rule(card: ModelCard, class_names) -> tuple:
     """The card's operating point as the pass's ``rule`` arguments (index, threshold, abnormal)."""
-    point = card.get("operating_point") or {}
+    point = card.operating_point or {}
     if not point:
         return -1, 0.0, False
     names = list(class_names)
@@ -118,14 +119,14 @@ def look_batch(predictor, images, card=None, layer=None, explained_class=None) -
     the card's Grad-CAM layer): one forward/backward pass, a second only where a float tie made the graph's call
     differ from ``decide``'s."""
     card = card or predictor.card
-    layer = layer or card["gradcam_layer"]
+    layer = layer or card.gradcam_layer
     names = list(predictor.class_names)
     images = np.asarray(images, dtype=np.float32)
     explained = np.full(len(images), -1 if explained_class is None else names.index(explained_class), np.int32)
     run = reading_pass(predictor, layer)
     outputs = [t.numpy() for t in run(images, explained, *rule(card, names))]
     probabilities = softmax(outputs[0], predictor.temperature)
-    decisions = [decide(row, card) for row in probabilities]
+    decisions = [decide(row, names, card.operating_point) for row in probabilities]
     wanted = np.array([names.index(d.label) for d in decisions], np.int32) if explained_class is None else explained
     if not np.array_equal(wanted, outputs[1]):
         outputs = [t.numpy() for t in run(images, wanted, *rule(card, names))]
@@ -147,7 +148,8 @@ def assess_batch(predictor, looks, images, hints=None, card=None) -> list:
         mirrored = predictor.probabilities(np.asarray(images, dtype=np.float32)[:, :, ::-1])
         scores = predictor.detector.scores(np.stack([look.embedding for look in looks]),
                                            np.stack([look.features for look in looks]), probabilities, mirrored)
-    add_model_flags(assessments, probabilities, card, predictor.detector, scores)
+    add_model_flags(assessments, probabilities, predictor.class_names, card.operating_point, predictor.detector,
+                    scores)
     return assessments
 
 
@@ -167,14 +169,14 @@ def number(value: float) -> str:
     return f"{value:.2f}" if abs(value) >= 0.1 else f"{value:.3f}"
 
 
-def call_sentence(decision: Decision, probabilities, assessment: Assessment, class_names, card: dict) -> str:
+def call_sentence(decision: Decision, probabilities, assessment: Assessment, class_names, card: ModelCard) -> str:
     """The call in words, with the rule that made it, e.g. "Called COVID-19: p = 0.41 ≥ threshold 0.29, although
     Normal is more probable"; "Uncertain — read without the model" first when a flag says so."""
     names = list(class_names)
     probabilities = np.asarray(probabilities, dtype=np.float64)
     label = decision.label
     most_probable = names[int(np.argmax(probabilities))]
-    point = card.get("operating_point") or {}
+    point = card.operating_point or {}
     if not point:
         sentence = f"Called {label}: the most probable class (no operating point saved)"
     else:

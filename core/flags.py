@@ -101,16 +101,16 @@ class FlagDetector:
     settings: dict
 
     @classmethod
-    def load(cls, folder: Path, card: dict):
-        """The detector stored in a version folder, or None when the version has none (or its card lacks the
-        thresholds)."""
+    def load(cls, folder: Path, settings):
+        """The detector stored in a version folder with its card's ``flags`` ``settings``, or None when the
+        version has none (or its card lacks the thresholds)."""
         path = Path(folder) / DETECTOR_FILE
-        if not path.is_file() or not card.get("flags"):
+        if not path.is_file() or not settings:
             return None
         with np.load(path, allow_pickle=False) as stored:
             arrays = {name: stored[name].astype(np.float64) for name in stored.files}
         return cls(arrays["class_means"], arrays["precision"], arrays["feature_mean"], arrays["feature_scale"],
-                   arrays["rotated_weights"], arrays["inverted_weights"], card["flags"])
+                   arrays["rotated_weights"], arrays["inverted_weights"], settings)
 
     def save(self, folder: Path) -> None:
         np.savez(Path(folder) / DETECTOR_FILE, class_means=self.class_means.astype(np.float32),
@@ -157,34 +157,33 @@ def mahalanobis(embeddings, class_means, precision) -> np.ndarray:
     return np.min(distances, axis=0)
 
 
-def add_model_flags(assessments, probabilities, card: dict, detector=None, scores=None) -> None:
+def add_model_flags(assessments, probabilities, class_names, point, detector=None, scores=None) -> None:
     """Add to each image's assessment the detector's flags (from its ``scores``, when there is a detector) and
-    ``borderline`` at ``card``'s operating point: the one rule for the app, the CLI and the trainer's figures."""
+    ``borderline`` at the operating ``point`` (a card's ``operating_point``, or None): the one rule for the app,
+    the CLI and the trainer's figures."""
     for index, (row, assessment) in enumerate(zip(probabilities, assessments)):
         if detector is not None:
             detector.flag(scores, index, assessment)
-        if is_borderline(row, card):
+        if is_borderline(row, class_names, point):
             assessment.add("borderline")
 
 
-def operating_score(probabilities, card: dict) -> float | None:
-    """The score the operating point thresholds: p(positive), or 1 − p(Normal) for "abnormal"; None without
+def operating_score(probabilities, class_names, point) -> float | None:
+    """The score the operating ``point`` thresholds: p(positive), or 1 − p(Normal) for "abnormal"; None without
     an operating point."""
-    point = card.get("operating_point")
     if not point:
         return None
-    names = list(card["class_names"])
+    names = list(class_names)
     probabilities = np.asarray(probabilities, dtype=np.float64)
     if point["positive_class"] == "abnormal":
         return 1.0 - probabilities[..., names.index("Normal")]
     return probabilities[..., names.index(point["positive_class"])]
 
 
-def is_borderline(probabilities, card: dict) -> bool:
-    """Whether the operating point's score of one image lies within its threshold's bootstrap interval."""
-    point = card.get("operating_point") or {}
-    interval = point.get("threshold_interval")
+def is_borderline(probabilities, class_names, point) -> bool:
+    """Whether the operating ``point``'s score of one image lies within its threshold's bootstrap interval."""
+    interval = (point or {}).get("threshold_interval")
     if not interval or None in interval:
         return False
-    score = float(operating_score(probabilities, card))
+    score = float(operating_score(probabilities, class_names, point))
     return interval[0] <= score <= interval[1]

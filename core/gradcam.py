@@ -106,7 +106,7 @@ def explain(predictor, images, targets=TOP_CLASS, layer=None) -> Explanation:
     images = np.asarray(images, dtype=np.float32)
     batch = images[np.newaxis] if images.ndim == 3 else images
     targets = np.broadcast_to(np.asarray(targets, dtype=np.int32), (len(batch),))
-    run = explainer(predictor, layer or predictor.card["gradcam_layer"])
+    run = explainer(predictor, layer or predictor.card.gradcam_layer)
     logits, chosen, grad_cam, plus_plus = (t.numpy() for t in run(batch, targets))
     explanation = Explanation(
         probabilities=softmax(logits, predictor.temperature),

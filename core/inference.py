@@ -43,14 +43,14 @@ class Predictor:
         import tensorflow as tf
 
         self.card = card or registry.load_card(version, root)
-        self.version = self.card["version"]
+        self.version = self.card.version
         self.model = model or registry.load_model(self.version, root)
-        self.class_names = tuple(self.card["class_names"])
-        self.input_size = int(self.card["input_size"])
-        self.temperature = float(self.card.get("temperature", 1.0))
+        self.class_names = tuple(self.card.class_names)
+        self.input_size = int(self.card.input_size)
+        self.temperature = float(self.card.temperature)
         self.preprocessing = Preprocessing.from_card(self.card)
         if detector is None and card is None:
-            detector = FlagDetector.load(registry.version_dir(self.version, root), self.card)
+            detector = FlagDetector.load(registry.version_dir(self.version, root), self.card.flags)
         self.detector = detector
         self.logits_model = logits_model(self.model)
         signature = [tf.TensorSpec([None, self.input_size, self.input_size, 3], tf.float32)]
@@ -84,7 +84,7 @@ class Predictor:
             both = softmax(logits, self.temperature)
             probabilities, mirrored = both[: len(batch)], both[len(batch) :]
             scores = self.detector.scores(embeddings[: len(batch)], features[: len(batch)], probabilities, mirrored)
-        add_model_flags(assessments, probabilities, card, self.detector, scores)
+        add_model_flags(assessments, probabilities, self.class_names, card.operating_point, self.detector, scores)
         return probabilities, assessments
 
     def assess_files(self, paths, batch_size=DEFAULT_BATCH_SIZE, workers=None, keep_pixels=False):

@@ -6,7 +6,6 @@ choose a threshold comes from the version's validation predictions; test predict
 Curves and the AUC come from scikit-learn, intervals from statsmodels and the bootstraps in ``core.metrics``.
 """
 
-import json
 import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -18,7 +17,8 @@ import pandas as pd
 from sklearn.metrics import (average_precision_score, confusion_matrix, precision_recall_curve, roc_auc_score,
                              roc_curve)
 
-from core import atomic, registry
+from core import registry
+from core.card import CardError, finite, probability_columns, read_predictions
 from core.flags import BORDERLINE_CONFIDENCE
 from core.metrics import BOOTSTRAP_RESAMPLES, bootstrap_auc_interval, bootstrap_ci, proportion
 
@@ -40,15 +40,15 @@ class Decision:
     rule: str  # how the label was reached, for display
 
 
-def decide(probabilities, card: dict) -> Decision:
-    """The call for one image: the card's operating point when it has one, else the most probable class.
+def decide(probabilities, class_names, point) -> Decision:
+    """The call for one image: at the operating ``point`` (a card's ``operating_point``) when there is one, else
+    the most probable class.
 
     With an operating point on class P at threshold t: P when p(P) ≥ t, otherwise the most probable of the
     other classes. For the pseudo-class "abnormal" (anything but Normal), the point is on 1 − p(Normal).
     """
-    names = list(card["class_names"])
+    names = list(class_names)
     probabilities = np.asarray(probabilities, dtype=np.float64)
-    point = card.get("operating_point")
     if not point:
         return Decision(names[int(np.argmax(probabilities))], "most probable class (no saved operating point)")
     positive, threshold = point["positive_class"], float(point["threshold"])
@@ -71,10 +71,6 @@ def decide(probabilities, card: dict) -> Decision:
 # --- predictions -------------------------------------------------------------------------------------------
 
 
-def probability_columns(class_names) -> list:
-    return [f"p_{name}" for name in class_names]
-
-
 def predictions_path(version=None, split="val", root=None) -> Path:
     """Where a version's predictions for ``split`` ("val" or "test") are stored."""
     name = registry.resolve_version(version, root)
@@ -87,19 +83,11 @@ def load_predictions(version=None, split="val", root=None) -> pd.DataFrame:
     Raises ``registry.ModelVersionError`` when the file is missing or does not match the version's classes.
     """
     card = registry.load_card(version, root)
-    path = predictions_path(card["version"], split, root)
-    what = f"The {SPLIT_NAMES[split]} predictions of version '{card['version']}'"
     try:
-        frame = pd.read_csv(path, dtype={"path": str, "label": str, "source": str}, keep_default_na=False)
-    except (OSError, ValueError) as error:
-        raise registry.ModelVersionError(f"{what} cannot be read: {error}") from error
-    missing = [c for c in ("label", "source", *probability_columns(card["class_names"])) if c not in frame]
-    if missing:
-        raise registry.ModelVersionError(f"{what} lack the columns {', '.join(missing)}.")
-    unknown = sorted(set(frame["label"]) - set(card["class_names"]))
-    if unknown:
-        raise registry.ModelVersionError(f"{what} have labels that are not classes of the model: {', '.join(unknown)}.")
-    return frame
+        return read_predictions(predictions_path(card.version, split, root), card.class_names)
+    except CardError as error:
+        raise registry.ModelVersionError(
+            f"The {SPLIT_NAMES[split]} predictions of version '{card.version}' {error}") from error
 
 
 def positive_classes(class_names) -> list:
@@ -270,9 +258,8 @@ def sensitivity_table(truth, scores, targets=TARGET_SENSITIVITIES) -> list:
 def calls_matrix(frame: pd.DataFrame, class_names, point) -> np.ndarray:
     """The confusion matrix (rows true class, columns call, in ``class_names`` order) when every case is called
     by ``decide`` at ``point`` (None: the most probable class)."""
-    card = {"class_names": list(class_names), "operating_point": point}
     probabilities = frame[probability_columns(class_names)].to_numpy(np.float64)
-    called = [decide(row, card).label for row in probabilities]
+    called = [decide(row, class_names, point).label for row in probabilities]
     return confusion_matrix(frame["label"], called, labels=list(class_names))
 
 
@@ -345,7 +332,7 @@ def update_card(version, change, root=None):
         with filelock.FileLock(f"{path}.lock", timeout=CARD_LOCK_TIMEOUT_S):
             card = registry.load_card(name, root)
             result = change(card)
-            atomic.write_text(path, json.dumps(card, indent=2) + "\n")
+            card.save(path)
     except filelock.Timeout:
         raise registry.ModelVersionError(
             f"The card of version '{name}' is being changed by someone else and stayed locked for "
@@ -359,28 +346,28 @@ def save_operating_point(version, positive_class: str, threshold: float, *, read
     (who, when, old → new, why) in its ``operating_point_history``; ``decide`` (the Diagnose page and the CLI) uses
     it from then on. Returns the stored point. ``ValueError`` for a bad class, threshold, name or reason."""
     card = registry.load_card(version, root)
-    positive_members(card["class_names"], positive_class)
+    positive_members(card.class_names, positive_class)
     threshold = float(threshold)
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"A threshold must lie between 0 and 1, not {threshold}.")
     reader, reason = _note(reader, "your name"), _note(reason, "a reason")
-    scores, truth = scores_and_truth(load_predictions(card["version"], "val", root), positive_class)
+    scores, truth = scores_and_truth(load_predictions(card.version, "val", root), positive_class)
     found = figures(truth, scores, threshold)
     point = {
         "positive_class": positive_class,
         "threshold": threshold,
         "threshold_interval": threshold_interval(truth, scores, threshold, confidence=BORDERLINE_CONFIDENCE),
         "chosen_on": CHOSEN_ON,
-        "figures": json.loads(json.dumps(found), parse_constant=lambda _: None),  # nan → null: strict JSON
+        "figures": finite(found),  # nan → null: strict JSON
         "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
     def store(card):
-        entry = history_entry(card.get("operating_point"), point, reader, reason, when=point["saved"])
-        card["operating_point"] = point
-        card["operating_point_history"] = [*(card.get("operating_point_history") or []), entry]
+        card.operating_point_history.append(history_entry(card.operating_point, point, reader, reason,
+                                                          when=point["saved"]))
+        card.operating_point = point
 
-    update_card(card["version"], store, root)
+    update_card(card.version, store, root)
     return point
 
 
@@ -390,9 +377,8 @@ def clear_operating_point(version, *, reader: str, reason: str, root=None) -> No
     reader, reason = _note(reader, "your name"), _note(reason, "a reason")
 
     def remove(card):
-        if card.get("operating_point"):
-            entry = history_entry(card["operating_point"], None, reader, reason)
-            card["operating_point_history"] = [*(card.get("operating_point_history") or []), entry]
-        card["operating_point"] = None
+        if card.operating_point:
+            card.operating_point_history.append(history_entry(card.operating_point, None, reader, reason))
+        card.operating_point = None
 
     update_card(version, remove, root)

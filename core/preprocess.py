@@ -54,8 +54,9 @@ class Preprocessing:
         return {**PREPROCESSING, **asdict(self)}
 
     @classmethod
-    def from_card(cls, card: dict) -> "Preprocessing":
-        stored = card.get("preprocessing") or {}
+    def from_card(cls, card) -> "Preprocessing":
+        """The settings a ``ModelCard`` records (none for a card from before they existed, e.g. v1)."""
+        stored = card.preprocessing or {}
         return cls(stored.get("intensity", "none"), float(stored.get("border_crop", 0.0)))
 
 

@@ -9,7 +9,6 @@ from several processes (the app's sessions, a CLI trainer) at once.
 """
 
 import errno
-import json
 import os
 import shutil
 import tempfile
@@ -64,8 +63,8 @@ def list_versions(root=None) -> list:
 
 def _created(path: Path) -> str:
     try:
-        return json.loads((path / CARD_FILE).read_text()).get("created", "")
-    except (OSError, ValueError):
+        return ModelCard.load(path / CARD_FILE).created or ""
+    except CardError:
         return ""
 
 
@@ -81,10 +80,6 @@ def active_version(root=None):
     return None
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    atomic.write_text(path, text)
-
-
 def set_active(version: str, root=None) -> None:
     """Make ``version`` the active one (an atomic rewrite of the pointer file), under the registry lock: a
     version being deleted or published meanwhile is either complete and activated, or refused."""
@@ -96,7 +91,7 @@ def _set_active_unlocked(version: str, root=None) -> None:
     path = version_dir(version, root)
     if not is_complete(path):
         raise ModelVersionError(f"Model version '{version}' does not exist or is incomplete.")
-    _write_atomically(weights_dir(root) / ACTIVE_FILE, version + "\n")
+    atomic.write_text(weights_dir(root) / ACTIVE_FILE, version + "\n")
 
 
 def resolve_version(version=None, root=None) -> str:
@@ -111,27 +106,13 @@ def resolve_version(version=None, root=None) -> str:
     return name
 
 
-def load_model_card(version=None, root=None) -> ModelCard:
+def load_card(version=None, root=None) -> ModelCard:
     """A version's card (default: the active version's); ``ModelVersionError`` when it cannot be read."""
     name = resolve_version(version, root)
     try:
         return ModelCard.load(version_dir(name, root) / CARD_FILE)
     except CardError as error:
         raise ModelVersionError(f"The model card of version '{name}' cannot be read: {error}") from error
-
-
-def load_card(version=None, root=None) -> dict:
-    name = resolve_version(version, root)
-    try:
-        return json.loads((version_dir(name, root) / CARD_FILE).read_text())
-    except (OSError, ValueError) as error:
-        raise ModelVersionError(f"The model card of version '{name}' cannot be read: {error}") from error
-
-
-def save_card(card: dict, root=None) -> None:
-    """Rewrite a published version's card atomically (used to store operating points)."""
-    path = version_dir(card["version"], root) / CARD_FILE
-    _write_atomically(path, json.dumps(card, indent=2, sort_keys=False) + "\n")
 
 
 def load_model(version=None, root=None):

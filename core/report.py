@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from core import registry, settings
+from core.card import ModelCard
 from core.metrics import proportion
 
 __all__ = [
@@ -133,10 +134,10 @@ def point_text(point) -> str:
 # --- the card as a reader sees it -----------------------------------------------------------------------------
 
 
-def history_rows(card: dict, timezone=None) -> list:
+def history_rows(card: ModelCard, timezone=None) -> list:
     """The card's operating-point changes, newest first: when, who, old → new, and why."""
     rows = []
-    for entry in reversed(card.get("operating_point_history") or []):
+    for entry in reversed(card.operating_point_history or []):
         rows.append({"When": time_text(entry.get("time"), timezone), "Reader": entry.get("reader") or DASH,
                      "Change": f"{point_text(entry.get('old'))} → {point_text(entry.get('new'))}",
                      "Reason": entry.get("reason") or DASH})
@@ -163,44 +164,38 @@ def _recipe_text(training: dict) -> str:
     return ", ".join(parts) or DASH
 
 
-def card_summary(card: dict, active=None, timezone=None, root=None) -> list:
+def card_summary(card: ModelCard, active=None, timezone=None, root=None) -> list:
     """(field, text) rows that describe a version: the card's own facts (``ModelCard.facts``), rounded, its
     creation time local, then its data (relative to the data root), split, recipe, operating point and
     libraries. The one card summary: the Models page and ``python -m core info`` print it."""
-    from core.card import CardError, ModelCard
-
-    try:
-        facts = ModelCard.from_dict(card).facts()
-    except CardError as error:
-        facts = [("Version", str(card.get("version"))), ("Card", f"not a complete card: {error}")]
     rows = []
-    for label, text in facts:
+    for label, text in card.facts():
         if label == "Created":
-            text = time_text(card.get("created"), timezone)
+            text = time_text(card.created, timezone)
         elif label == "Training time (s)":
-            label, text = "Training time", duration_text((card.get("training") or {}).get("seconds"))
+            label, text = "Training time", duration_text((card.training or {}).get("seconds"))
         elif label.startswith("Temperature"):
-            text = number_text(card.get("temperature"))
+            text = number_text(card.temperature)
         rows.append((label, text))
     if active is not None:
-        rows.insert(1, ("Status", "active (Diagnose and the CLI use it)" if card.get("version") == active else
+        rows.insert(1, ("Status", "active (Diagnose and the CLI use it)" if card.version == active else
                         "not active"))
-    data, training = card.get("data") or {}, card.get("training") or {}
-    point = card.get("operating_point")
+    data, training = card.data or {}, card.training or {}
+    point = card.operating_point
     rows += [("Data", _data_text(data, root)), ("Split (patient-level)", _split_text(data)),
              ("Recipe", _recipe_text(training)), ("Operating point", point_text(point))]
     if point:
         rows.append(("Operating point saved", f"{time_text(point.get('saved'), timezone)}, chosen on "
                                               f"{point.get('chosen_on') or DASH} data"))
-    libraries = ", ".join(f"{name} {version}" for name, version in (card.get("libraries") or {}).items())
+    libraries = ", ".join(f"{name} {version}" for name, version in (card.libraries or {}).items())
     return rows + ([("Libraries", libraries)] if libraries else [])
 
 
-def headline_rows(card: dict) -> list:
+def headline_rows(card: ModelCard) -> list:
     """Accuracy, macro AUC and each class's recall per split, as text with 95 % intervals and counts."""
     rows = []
     for split, title in HEADLINE_SPLITS.items():
-        report = (card.get("metrics") or {}).get(split) or {}
+        report = (card.metrics or {}).get(split) or {}
         figures = {"Accuracy": report.get("accuracy"), "Macro AUC": report.get("macro_auc")}
         figures.update({f"{name} recall": (entry or {}).get("recall")
                         for name, entry in (report.get("per_class") or {}).items()})
@@ -253,24 +248,24 @@ def settings_rows(config: dict, root=None) -> list:
              DASH if value in (None, "") else str(value)) for key, value in config.items()]
 
 
-def info_text(card: dict, active=None, timezone=None) -> str:
+def info_text(card: ModelCard, active=None, timezone=None) -> str:
     """``python -m core info``: the card summary, the headline figures, flag rates, the cross-hospital folds
     (all images) and the caveat, as aligned plain text; missing figures read "—"."""
     rows = card_summary(card, active, timezone)
     for row in headline_rows(card):
         rows.append((f"{row['Figure']} ({row['Split'].lower()})",
                      row["Value (95 % CI)"] + ("" if row["Count"] == DASH else f"  ({row['Count']})")))
-    rates = ((card.get("flags") or {}).get("rates") or {}).get("test") or {}
+    rates = ((card.flags or {}).get("rates") or {}).get("test") or {}
     if rates:
         rows.append(("Flags (test)", f"{number_text(100 * (rates.get('any') or 0), 1)} % of images flagged, "
                                      f"{number_text(100 * (rates.get('out_of_depth') or 0), 1)} % 'read without the model'"))
-    if card.get("cross_hospital"):
-        header, cells = cross_hospital_cells(card["cross_hospital"])
+    if card.cross_hospital:
+        header, cells = cross_hospital_cells(card.cross_hospital)
         for cell in (dict(zip(header, cells_row)) for cells_row in cells if cells_row[3] == "all"):
             rows.append((f"Held out {cell['held out']}", f"{cell['run']}: non-COVID called COVID-19 (%) "
                          f"{cell['non-COVID called COVID-19 %']}, macro AUC {cell['macro AUC (classes present)']}"))
-    if card.get("caveat"):
-        rows.append(("Caveat", card["caveat"]))
+    if card.caveat:
+        rows.append(("Caveat", card.caveat))
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label:<{width}}  {text}" for label, text in rows)
 
@@ -299,12 +294,12 @@ def _auc(entry) -> str:
     return f"{entry['value']:.3f}" if is_missing(low) else f"{entry['value']:.3f} [{low:.3f}, {high:.3f}]"
 
 
-def summary_table(card: dict) -> str:
+def summary_table(card: ModelCard) -> str:
     """Validation and test side by side: accuracy, per-class recall/precision/specificity/AUC, macro AUC,
     COVID-19 sensitivity at 95 % specificity, calibration error. Percentages with Wilson 95 % intervals."""
-    splits = [(name, card["metrics"][name]) for name in ("validation", "test") if card.get("metrics", {}).get(name)]
+    splits = [(name, card.metrics[name]) for name in ("validation", "test") if card.metrics.get(name)]
     rows = [("images", lambda m: str(m["n"])), ("accuracy %", lambda m: _pct(m["accuracy"]))]
-    for name in card["class_names"]:
+    for name in card.class_names:
         rows += [
             (f"{name} recall %", lambda m, n=name: _pct(m["per_class"][n]["recall"])),
             (f"{name} precision %", lambda m, n=name: _pct(m["per_class"][n]["precision"])),
@@ -321,12 +316,12 @@ def summary_table(card: dict) -> str:
                      [[label] + [render(m) for _, m in splits] for label, render in rows])
 
 
-def per_source_table(card: dict, split: str = "test") -> str:
+def per_source_table(card: ModelCard, split: str = "test") -> str:
     """Per data source: images, accuracy and the recall of each class present (Wilson 95 % intervals)."""
-    names = card["class_names"]
+    names = card.class_names
     cells = [[source, str(m["n"]), _pct(m["accuracy"])] +
              [_pct(m["per_class"][n]["recall"]) if m["per_class"][n]["support"] else DASH for n in names]
-             for source, m in card["metrics"][split]["per_source"].items()]
+             for source, m in card.metrics[split]["per_source"].items()]
     return _markdown(["source", "images", "accuracy %"] + [f"{n} recall %" for n in names], cells)
 
 
@@ -334,17 +329,17 @@ def _matrix_markdown(corner: str, names, matrix) -> str:
     return _markdown([corner] + list(names), [[name] + [str(v) for v in row] for name, row in zip(names, matrix)])
 
 
-def confusion_table(card: dict, split: str = "test") -> str:
-    return _matrix_markdown("true \\ predicted", card["class_names"], card["metrics"][split]["confusion_matrix"])
+def confusion_table(card: ModelCard, split: str = "test") -> str:
+    return _matrix_markdown("true \\ predicted", card.class_names, card.metrics[split]["confusion_matrix"])
 
 
-def operating_point_table(card: dict, folder: Path) -> str:
+def operating_point_table(card: ModelCard, folder: Path) -> str:
     """Accuracy, per-class recall and the test confusion matrix when every case is called by ``decide`` at
     the card's saved operating point (chosen on validation), from the version's prediction files."""
     from core.operating_point import decision_matrix
 
-    point = card["operating_point"]
-    names = card["class_names"]
+    point = card.operating_point
+    names = card.class_names
     matrices = {}
     for split, filename in (("validation", registry.VAL_PREDICTIONS), ("test", registry.TEST_PREDICTIONS)):
         frame = pd.read_csv(folder / filename)
@@ -414,9 +409,9 @@ def lever_table(rows: list) -> str:
     return _markdown(header, cells)
 
 
-def flags_table(card: dict) -> str:
+def flags_table(card: ModelCard) -> str:
     """How often each flag fires on the version's test split (and external split, when it has one)."""
-    rates = (card.get("flags") or {}).get("rates") or {}
+    rates = (card.flags or {}).get("rates") or {}
     if not rates:
         return "No flag rates in this card."
     splits = list(rates)
@@ -426,15 +421,15 @@ def flags_table(card: dict) -> str:
                      [[code] + [f"{100 * rates[split].get(code, 0.0):.1f} %" for split in splits] for code in codes])
 
 
-def markdown_report(card: dict, folder: Path = None) -> str:
+def markdown_report(card: ModelCard, folder: Path = None) -> str:
     """Everything above for one card; ``folder`` holds its prediction files (for the operating point)."""
     point_section = []
-    if card.get("operating_point") and folder is not None and (folder / registry.TEST_PREDICTIONS).is_file():
+    if card.operating_point and folder is not None and (folder / registry.TEST_PREDICTIONS).is_file():
         point_section = [operating_point_table(card, folder)]
-    parameters = card.get("parameters")
-    header = (f"**{card['version']}** — `{card['architecture']}`, "
+    parameters = card.parameters
+    header = (f"**{card.version}** — `{card.architecture}`, "
               f"{DASH if parameters is None else f'{parameters:,}'} parameters, "
-              f"temperature {number_text(card.get('temperature', 1.0))}")
+              f"temperature {number_text(card.temperature)}")
     return "\n\n".join([header] + point_section + [
         "Argmax figures (no operating point), percentages with Wilson 95 % intervals:",
         summary_table(card),
@@ -444,6 +439,6 @@ def markdown_report(card: dict, folder: Path = None) -> str:
         confusion_table(card, "test"),
     ] + ([
         "Flags (share of images; 'out_of_depth': a flag that turns the call into 'uncertain — read without the model'):",
-        flags_table(card)] if card.get("flags") else []) + ([
+        flags_table(card)] if card.flags else []) + ([
         "Cross-hospital (leave one source out; each fold trained without that source):",
-        cross_hospital_table(card["cross_hospital"])] if card.get("cross_hospital") else []))
+        cross_hospital_table(card.cross_hospital)] if card.cross_hospital else []))

@@ -10,6 +10,7 @@ import numpy as np
 from fpdf import FPDF
 
 from core import overlay
+from core.card import ModelCard
 
 FONT_FOLDER = Path("/usr/share/fonts/truetype/dejavu")
 FONT_FILES = {"": "DejaVuSans.ttf", "B": "DejaVuSans-Bold.ttf"}
@@ -126,7 +127,7 @@ def study_pdf(report: StudyReport) -> bytes:
     return bytes(pdf.output())
 
 
-def report_for(study, predictor, card: dict, method: str, explained_class=None, layer=None,
+def report_for(study, predictor, card: ModelCard, method: str, explained_class=None, layer=None,
                colormap=overlay.DEFAULT_COLORMAP, opacity=overlay.DEFAULT_OPACITY,
                percentile=overlay.DEFAULT_PERCENTILE) -> bytes:
     """The PDF of a ``core.worklist.Study`` as the reader sees it (the class, method and layer explained, the
@@ -139,6 +140,6 @@ def report_for(study, predictor, card: dict, method: str, explained_class=None, 
     sentence = diagnosis.call_sentence(called.decision, called.probabilities, flags, predictor.class_names, card)
     explained = predictor.class_names[shown.target]
     report = StudyReport(study.display, shown.maps[method], method, explained, shown.layer, sentence,
-                         worklist.study_record(study, predictor, card), card.get("caveat", ""), colormap, opacity,
+                         worklist.study_record(study, predictor, card), card.caveat, colormap, opacity,
                          percentile)
     return study_pdf(report)

@@ -20,6 +20,7 @@ from pathlib import PurePosixPath
 import numpy as np
 
 from core import diagnosis, overlay
+from core.card import ModelCard
 from core.flags import UNCERTAIN_CALL
 from core.imaging import UnusableImageError, read_image
 
@@ -92,10 +93,10 @@ def model_input(study: Study, predictor) -> np.ndarray:
     return study.inputs[predictor.version]
 
 
-def look(study: Study, predictor, card: dict, layer=None, explained_class=None) -> tuple:
+def look(study: Study, predictor, card: ModelCard, layer=None, explained_class=None) -> tuple:
     """(``core.diagnosis.Look``, ms) of the study for this version, operating point, layer and class (default:
     the card's layer, the called class), computed once."""
-    layer = layer or card["gradcam_layer"]
+    layer = layer or card.gradcam_layer
     key = (predictor.version, point_key(card), layer, explained_class)
     if key not in study.looks:
         start = time.perf_counter()
@@ -105,7 +106,7 @@ def look(study: Study, predictor, card: dict, layer=None, explained_class=None) 
     return study.looks[key]
 
 
-def assessment(study: Study, predictor, card: dict) -> tuple:
+def assessment(study: Study, predictor, card: ModelCard) -> tuple:
     """(flags ``Assessment``, ms) of the study for this version and operating point, computed once (the flags
     do not depend on the layer or the class explained)."""
     key = (predictor.version, point_key(card))
@@ -118,7 +119,7 @@ def assessment(study: Study, predictor, card: dict) -> tuple:
     return study.assessments[key]
 
 
-def study_record(study: Study, predictor, card: dict) -> dict:
+def study_record(study: Study, predictor, card: ModelCard) -> dict:
     """The study's ``record`` (as ``predict --json`` gives it for the same file)."""
     called, _ = look(study, predictor, card)
     flags, _ = assessment(study, predictor, card)
@@ -126,7 +127,7 @@ def study_record(study: Study, predictor, card: dict) -> dict:
                   study.read_at)
 
 
-def full_resolution_png(study: Study, predictor, card: dict, method: str, layer=None, explained_class=None,
+def full_resolution_png(study: Study, predictor, card: ModelCard, method: str, layer=None, explained_class=None,
                         colormap=overlay.DEFAULT_COLORMAP, opacity=overlay.DEFAULT_OPACITY,
                         percentile=overlay.DEFAULT_PERCENTILE) -> bytes:
     """The overlay at full resolution as a PNG with its colour scale, re-decoded from the upload's bytes (only
@@ -135,25 +136,25 @@ def full_resolution_png(study: Study, predictor, card: dict, method: str, layer=
     return overlay.overlay_png(read_image(study.data).pixels, shown.maps[method], colormap, opacity, percentile)
 
 
-def point_key(card: dict) -> str:
+def point_key(card: ModelCard) -> str:
     """The operating point as a key: a saved change makes new readings."""
-    return json.dumps(card.get("operating_point"), sort_keys=True)
+    return json.dumps(card.operating_point, sort_keys=True)
 
 
-def describe_point(card: dict) -> str:
+def describe_point(card: ModelCard) -> str:
     """The operating point in words, e.g. "COVID-19 at p ≥ 0.0553"."""
-    point = card.get("operating_point")
+    point = card.operating_point
     if not point:
         return "none (most probable class)"
     score = "1 − p(Normal)" if point["positive_class"] == "abnormal" else "p"
     return f"{point['positive_class']} at {score} ≥ {float(point['threshold']):.4g}"
 
 
-def record(file: str, probabilities, class_names, label: str, assessment, card: dict, when: str) -> dict:
+def record(file: str, probabilities, class_names, label: str, assessment, card: ModelCard, when: str) -> dict:
     """One reading as ``predict --json`` prints it and the worklist CSV exports it."""
     return {"file": file, "probabilities": {n: round(float(p), 6) for n, p in zip(class_names, probabilities)},
             "prediction": label, "trust": "uncertain" if assessment.out_of_depth else "ok",
-            "flags": list(assessment.flags), "warnings": list(assessment.warnings), "model_version": card["version"],
+            "flags": list(assessment.flags), "warnings": list(assessment.warnings), "model_version": card.version,
             "operating_point": describe_point(card), "time": when}
 
 

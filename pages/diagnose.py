@@ -60,15 +60,15 @@ def still_valid(value, default, options):
     return value if value in options else default
 
 
-def render_controls(card: dict) -> dict:
+def render_controls(card) -> dict:
     """The explanation controls, in the sidebar."""
-    layers = card.get("conv_layers") or [card["gradcam_layer"]]
+    layers = card.conv_layers or [card.gradcam_layer]
     with st.sidebar:
         st.subheader("Explanation")
         explained = kept(st.selectbox, "Class to explain", "diagnose_class", CALLED_CLASS,
-                         [CALLED_CLASS, *card["class_names"]])
+                         [CALLED_CLASS, *card.class_names])
         method = kept(st.radio, "Method", "diagnose_method", gradcam.GRADCAM, list(gradcam.METHODS), horizontal=True)
-        layer = kept(st.selectbox, "Layer", "diagnose_layer", card["gradcam_layer"], layers)
+        layer = kept(st.selectbox, "Layer", "diagnose_layer", card.gradcam_layer, layers)
         percentile = kept(st.slider, "Draw the map where it is above its percentile", "diagnose_percentile",
                           overlay.DEFAULT_PERCENTILE, min_value=0, max_value=99, step=1,
                           help="80 draws the top fifth of the map; the film stays untouched elsewhere.")
@@ -297,10 +297,10 @@ st.caption(f"{RESEARCH_ONLY} The model's limits are under “About the model”.
 card = active_card()
 if card is not None:
     with st.expander("About the model", icon=":material/info:"):
-        st.markdown(escape_markdown(card.get("caveat", "")))
+        st.markdown(escape_markdown(card.caveat))
     controls = render_controls(card)
     try:
-        predictor = load_predictor(card["version"])
+        predictor = load_predictor(card.version)
     except registry.ModelVersionError as error:
         st.error(escape_markdown(str(error)))
         st.stop()

@@ -19,21 +19,21 @@ def overview(versions, active, timezone) -> pd.DataFrame:
     rows = []
     for version in versions:
         card = registry.load_card(version)
-        metrics = card.get("metrics") or {}
+        metrics = card.metrics or {}
         rows.append({
             "Version": version,
             "Active": version == active,
-            "Created": time_text(card.get("created"), timezone),
-            "Architecture": card.get("architecture"),
+            "Created": time_text(card.created, timezone),
+            "Architecture": card.architecture,
             "Validation accuracy (95 % CI)": figure_text((metrics.get("validation") or {}).get("accuracy")),
             "Test accuracy (95 % CI)": figure_text((metrics.get("test") or {}).get("accuracy")),
-            "Positive class": (card.get("operating_point") or {}).get("positive_class", "argmax"),
-            "Threshold": threshold_text((card.get("operating_point") or {}).get("threshold")),
+            "Positive class": (card.operating_point or {}).get("positive_class", "argmax"),
+            "Threshold": threshold_text((card.operating_point or {}).get("threshold")),
         })
     return pd.DataFrame(rows)
 
 
-def render_card(card: dict, active, timezone) -> None:
+def render_card(card, active, timezone) -> None:
     st.subheader("Card")
     text_table(card_summary(card, active, timezone), columns=["Field", "Value"])
     st.markdown("**Figures** (95 % intervals: Wilson for proportions, bootstrap for AUC)")
@@ -42,24 +42,24 @@ def render_card(card: dict, active, timezone) -> None:
         st.dataframe(pd.DataFrame(figures), hide_index=True)
     else:
         st.caption("No figures recorded.")
-    st.markdown(f"**Operating point:** {escape_markdown(point_text(card.get('operating_point')))}")
+    st.markdown(f"**Operating point:** {escape_markdown(point_text(card.operating_point))}")
     history = history_rows(card, timezone)
     if history:
         st.caption("History of changes (newest first)")
         text_table(history)
     else:
         st.caption("No change of the operating point recorded since the version was published.")
-    if card.get("cross_hospital"):
+    if card.cross_hospital:
         st.markdown("**Across hospitals** (leave one source out: each fold trained without it, tested on all of it)")
-        header, cells = cross_hospital_cells(card["cross_hospital"])
+        header, cells = cross_hospital_cells(card.cross_hospital)
         st.dataframe(pd.DataFrame(cells, columns=header), hide_index=True)
-    if card.get("flags"):
+    if card.flags:
         st.markdown("**Flags** (share of images flagged; *out_of_depth* calls become “uncertain — read without "
                     "the model”)")
         st.markdown(flags_table(card))
     st.markdown("**Caveat**")
     with st.container(border=True):
-        st.text(card.get("caveat") or "—")
+        st.text(card.caveat or "—")
 
 
 def changed(place, action, version: str) -> None:
@@ -85,7 +85,7 @@ def render_actions(version: str, active) -> None:
         confirmed = delete.checkbox("Yes, delete this version permanently", key=f"confirm_delete:{version}")
         if delete.button("Delete", key="delete_version", disabled=not confirmed, icon=":material/delete:"):
             changed(delete, registry.delete_version, version)
-    st.download_button("Download card.json", json.dumps(card, indent=2), file_name=f"{version}-card.json",
+    st.download_button("Download card.json", json.dumps(card.to_dict(), indent=2), file_name=f"{version}-card.json",
                        mime="application/json", key="download_card", icon=":material/download:")
     st.markdown("**Export for TF Serving** (SavedModel serving the calibrated probabilities; card in assets.extra)")
     zipped, folder = st.columns(2)

@@ -147,8 +147,8 @@ def reliability_figure(bins: list) -> go.Figure:
 # --- the saved point, its history and changing it ------------------------------------------------------------
 
 
-def show_saved(card: dict, timezone) -> None:
-    point = card.get("operating_point")
+def show_saved(card, timezone) -> None:
+    point = card.operating_point
     if not point:
         st.info("No saved operating point for this version: argmax used (the most probable class is the call).")
     else:
@@ -210,12 +210,12 @@ def commit_change(version: str, keys: dict) -> None:
     st.toast("Operating point cleared." if point is None else f"Saved: {point_text(point)}", icon=":material/check:")
 
 
-def confirmation(frame: pd.DataFrame, card: dict, keys: dict, prevalence: float) -> None:
+def confirmation(frame: pd.DataFrame, card, keys: dict, prevalence: float) -> None:
     """The before → after table, the reader's name and reason, and the confirm / cancel buttons."""
     new_point = st.session_state[keys["pending"]]["point"]
-    old_point = card.get("operating_point")
+    old_point = card.operating_point
     positive = (new_point or old_point or {}).get("positive_class", op.DEFAULT_POSITIVE)
-    before, after = (op.decision_figures(frame, card["class_names"], point, positive, prevalence)
+    before, after = (op.decision_figures(frame, card.class_names, point, positive, prevalence)
                      for point in (old_point, new_point))
     with st.container(border=True):
         st.markdown("**:material/rule: Confirm the change of the operating point**")
@@ -231,7 +231,7 @@ def confirmation(frame: pd.DataFrame, card: dict, keys: dict, prevalence: float)
             st.error(escape_markdown(st.session_state["op_error"]))
         left, right = st.columns(2)
         left.button("Confirm and save" if new_point else "Confirm and clear", key="op_confirm", type="primary",
-                    icon=":material/check:", on_click=commit_change, args=(card["version"], keys))
+                    icon=":material/check:", on_click=commit_change, args=(card.version, keys))
         right.button("Cancel", key="op_cancel", icon=":material/close:", on_click=st.session_state.pop,
                      args=(keys["pending"], None))
 
@@ -239,10 +239,10 @@ def confirmation(frame: pd.DataFrame, card: dict, keys: dict, prevalence: float)
 # --- the page ----------------------------------------------------------------------------------------------------
 
 
-def show_calibration(card: dict) -> None:
-    metrics = card.get("metrics", {}).get("validation") or {}
+def show_calibration(card) -> None:
+    metrics = card.metrics.get("validation") or {}
     columns = st.columns(3)
-    columns[0].metric("Temperature", number_text(card.get("temperature", 1.0)))
+    columns[0].metric("Temperature", number_text(card.temperature))
     for column, key, label in ((columns[1], "ece_uncalibrated", "ECE before temperature scaling"),
                                (columns[2], "ece", "ECE after temperature scaling")):
         column.metric(label, number_text(metrics.get(key)))
@@ -252,33 +252,33 @@ def show_calibration(card: dict) -> None:
         st.caption("This version's card has no reliability bins.")
 
 
-def show_test_report(card: dict, positive: str, threshold: float) -> None:
+def show_test_report(card, positive: str, threshold: float) -> None:
     st.warning("Test report — not for choosing. The test set is looked at once, for the report; choose and "
                "save the threshold on the validation tab.")
-    point = card.get("operating_point")
+    point = card.operating_point
     if point:
         positive, threshold = point["positive_class"], float(point["threshold"])
         st.caption("At the saved operating point.")
     else:
         st.caption("No saved operating point: at the current validation-tab threshold.")
     try:
-        frame = predictions(card["version"], "test")
+        frame = predictions(card.version, "test")
     except registry.ModelVersionError as error:
         st.error(escape_markdown(error))
         return
     scores, truth = op.scores_and_truth(frame, positive)
     show_figures(op.figures(truth, scores, threshold), positive)
-    st.plotly_chart(confusion_figure(op.decision_matrix(frame, card["class_names"], positive, threshold),
-                                     card["class_names"], "Confusion matrix at the saved point (test)"),
+    st.plotly_chart(confusion_figure(op.decision_matrix(frame, card.class_names, positive, threshold),
+                                     card.class_names, "Confusion matrix at the saved point (test)"),
                     key="test_matrix")
     st.subheader("Per source (test)")
     st.dataframe(per_source_table(frame, positive, threshold), hide_index=True)
 
 
-def controls(frame: pd.DataFrame, card: dict, keys: dict, choices: list):
+def controls(frame: pd.DataFrame, card, keys: dict, choices: list):
     """Positive class, threshold with its save / clear buttons beside it, target sensitivity and prevalence;
     returns (positive, scores, truth, threshold, prevalence as a fraction)."""
-    saved = card.get("operating_point") or {}
+    saved = card.operating_point or {}
     left, right = st.columns([3, 1])
     positive = left.selectbox("Positive class", choices, key=keys["positive"], format_func=positive_label,
                               on_change=reset_threshold, args=(frame, saved, keys))
@@ -307,7 +307,7 @@ def main() -> None:
     card = active_card()
     if card is None:
         st.stop()
-    version, class_names, timezone = card["version"], card["class_names"], reader_timezone()
+    version, class_names, timezone = card.version, card.class_names, reader_timezone()
     st.caption(f"Model version {escape_markdown(version)}. Thresholds are chosen on its validation predictions and "
                "belong to this version only. A case is positive when its score is ≥ the threshold.")
     show_saved(card, timezone)
@@ -317,7 +317,7 @@ def main() -> None:
         st.error(escape_markdown(error))
         st.stop()
 
-    saved = card.get("operating_point") or {}
+    saved = card.operating_point or {}
     choices = op.positive_classes(class_names)
     keys = {name: f"op_{name}_{version}" for name in ("positive", "threshold", "target", "prevalence", "pending")}
     st.session_state.setdefault(keys["positive"], saved.get("positive_class", op.DEFAULT_POSITIVE

@@ -1,10 +1,10 @@
 """Shared fixtures: real data locations, isolated weights/cache/run folders, a small published model version."""
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -30,6 +30,16 @@ def isolated_folders(tmp_path_factory, monkeypatch):
     return base
 
 
+def small_card(**fields):
+    """A minimal valid ``ModelCard`` (the three classes, the compact DCNN's input size and layer) with ``fields``
+    set: for tests of code that reads a card."""
+    from core import CLASS_NAMES
+    from core.card import ModelCard
+
+    return ModelCard(**{"architecture": "dcnn80-compact", "input_size": 80, "class_names": CLASS_NAMES,
+                        "gradcam_layer": "block4_conv3", **fields})
+
+
 def publish_random_version(root: Path, name: str = "tiny", arch: str = "dcnn80-compact", activate=True, seed=0,
                            temperature=1.0):
     """Publish an untrained (random, seeded) model with a minimal valid card and predictions: for tests that
@@ -37,6 +47,7 @@ def publish_random_version(root: Path, name: str = "tiny", arch: str = "dcnn80-c
     import keras
 
     from core import CLASS_NAMES, registry
+    from core.card import ModelCard, write_predictions
     from core.preprocess import PREPROCESSING
     from train.architectures import ARCHITECTURES, build_model, conv_layer_names
 
@@ -45,20 +56,14 @@ def publish_random_version(root: Path, name: str = "tiny", arch: str = "dcnn80-c
     staging = registry.new_staging_dir(root)
     model.save(staging / registry.MODEL_FILE)
     rng = np.random.default_rng(seed)
+    rows = pd.DataFrame({"path": [f"img{i}.png" for i in range(60)], "label": [CLASS_NAMES[i % 3] for i in range(60)],
+                         "source": ["a" if i % 2 else "b" for i in range(60)]})
     for filename in (registry.VAL_PREDICTIONS, registry.TEST_PREDICTIONS):
-        probs = rng.dirichlet(np.ones(3), size=60)
-        labels = [CLASS_NAMES[i % 3] for i in range(60)]
-        lines = ["path,label,source," + ",".join(f"p_{c}" for c in CLASS_NAMES)]
-        lines += [f"img{i}.png,{labels[i]},{'a' if i % 2 else 'b'}," + ",".join(f"{p:.6f}" for p in probs[i]) for i in range(60)]
-        (staging / filename).write_text("\n".join(lines) + "\n")
-    card = {
-        "version": name, "created": "2026-01-01T00:00:00+00:00", "architecture": arch,
-        "input_size": ARCHITECTURES[arch]["input_size"], "class_names": list(CLASS_NAMES),
-        "preprocessing": PREPROCESSING, "gradcam_layer": ARCHITECTURES[arch]["gradcam_layer"],
-        "conv_layers": conv_layer_names(model), "temperature": temperature, "operating_point": None,
-        "metrics": {}, "caveat": "Test model with random weights.",
-    }
-    (staging / registry.CARD_FILE).write_text(json.dumps(card))
+        write_predictions(staging / filename, rows, rng.dirichlet(np.ones(3), size=60), CLASS_NAMES)
+    ModelCard(version=name, created="2026-01-01T00:00:00+00:00", architecture=arch,
+              input_size=ARCHITECTURES[arch]["input_size"], class_names=CLASS_NAMES, preprocessing=PREPROCESSING,
+              gradcam_layer=ARCHITECTURES[arch]["gradcam_layer"], conv_layers=conv_layer_names(model),
+              temperature=temperature, caveat="Test model with random weights.").save(staging / registry.CARD_FILE)
     registry.publish(staging, name, activate=activate, root=root)
     return name
 

@@ -83,3 +83,28 @@ def test_predictions_round_trip_and_are_checked_against_the_classes(tmp_path):
         read_predictions(tmp_path / "p.csv", ("COVID-19", "Other"))
     with pytest.raises(CardError, match="not classes of the model: COVID-19"):
         read_predictions(tmp_path / "p.csv", ("Normal", "Pneumonia"))
+
+
+def test_a_card_field_reaches_the_trainers_summary_the_models_page_and_core_info(shipped_version, capsys):
+    """Every labelled field (``facts``) of the shipped card is printed by the trainer's summary and ``core info``
+    and shown on the Models page: declaring a field with a label in ``ModelCard`` is all it takes."""
+    from streamlit.testing.v1 import AppTest
+
+    from core import registry
+    from core.__main__ import main as core_main
+    from train.__main__ import print_summary
+
+    card = registry.load_card(shipped_version)
+    labels = [label for label, _ in card.facts()]
+    assert {"Version", "Architecture", "Parameters", "Temperature (calibration)", "Sampling"} <= set(labels)
+    print_summary(card)
+    trainer = capsys.readouterr().out
+    assert core_main(["info"]) == 0
+    info = capsys.readouterr().out
+    at = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=120)
+    at.run()
+    at.switch_page("pages/models.py").run()
+    page = " ".join(str(cell) for table in at.table for cell in table.value.to_numpy().ravel()).replace("\\", "")
+    for label in labels:
+        shown = label if label != "Training time (s)" else "Training time"  # shown as a duration
+        assert shown in trainer and shown in info and shown in page, shown

@@ -101,7 +101,7 @@ def test_probabilities_viewer_and_call_appear_and_a_corrupt_file_does_not_stop_t
     predictor = Predictor(tiny_version)
     probabilities = predictor.probabilities(predictor.preprocess(read_image(CXR).pixels)[np.newaxis])[0]
     np.testing.assert_allclose(shown_probabilities(app), probabilities, atol=PROBABILITY_ATOL)
-    call = decide(probabilities, predictor.card).label
+    call = decide(probabilities, predictor.class_names, predictor.card.operating_point).label
     assert calls(app) == [f":material/assignment_turned_in: **Called {call}: the most probable class (no operating "
                           "point saved)**"]
     bars = figures(app)["probabilities"]["data"][0]
@@ -229,7 +229,7 @@ def test_the_pdf_report_holds_the_call_version_and_operating_point(app, tiny_ver
     call = unescaped(calls(app)[0]).split("**")[1]
     assert call in " ".join(text.split())
     assert f"Model version: {tiny_version}" in text and "Operating point: COVID-19 at p ≥ 0.3" in text
-    assert "Research use only" in text and card["caveat"] in text
+    assert "Research use only" in text and card.caveat in text
 
 
 def test_the_session_cap_refuses_with_a_clear_message(app, monkeypatch):

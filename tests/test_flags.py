@@ -46,11 +46,11 @@ def test_image_hints_carry_their_flag_codes():
 
 
 def test_borderline_is_the_threshold_interval():
-    card = {"class_names": ["COVID-19", "Normal", "Pneumonia"],
-            "operating_point": {"positive_class": "COVID-19", "threshold": 0.3, "threshold_interval": [0.25, 0.36]}}
-    assert is_borderline([0.3, 0.6, 0.1], card) and is_borderline([0.25, 0.7, 0.05], card)
-    assert not is_borderline([0.2, 0.7, 0.1], card) and not is_borderline([0.4, 0.5, 0.1], card)
-    assert not is_borderline([0.3, 0.6, 0.1], {**card, "operating_point": None})
+    names = ["COVID-19", "Normal", "Pneumonia"]
+    point = {"positive_class": "COVID-19", "threshold": 0.3, "threshold_interval": [0.25, 0.36]}
+    assert is_borderline([0.3, 0.6, 0.1], names, point) and is_borderline([0.25, 0.7, 0.05], names, point)
+    assert not is_borderline([0.2, 0.7, 0.1], names, point) and not is_borderline([0.4, 0.5, 0.1], names, point)
+    assert not is_borderline([0.3, 0.6, 0.1], names, None)
 
 
 def test_threshold_interval_brackets_the_threshold_and_narrows_with_more_cases():
@@ -75,11 +75,11 @@ def test_a_detector_survives_saving(tmp_path):
     detector = FlagDetector(rng.normal(size=(3, 4)), np.eye(4), np.zeros(6), np.ones(6), rng.normal(size=7),
                             rng.normal(size=7), settings={})
     detector.save(tmp_path)
-    card = {"flags": {name: {"threshold": 0.5} for name in ("out_of_distribution", "rotated", "inverted", "uncertain")}}
-    loaded = FlagDetector.load(tmp_path, card)
+    settings = {name: {"threshold": 0.5} for name in ("out_of_distribution", "rotated", "inverted", "uncertain")}
+    loaded = FlagDetector.load(tmp_path, settings)
     np.testing.assert_allclose(loaded.class_means, detector.class_means, rtol=1e-6)
     assert FlagDetector.load(tmp_path, {}) is None  # thresholds missing: no detector
-    assert FlagDetector.load(tmp_path / "elsewhere", card) is None
+    assert FlagDetector.load(tmp_path / "elsewhere", settings) is None
 
 
 # --- the shipped version on real radiographs -----------------------------------------------------------------
@@ -145,7 +145,7 @@ def test_validation_flag_rates_match_their_thresholds(shipped):
     results = list(predictor.assess_files(shipped_files(folder, "val", 0)))
     assert all(result.error is None for result in results)
     rate = lambda code: np.mean([code in result.assessment.flags for result in results])
-    settings = predictor.card["flags"]
+    settings = predictor.card.flags
     assert rate("out_of_distribution") == pytest.approx(1 - settings["out_of_distribution"]["quantile"], abs=0.01)
     assert rate("uncertain") == pytest.approx(1 - settings["uncertain"]["quantile"], abs=0.015)
     assert rate("rotated") <= 0.02 and rate("inverted") <= 0.02

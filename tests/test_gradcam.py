@@ -2,6 +2,7 @@
 the model-randomisation sanity check (Adebayo et al. 2018), the compiled passes living on their Predictor, the
 one-pass reading (``core.diagnosis``) and the full-resolution overlay (``core.overlay``)."""
 
+from dataclasses import replace
 import gc
 import json
 import weakref
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from core import CLASS_NAMES, diagnosis, gradcam, overlay
+from core.card import ModelCard
 from core.imaging import read_image
 from core.inference import LOGITS_LAYER, Predictor
 from core.operating_point import decide
@@ -19,8 +21,8 @@ from tests.conftest import FULLRES, publish_random_version
 SQUARE_IMAGE = 32
 SQUARE_SIDE = 6
 SQUARE_TRAINING_IMAGES = 512
-SQUARE_CARD = {"version": "square", "class_names": ["empty", "square"], "input_size": SQUARE_IMAGE,
-               "gradcam_layer": "block2_conv1", "temperature": 1.0}
+SQUARE_CARD = ModelCard(version="square", architecture="square test model", class_names=("empty", "square"),
+                        input_size=SQUARE_IMAGE, gradcam_layer="block2_conv1")
 
 
 @pytest.fixture
@@ -187,10 +189,10 @@ def test_the_reading_explains_the_class_called_at_the_operating_point(tiny_versi
         point = {"positive_class": CLASS_NAMES[(int(top[0]) + 1) % 3], "threshold": 0.0}
     elif positive == "abnormal":
         point = {"positive_class": "abnormal", "threshold": 0.5}
-    card = dict(predictor.card, operating_point=point)
+    card = replace(predictor.card, operating_point=point)
     looks = diagnosis.look_batch(predictor, images, card)
     for look, image in zip(looks, images):
-        assert look.decision == decide(look.probabilities, card)
+        assert look.decision == decide(look.probabilities, card.class_names, point)
         assert CLASS_NAMES[look.target] == look.decision.label
         expected = gradcam.explain(predictor, image, targets=look.target)
         np.testing.assert_allclose(look.maps[gradcam.GRADCAM], expected.maps[gradcam.GRADCAM], atol=1e-5)
@@ -216,7 +218,7 @@ def test_compiled_passes_die_with_their_model(tiny_version):
     predictor = Predictor(tiny_version)
     gradcam.explain(predictor, np.zeros((80, 80, 3), np.float32))
     diagnosis.look_batch(predictor, np.zeros((1, 80, 80, 3), np.float32))
-    assert set(predictor.explainers) == {predictor.card["gradcam_layer"], (diagnosis.READING_PASS, "block4_conv3")}
+    assert set(predictor.explainers) == {predictor.card.gradcam_layer, (diagnosis.READING_PASS, "block4_conv3")}
     model = weakref.ref(predictor.model)
     del predictor
     gc.collect()

@@ -12,6 +12,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core import operating_point, registry, settings
+from core.card import ModelCard
 from core.inference import Predictor
 from tests.conftest import REPO, publish_random_version
 from train.archive import ArchiveError, export_saved_model
@@ -24,9 +25,9 @@ def two_versions(isolated_folders):
     weights = isolated_folders / "weights"
     publish_random_version(weights, "first", seed=1)
     publish_random_version(weights, "second", seed=2, activate=False)
-    card = json.loads((weights / "second" / registry.CARD_FILE).read_text())
-    card["caveat"] = HOSTILE_CAVEAT
-    (weights / "second" / registry.CARD_FILE).write_text(json.dumps(card))
+    card = ModelCard.load(weights / "second" / registry.CARD_FILE)
+    card.caveat = HOSTILE_CAVEAT
+    card.save(weights / "second" / registry.CARD_FILE)
     return weights
 
 
@@ -118,17 +119,17 @@ def test_the_shipped_card_reads_rounded_without_server_paths_with_its_history(sh
     assert not re.search(r"\d\.\d{5,}", text), re.search(r".{40}\d\.\d{5,}.{10}", text)  # no unrounded floats
     facts = dict(zip(*[column.tolist() for _, column in at.table[0].value.items()]))
     facts = {re.sub(r"\\(.)", r"\1", key): re.sub(r"\\(.)", r"\1", value) for key, value in facts.items()}
-    assert facts["Temperature (calibration)"] == f"{card['temperature']:.3f}"
-    assert facts["Parameters"] == f"{card['parameters']:,}"
+    assert facts["Temperature (calibration)"] == f"{card.temperature:.3f}"
+    assert facts["Parameters"] == f"{card.parameters:,}"
     assert facts["Operating point"] == "COVID-19 when p(COVID-19) ≥ 0.0612"
-    for folder in card["data"]["folders"]:
+    for folder in card.data["folders"]:
         assert f"{folder['root'].rsplit('/', 1)[-1]} ({folder['images']:,} images)" in facts["Data"]
     assert "Caveat" not in facts and "caveat" not in " ".join(facts)  # the caveat is shown once, as text
     history = at.table[1].value
     assert re.sub(r"\\(.)", r"\1", history["Reader"].iloc[0]) == "Dr A. Reader"
     assert "→ COVID-19 when p(COVID-19) ≥ 0.0612" in re.sub(r"\\(.)", r"\1", history["Change"].iloc[0])
     assert "department audit" in text
-    accuracy = card["metrics"]["test"]["accuracy"]
+    accuracy = card.metrics["test"]["accuracy"]
     low, high = accuracy["ci95"]
     assert f"{accuracy['value']:.3f} ({low:.3f}–{high:.3f})" in text
-    assert card["cross_hospital"] and any("held out" in frame.value.columns for frame in at.dataframe)
+    assert card.cross_hospital and any("held out" in frame.value.columns for frame in at.dataframe)

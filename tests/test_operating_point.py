@@ -182,14 +182,13 @@ def test_per_source_rows_are_the_figures_of_each_source(synthetic):
 
 
 def test_decide_uses_greater_or_equal_and_falls_back_to_the_other_classes():
-    card = {"class_names": list(CLASS_NAMES), "operating_point": None}
-    assert op.decide([0.2, 0.5, 0.3], card).label == "Normal"
-    card["operating_point"] = {"positive_class": "COVID-19", "threshold": 0.2}
-    assert op.decide([0.2, 0.5, 0.3], card).label == "COVID-19"
-    assert op.decide([0.19, 0.3, 0.51], card).label == "Pneumonia"
-    card["operating_point"] = {"positive_class": "abnormal", "threshold": 0.5}
-    assert op.decide([0.1, 0.5, 0.4], card).label == "Pneumonia"  # 1 − 0.5 ≥ 0.5: most probable abnormal class
-    assert op.decide([0.3, 0.6, 0.1], card).label == "Normal"
+    assert op.decide([0.2, 0.5, 0.3], CLASS_NAMES, None).label == "Normal"
+    point = {"positive_class": "COVID-19", "threshold": 0.2}
+    assert op.decide([0.2, 0.5, 0.3], CLASS_NAMES, point).label == "COVID-19"
+    assert op.decide([0.19, 0.3, 0.51], CLASS_NAMES, point).label == "Pneumonia"
+    point = {"positive_class": "abnormal", "threshold": 0.5}
+    assert op.decide([0.1, 0.5, 0.4], CLASS_NAMES, point).label == "Pneumonia"  # 1 − 0.5 ≥ 0.5: most probable abnormal
+    assert op.decide([0.3, 0.6, 0.1], CLASS_NAMES, point).label == "Normal"
 
 
 def test_positive_class_choices_and_errors():
@@ -222,27 +221,27 @@ def test_figures_match_sklearn_on_the_version(version):
 
 def test_save_reload_and_clear(version):
     threshold = float(np.median(read_csv_independently(version)["p_COVID-19"]))
-    history_before = registry.load_card(version).get("operating_point_history") or []
+    history_before = list(registry.load_card(version).operating_point_history)
     stored = op.save_operating_point(version, "COVID-19", threshold, reader="Dr A. Reader", reason="local audit")
     card = registry.load_card(version)
-    assert card["operating_point"] == stored
-    entry = card["operating_point_history"][-1]
-    assert len(card["operating_point_history"]) == len(history_before) + 1
+    assert card.operating_point == stored
+    entry = card.operating_point_history[-1]
+    assert len(card.operating_point_history) == len(history_before) + 1
     assert (entry["reader"], entry["reason"], entry["old"]) == ("Dr A. Reader", "local audit", None)
     assert entry["new"] == {"positive_class": "COVID-19", "threshold": threshold} and entry["time"] == stored["saved"]
-    assert card["operating_point"]["chosen_on"] == "validation"
-    assert card["operating_point"]["threshold"] == threshold
+    assert card.operating_point["chosen_on"] == "validation"
+    assert card.operating_point["threshold"] == threshold
     scores, truth = op.scores_and_truth(op.load_predictions(version), "COVID-19")
-    assert card["operating_point"]["figures"]["sensitivity"]["value"] == pytest.approx(
+    assert card.operating_point["figures"]["sensitivity"]["value"] == pytest.approx(
         recall_score(truth, scores >= threshold), abs=EXACT)
-    assert op.decide([threshold, 0.9, 0.1], card).label == "COVID-19"
+    assert op.decide([threshold, 0.9, 0.1], card.class_names, card.operating_point).label == "COVID-19"
     json.loads((registry.version_dir(version) / registry.CARD_FILE).read_text(), parse_constant=pytest.fail)
     op.clear_operating_point(version, reader="Dr B", reason="back to argmax")
     card = registry.load_card(version)
-    assert card["operating_point"] is None
-    assert card["operating_point_history"][-1]["old"] == entry["new"] and card["operating_point_history"][-1]["new"] is None
+    assert card.operating_point is None
+    assert card.operating_point_history[-1]["old"] == entry["new"] and card.operating_point_history[-1]["new"] is None
     op.clear_operating_point(version, reader="Dr B", reason="again")  # nothing to clear: nothing recorded
-    assert len(registry.load_card(version)["operating_point_history"]) == len(history_before) + 2
+    assert len(registry.load_card(version).operating_point_history) == len(history_before) + 2
 
 
 @pytest.mark.parametrize("positive, threshold, note", [
@@ -315,7 +314,7 @@ def test_two_processes_saving_at_once_lose_nothing(tiny_version, tmp_path):
         assert sorted(r for w, r in notes if w == f"worker {name}" and r.startswith("append")) == sorted(
             f"append {i}" for i in range(appends))
         assert [r for w, r in notes if w == f"worker {name}" and r.startswith("save")] == [f"save {i}" for i in range(saves)]
-    assert card["operating_point"]["threshold"] == pytest.approx(0.2 + (saves - 1) / 100, abs=EXACT)
+    assert card.operating_point["threshold"] == pytest.approx(0.2 + (saves - 1) / 100, abs=EXACT)
 
 
 # --- the page ---------------------------------------------------------------------------------------------
@@ -372,7 +371,7 @@ def assert_page_shows(app, frame, positive, threshold, table_index=0):
 
 
 def point_history(version: str) -> list:
-    return registry.load_card(version).get("operating_point_history") or []
+    return registry.load_card(version).operating_point_history
 
 
 def save_on_page(app, reader: str, reason: str) -> None:
@@ -431,7 +430,7 @@ def test_page_target_sensitivity_confirmed_save_and_restart(version):
     assert parse_interval(table.loc["95.0 %", "Specificity (95 % CI)"])
 
     save_on_page(app, "Dr A. Reader", "target 95 % sensitivity")
-    point = registry.load_card(version)["operating_point"]
+    point = registry.load_card(version).operating_point
     assert (point["positive_class"], point["chosen_on"]) == ("COVID-19", "validation")
     assert point["threshold"] == pytest.approx(expected, abs=EXACT)
 
@@ -445,12 +444,12 @@ def test_page_target_sensitivity_confirmed_save_and_restart(version):
 
     restarted.session_state["version_under_test"] = version
     restarted.button(key="op_clear").click().run()
-    assert registry.load_card(version)["operating_point"] is not None  # not before the confirmation
+    assert registry.load_card(version).operating_point is not None  # not before the confirmation
     assert restarted.text_input(key="op_reader").value == ""  # a new session does not know the reader
     restarted.text_input(key="op_reader").input("Dr B")
     restarted.text_input(key="op_reason").input("back to argmax").run()
     restarted.button(key="op_confirm").click().run()
-    assert registry.load_card(version)["operating_point"] is None
+    assert registry.load_card(version).operating_point is None
     assert any("argmax used" in info.value for info in restarted.info)
 
 
@@ -521,7 +520,7 @@ def test_page_threshold_resets_when_the_positive_class_changes(tiny_version):
 
 def test_the_shipped_operating_point_was_chosen_on_validation(shipped_version):
     """The shipped card's point is COVID-19 at the highest threshold reaching 97.5 % validation sensitivity."""
-    point = registry.load_card(shipped_version)["operating_point"]
+    point = registry.load_card(shipped_version).operating_point
     scores, truth = op.scores_and_truth(op.load_predictions(shipped_version, "val"), "COVID-19")
     assert point["positive_class"] == "COVID-19" and point["chosen_on"] == "validation"
     assert point["threshold"] == pytest.approx(op.threshold_for_sensitivity(truth, scores, 0.975), abs=1e-9)

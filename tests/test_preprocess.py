@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from core.preprocess import resize_grey, to_model_input
+from tests.conftest import small_card
 
 
 @pytest.mark.parametrize("shape", [(3368, 2800), (2000, 2000), (1791, 2276), (928, 1478), (400, 401), (299, 299),
@@ -30,9 +31,10 @@ def test_resize_refuses_colour():
 def test_preprocessing_settings_default_to_none_and_are_validated():
     from core.preprocess import Preprocessing
 
-    assert Preprocessing.from_card({"preprocessing": {"colour": "greyscale"}}) == Preprocessing()
-    assert Preprocessing.from_card({}) == Preprocessing()
-    assert Preprocessing.from_card({"preprocessing": Preprocessing("clahe", 0.05).describe()}) == Preprocessing("clahe", 0.05)
+    assert Preprocessing.from_card(small_card(preprocessing={"colour": "greyscale"})) == Preprocessing()
+    assert Preprocessing.from_card(small_card()) == Preprocessing()
+    clahe = small_card(preprocessing=Preprocessing("clahe", 0.05).describe())
+    assert Preprocessing.from_card(clahe) == Preprocessing("clahe", 0.05)
     with pytest.raises(ValueError, match="intensity"):
         Preprocessing("sharpen")
     with pytest.raises(ValueError, match="Border crop"):

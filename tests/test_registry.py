@@ -22,7 +22,7 @@ def test_publish_activate_and_list(isolated_folders):
     assert registry.active_version(root) == "v1"
     registry.set_active("v2", root)
     assert registry.active_version(root) == "v2"
-    assert registry.load_card(root=root)["version"] == "v2"
+    assert registry.load_card(root=root).version == "v2"
     assert registry.load_model("v1", root).count_params() > 0
 
 

@@ -1,7 +1,6 @@
 """core.report: the one formatter (case tables: missing values, intervals, times, paths, durations), the card
 summary and history every page and ``core info`` show, and the Markdown tables the README quotes."""
 
-import json
 import math
 
 import numpy as np
@@ -9,8 +8,10 @@ import pytest
 from scipy.special import softmax
 
 from core import CLASS_NAMES, report
+from core.card import ModelCard
 from core.metrics import classification_report, per_source_reports
 from core.report import DASH, markdown_report
+from tests.conftest import small_card
 
 
 def test_report_renders_every_split_class_and_source():
@@ -23,8 +24,7 @@ def test_report_renders_every_split_class_and_source():
         report = classification_report(labels, probs, CLASS_NAMES, resamples=20)
         report.update(ece_uncalibrated=0.2, per_source=per_source_reports(labels, probs, sources, CLASS_NAMES, resamples=5))
         metrics[split] = report
-    card = {"version": "v1", "architecture": "dcnn80-compact", "parameters": 10, "temperature": 1.5,
-            "class_names": list(CLASS_NAMES), "metrics": metrics}
+    card = small_card(version="v1", parameters=10, temperature=1.5, metrics=metrics)
     text = markdown_report(card)
     accuracy = 100 * (probs.argmax(1) == labels).mean()
     assert f"| accuracy % | {accuracy:.1f}" in text
@@ -108,11 +108,11 @@ def test_paths_are_shown_relative_to_the_data_root(tmp_path):
     assert report.relative_path(None, tmp_path) == DASH
 
 
-def card_with_gaps() -> dict:
+def card_with_gaps() -> ModelCard:
     """A card as an older or interrupted trainer may leave it: null figures, no intervals, no history."""
     null = {"value": None, "ci95": [None, None]}
-    return {"version": "gappy", "created": "2026-01-01T00:00:00+00:00", "architecture": "dcnn80-compact",
-            "input_size": 80, "class_names": list(CLASS_NAMES), "gradcam_layer": "c", "temperature": 1.25,
+    return ModelCard.from_dict({"version": "gappy", "created": "2026-01-01T00:00:00+00:00", "architecture": "dcnn80-compact",
+            "input_size": 80, "class_names": list(CLASS_NAMES), "gradcam_layer": "block4_conv3", "temperature": 1.25,
             "operating_point": None, "parameters": 10, "caveat": "c",
             "data": {"folders": [{"root": "/elsewhere/pool", "images": 12}], "split_sizes": {"train": 8, "val": 2, "test": 2}},
             "metrics": {"validation": {"n": 2, "accuracy": {"value": 0.5, "ci95": [0.1, 0.9], "k": 1, "n": 2},
@@ -120,7 +120,7 @@ def card_with_gaps() -> dict:
                         "test": {"n": 2, "accuracy": None, "macro_auc": {"value": math.nan, "ci95": [math.nan, math.nan]}}},
             "flags": {"rates": {"test": {"n": 2, "any": None, "out_of_depth": None}}},
             "cross_hospital": [{"held_out_source": "nih", "run": "r", "epochs": 1, "shift": {
-                "n": 3, "macro_auc_present": None, "non_covid_called_covid": {"value": None, "k": 0, "n": 0}}}]}
+                "n": 3, "macro_auc_present": None, "non_covid_called_covid": {"value": None, "k": 0, "n": 0}}}]})
 
 
 def test_a_card_with_null_figures_reads_with_dashes_in_the_summary_the_figures_and_core_info(capsys):
@@ -145,34 +145,34 @@ def test_core_info_tolerates_null_figures(isolated_folders, capsys):
 
     weights = isolated_folders / "weights"
     publish_random_version(weights, "gappy")
-    card = json.loads((weights / "gappy" / "card.json").read_text())
-    gaps = card_with_gaps()
-    card.update({key: gaps[key] for key in ("metrics", "flags", "cross_hospital", "data")})
-    (weights / "gappy" / "card.json").write_text(json.dumps(card))
+    card, gaps = ModelCard.load(weights / "gappy" / "card.json"), card_with_gaps()
+    for key in ("metrics", "flags", "cross_hospital", "data"):
+        setattr(card, key, getattr(gaps, key))
+    card.save(weights / "gappy" / "card.json")
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "Macro AUC (validation)" in out and "None" not in out
 
 
 def test_history_rows_newest_first_with_old_and_new_rule():
-    card = {"operating_point_history": [
+    card = small_card(operating_point_history=[
         {"time": "2026-01-01T10:00:00+00:00", "reader": "A", "reason": "first", "old": None,
          "new": {"positive_class": "COVID-19", "threshold": 0.29}},
         {"time": "2026-01-02T10:00:00+00:00", "reader": "B", "reason": "second",
          "old": {"positive_class": "COVID-19", "threshold": 0.29}, "new": {"positive_class": "abnormal", "threshold": 0.5}},
-    ]}
+    ])
     rows = report.history_rows(card, "UTC")
     assert [row["Reader"] for row in rows] == ["B", "A"]
     assert rows[0] == {"When": "2 Jan 2026, 10:00 UTC", "Reader": "B", "Reason": "second",
                        "Change": "COVID-19 when p(COVID-19) ≥ 0.2900 → abnormal when 1 − p(Normal) ≥ 0.5000"}
     assert rows[1]["Change"] == "most probable class (no operating point) → COVID-19 when p(COVID-19) ≥ 0.2900"
-    assert report.history_rows({}) == []
+    assert report.history_rows(small_card()) == []
 
 
 def test_headline_comparison_puts_the_two_cards_side_by_side_with_dashes():
-    active = {"metrics": {"test": {"accuracy": {"value": 0.8, "ci95": [0.7, 0.9], "k": 8, "n": 10}}}}
-    candidate = {"metrics": {"test": {"accuracy": {"value": 0.9, "ci95": [0.8, 0.95], "k": 9, "n": 10},
-                                      "macro_auc": {"value": 0.95, "ci95": [0.9, 0.99]}}}}
+    active = small_card(metrics={"test": {"accuracy": {"value": 0.8, "ci95": [0.7, 0.9], "k": 8, "n": 10}}})
+    candidate = small_card(metrics={"test": {"accuracy": {"value": 0.9, "ci95": [0.8, 0.95], "k": 9, "n": 10},
+                                             "macro_auc": {"value": 0.95, "ci95": [0.9, 0.99]}}})
     table = report.headline_comparison(active, candidate).set_index("Figure")
     assert list(table.columns) == ["Split", "Active", "Candidate"]
     assert table.loc["Accuracy", "Active"] == "0.800 (0.700–0.900)"

@@ -16,8 +16,9 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core import CLASS_NAMES, registry, settings
+from core.card import ModelCard
 from core.inference import Predictor
-from tests.conftest import CXR_POOL, REPO, needs_shared_data, publish_random_version
+from tests.conftest import CXR_POOL, REPO, needs_shared_data, publish_random_version, small_card
 from train import compare, datasource, planning, recipes, supervisor
 from train.checkpoints import STATE_FILE
 from train.config import TrainConfig
@@ -256,9 +257,9 @@ def fake_finished_run(weights, version, runs_root):
 
 def set_data(weights, version, manifest, sizes):
     card_path = weights / version / registry.CARD_FILE
-    card = json.loads(card_path.read_text())
-    card["data"] = {"manifest_sha256": manifest, "split_sizes": sizes}
-    card_path.write_text(json.dumps(card))
+    card = ModelCard.load(card_path)
+    card.data = {"manifest_sha256": manifest, "split_sizes": sizes}
+    card.save(card_path)
 
 
 @pytest.mark.slow
@@ -338,13 +339,13 @@ def test_a_recipe_survives_the_form_round_trip_and_the_card_recipe_drops_the_tra
         assert recipes.config_from_form(config, values, config.data) == config
     custom = recipes.form_values(TrainConfig(class_weights="COVID-19=5,Normal=2,Pneumonia=1"))
     assert (custom["class_weights"], custom["weight:COVID-19"], custom["weight:Normal"]) == ("custom", 5.0, 2.0)
-    card = {"version": "v9", "training": {"arch": "dcnn80-compact", "epochs": 3, "rotation": 0, "seconds": 12.5,
-                                          "device": {"kind": "CPU"}, "class_weight_values": {}, "chosen_epoch": 2}}
+    card = small_card(version="v9", training={"arch": "dcnn80-compact", "epochs": 3, "rotation": 0, "seconds": 12.5,
+                                              "device": {"kind": "CPU"}, "class_weight_values": {}, "chosen_epoch": 2})
     recipe = recipes.recipe_from_card(card)
     assert (recipe.arch, recipe.epochs, recipe.lr_schedule) == ("dcnn80-compact", 3, TrainConfig().lr_schedule)
     assert isinstance(recipes.form_values(recipe)["rotation"], float)  # a slider over floats needs a float
     assert list(recipes.presets(card)) == ["v9 (the active version's recipe)", recipes.PAPER]
-    assert list(recipes.presets({"version": "bare"})) == [recipes.PAPER]
+    assert list(recipes.presets(small_card(version="bare"))) == [recipes.PAPER]
     assert recipes.recipe_from_card(None) is None
 
 
@@ -367,7 +368,7 @@ def test_trained_on_keeps_the_folders_the_recipe_used(tmp_path):
 @needs_shared_data
 def test_page_starts_from_the_active_versions_recipe_and_offers_the_papers(shipped_version):
     card = registry.load_card(shipped_version)
-    trained = card["training"]
+    trained = card.training
     at = app_on("pages/retrain.py")
     assert_no_exception(at)
     assert at.selectbox(key="recipe_preset").value.startswith(shipped_version)

@@ -4,12 +4,12 @@ for real radiographs (≤ 1e-5 against ``core.inference.Predictor``); the zip do
 Models page refuses a server path and names the export by its folder name only."""
 
 import io
-import json
 import zipfile
 
 import numpy as np
 import pytest
 
+from core.card import ModelCard
 from core.imaging import read_grey
 from core.inference import Predictor
 from tests.conftest import CXR_POOL, REPO, needs_shared_data, publish_random_version
@@ -44,8 +44,8 @@ def test_the_serving_signature_gives_the_apps_probabilities_on_real_radiographs(
     exported = export_saved_model("served", "cxr/1")
     assert exported == (isolated_folders / "exports" / "cxr" / "1").resolve()
     assert sorted(p.name for p in exported.parent.iterdir()) == ["1"]  # no partial folder left beside it
-    card = json.loads((exported / "assets.extra" / "card.json").read_text())
-    assert card["version"] == "served" and card["temperature"] == 2.5
+    card = ModelCard.load(exported / "assets.extra" / "card.json")
+    assert card.version == "served" and card.temperature == 2.5
 
     predictor = Predictor("served")
     batch = real_batch(predictor)

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from core import registry
+from core.card import ModelCard
 from train.__main__ import main
 from train.checkpoints import read_state
 from train.progress import read_events
@@ -46,11 +47,11 @@ def test_train_publish_and_card(tiny_dataset, isolated_folders):
     for key in ("version", "architecture", "input_size", "class_names", "preprocessing", "training", "seed", "data",
                 "libraries", "temperature", "gradcam_layer", "metrics", "caveat"):
         assert key in card, key
-    assert card["class_names"] == ["COVID-19", "Normal", "Pneumonia"]
-    assert card["training"]["class_weight_values"]["COVID-19"] == pytest.approx(1.0, rel=0.3)
-    split_sizes = card["data"]["split_sizes"]
+    assert card.class_names == ["COVID-19", "Normal", "Pneumonia"]
+    assert card.training["class_weight_values"]["COVID-19"] == pytest.approx(1.0, rel=0.3)
+    split_sizes = card.data["split_sizes"]
     assert sum(split_sizes.values()) == 3 * PER_CLASS
-    test = card["metrics"]["test"]
+    test = card.metrics["test"]
     assert {"accuracy", "per_class", "confusion_matrix", "ece", "ece_uncalibrated", "per_source"} <= set(test)
     assert set(test["per_source"]) <= {"synthetic", "other"}
     predictions = pd.read_csv(registry.version_dir("v-test") / registry.VAL_PREDICTIONS)
@@ -62,8 +63,8 @@ def test_train_publish_and_card(tiny_dataset, isolated_folders):
     assert events[0] == "start" and events.count("epoch") == 2 and events[-1] == "published"
     assert (registry.version_dir("v-test") / "detector.npz").is_file()
     for flag in ("out_of_distribution", "rotated", "inverted", "uncertain"):
-        assert 0.0 <= card["flags"][flag]["validation_rate"] <= 1.0 and np.isfinite(card["flags"][flag]["threshold"])
-    point = card["operating_point"]
+        assert 0.0 <= card.flags[flag]["validation_rate"] <= 1.0 and np.isfinite(card.flags[flag]["threshold"])
+    point = card.operating_point
     assert point["positive_class"] == "COVID-19" and point["chosen_on"] == "validation"
     assert point["threshold_interval"][0] <= point["threshold"] <= point["threshold_interval"][1]
     split = pd.read_csv(run_dir / "split.csv")
@@ -99,13 +100,13 @@ def test_two_folders_leave_one_source_out_and_the_table(tiny_dataset, second_hos
                  "--class-weights", "none", "--intensity", "clahe", "--rotation", "5", "--jpeg-quality", "70",
                  "--run-dir", str(run_dir), "--quiet"])
     assert code == 0
-    card = json.loads((run_dir / "candidate" / "card.json").read_text())
-    assert sorted(f["images"] for f in card["data"]["folders"]) == [3 * PER_CLASS, 60]
-    assert all(len(f["manifest_sha256"]) == 64 and f["manifest_sha256"] != card["data"]["manifest_sha256"]
-               for f in card["data"]["folders"])
-    assert card["data"]["split_sizes"]["external"] == 60 and card["data"]["held_out_source"] == "hospital"
-    assert card["preprocessing"]["intensity"] == "clahe"
-    shift = card["metrics"]["external"]["shift"]
+    card = ModelCard.load(run_dir / "candidate" / registry.CARD_FILE)
+    assert sorted(f["images"] for f in card.data["folders"]) == [3 * PER_CLASS, 60]
+    assert all(len(f["manifest_sha256"]) == 64 and f["manifest_sha256"] != card.data["manifest_sha256"]
+               for f in card.data["folders"])
+    assert card.data["split_sizes"]["external"] == 60 and card.data["held_out_source"] == "hospital"
+    assert card.preprocessing["intensity"] == "clahe"
+    shift = card.metrics["external"]["shift"]
     assert shift["n"] == 60 and set(shift["per_population"]) == {"adult"}
     called = shift["non_covid_called_covid"]["k"] + shift["normal_called_normal"]["k"]
     assert shift["called"]["COVID-19"] == shift["non_covid_called_covid"]["k"] and called <= 60

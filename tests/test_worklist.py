@@ -11,7 +11,7 @@ import pytest
 from core import worklist
 from core.flags import Assessment
 from core.inference import Predictor
-from tests.conftest import FULLRES
+from tests.conftest import FULLRES, small_card
 
 CXR = FULLRES / "COVID19__covid-19-pneumonia-15-PA.jpg"  # 2800 × 3368
 
@@ -50,14 +50,14 @@ def test_priority_puts_the_positive_call_then_the_uncertain_first():
 def test_the_record_and_its_csv_row():
     assessment = Assessment()
     assessment.add("borderline")
-    card = {"version": "v9", "operating_point": {"positive_class": "COVID-19", "threshold": 0.29031}}
+    card = small_card(version="v9", operating_point={"positive_class": "COVID-19", "threshold": 0.29031})
     entry = worklist.record("a.png", [0.4, 0.5, 0.1], ["COVID-19", "Normal", "Pneumonia"], "COVID-19", assessment,
                             card, "2026-01-01T00:00:00Z")
     assert entry["operating_point"] == "COVID-19 at p ≥ 0.2903" and entry["trust"] == "ok"
     (row,) = csv.DictReader(io.StringIO(worklist.to_csv([entry]).decode()))
     assert row["p_COVID-19"] == "0.400000" and row["flags"] == "borderline" and row["model_version"] == "v9"
     assert list(row) == ["file", "p_COVID-19", "p_Normal", "p_Pneumonia", *worklist.CSV_FIXED[1:]]
-    assert worklist.describe_point({"operating_point": None}) == "none (most probable class)"
+    assert worklist.describe_point(small_card()) == "none (most probable class)"
 
 
 def test_the_session_cap_counts_studies_and_bytes(monkeypatch):

@@ -24,9 +24,6 @@ from train.datasets import DatasetError  # noqa: E402
 from train.progress import CANCEL_REQUESTED, write_event  # noqa: E402
 from train.run import new_run_dir, publish_candidate, run  # noqa: E402
 
-SUMMARY_SPLITS = ("validation", "test")
-
-
 def _stop_on_sigterm(signum, frame):
     CANCEL_REQUESTED.set()
     raise KeyboardInterrupt("cancelled")
@@ -51,15 +48,11 @@ def _run_dir(args, parser) -> tuple:
 
 
 def print_summary(card: ModelCard) -> None:
-    """The card's facts (as the Models page and ``python -m core info`` list them) and headline figures."""
-    width = max(len(label) for label, _ in card.facts())
-    for label, value in card.facts():
-        print(f"{label:<{width}}  {value}", flush=True)
-    for split in SUMMARY_SPLITS:
-        m = card.metrics[split]
-        covid = m["per_class"]["COVID-19"]["recall"]
-        print(f"{split:<10} accuracy {m['accuracy']['value']:.4f}  COVID-19 recall {covid['value']:.4f}  "
-              f"macro AUC {(m['macro_auc'] or {}).get('value', float('nan')):.4f}  n={m['n']}", flush=True)
+    """The new candidate's card as ``python -m core info`` prints it (``core.report.info_text``): its facts
+    (``ModelCard.facts``), headline figures with intervals, flag rates and caveat."""
+    from core.report import info_text
+
+    print(info_text(card), flush=True)
 
 
 def main(argv=None) -> int:

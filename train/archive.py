@@ -9,7 +9,6 @@ once complete, so a dataset folder is never half there.
 """
 
 import io
-import json
 import os
 import re
 import shutil
@@ -204,10 +203,10 @@ def write_saved_model(version: str, destination: Path, root=None) -> Path:
     card = registry.load_card(version, root)
     model = registry.load_model(version, root)
     logits = model.get_layer("logits").output
-    scaled = keras.layers.Rescaling(1.0 / float(card.get("temperature") or 1.0), name="temperature")(logits)
+    scaled = keras.layers.Rescaling(1.0 / float(card.temperature or 1.0), name="temperature")(logits)
     probabilities = keras.layers.Activation("softmax", dtype="float32", name="calibrated_probabilities")(scaled)
     serving = keras.Model(model.inputs[0], probabilities, name=f"{model.name}_serving")
-    size = int(card["input_size"])
+    size = int(card.input_size)
     archive = keras.export.ExportArchive()
     archive.track(serving)
     archive.add_endpoint(
@@ -217,5 +216,5 @@ def write_saved_model(version: str, destination: Path, root=None) -> Path:
     )
     archive.write_out(str(destination), verbose=False)
     (destination / SERVING_CARD).parent.mkdir(exist_ok=True)
-    (destination / SERVING_CARD).write_text(json.dumps(card, indent=2) + "\n")
+    card.save(destination / SERVING_CARD)
     return destination

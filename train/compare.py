@@ -72,7 +72,7 @@ def compare_with_version(run_dir, version=None, root=None) -> dict:
     candidate = Path(run_dir) / CANDIDATE
     name = registry.resolve_version(version, root)
     published = registry.version_dir(name, root)
-    cards = {"candidate": _candidate_card(candidate), "active": registry.load_model_card(name, root)}
+    cards = {"candidate": _candidate_card(candidate), "active": registry.load_card(name, root)}
     data = {key: card.data for key, card in cards.items()}
     reasons = []
     class_names = cards["active"].class_names

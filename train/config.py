@@ -31,7 +31,8 @@ class TrainConfig:
     data: list = _setting(list, "dataset folder(s): one folder per class, optional manifest.csv; several are merged")
     leave_out_source: str = _setting("", "train without this source (a manifest source, e.g. nih_cxr14) and "
                                      "report every one of its images as an external test")
-    arch: str = _setting("dcnn80", "the architecture", choices=tuple(sorted(ARCHITECTURES)))
+    arch: str = _setting("dcnn80", "the architecture; " + "; ".join(
+        f"{name}: {spec['reference']}" for name, spec in sorted(ARCHITECTURES.items())), choices=tuple(sorted(ARCHITECTURES)))
     epochs: int = _setting(12, "epochs to train")
     batch_size: int = _setting(32, "images per batch")
     lr: float = _setting(4e-4, "peak learning rate (paper: 4e-4)")

@@ -18,8 +18,10 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from core import CLASS_NAMES
+from core.card import ModelCard, finite
 from core.metrics import proportion
 from core.operating_point import decide, figures, threshold_for_sensitivity
+from core.registry import CARD_FILE
 from core.report import cross_hospital_table, lever_table
 
 POSITIVE = "COVID-19"
@@ -33,7 +35,7 @@ def automatic_operating_point(labels, probs, positive: str = POSITIVE, target: f
     threshold = threshold_for_sensitivity(truth, scores, target)
     if threshold is None:
         return None
-    found = json.loads(json.dumps(figures(truth, scores, threshold)), parse_constant=lambda _: None)
+    found = finite(figures(truth, scores, threshold))
     return {"positive_class": positive, "threshold": round(threshold, 6), "chosen_on": "validation",
             "target_sensitivity": target, "figures": found,
             "saved": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
@@ -41,8 +43,8 @@ def automatic_operating_point(labels, probs, positive: str = POSITIVE, target: f
 
 def calls(probs, operating_point) -> np.ndarray:
     """Class indices called by ``core.operating_point.decide`` at ``operating_point`` (argmax when None)."""
-    card = {"class_names": list(CLASS_NAMES), "operating_point": operating_point}
-    return np.array([CLASS_NAMES.index(decide(row, card).label) for row in np.asarray(probs)], dtype=int)
+    return np.array([CLASS_NAMES.index(decide(row, CLASS_NAMES, operating_point).label) for row in np.asarray(probs)],
+                    dtype=int)
 
 
 def present_macro_auc(labels, probs):
@@ -94,15 +96,15 @@ def shift_figures(labels, probs, operating_point, populations=None, flagged=None
 # --- the leave-one-source-out table --------------------------------------------------------------------------
 
 
-def fold_row(card: dict, run: str) -> dict:
+def fold_row(card: ModelCard, run: str) -> dict:
     """One row of the table from a leave-one-source-out candidate's card."""
-    training = card.get("training", {})
-    external = card["metrics"]["external"]
-    return {"held_out_source": card["data"]["held_out_source"], "run": run,
+    training = card.training
+    external = card.metrics["external"]
+    return {"held_out_source": card.data["held_out_source"], "run": run,
             "epochs": training.get("epochs_trained"), "recipe": recipe_summary(training),
-            "trained_on": {s: n for s, n in card["data"]["split_sizes"].items() if s != "external"},
-            "validation": {"accuracy": card["metrics"]["validation"]["accuracy"],
-                           "macro_auc": card["metrics"]["validation"].get("macro_auc")},
+            "trained_on": {s: n for s, n in card.data["split_sizes"].items() if s != "external"},
+            "validation": {"accuracy": card.metrics["validation"]["accuracy"],
+                           "macro_auc": card.metrics["validation"].get("macro_auc")},
             "shift": external["shift"]}
 
 
@@ -122,7 +124,7 @@ def recipe_summary(training: dict) -> str:
 def _card_of(path: Path) -> tuple:
     for candidate in (path / "candidate" / "card.json", path / "card.json", path):
         if candidate.is_file():
-            return json.loads(candidate.read_text()), (path.name if candidate != path else path.parent.name)
+            return ModelCard.load(candidate), (path.name if candidate != path else path.parent.name)
     raise FileNotFoundError(f"No card.json in or at {path}.")
 
 
@@ -140,34 +142,32 @@ def main(argv=None) -> int:
         from train.evaluate import evaluate_version_on
 
         folder = Path(args.evaluate)
-        card = json.loads((folder / "card.json").read_text())
+        card = ModelCard.load(folder / CARD_FILE)
         shift = evaluate_version_on(folder, args.data)
         sources = sorted(set(shift.pop("sources")))
         rows = [{"held_out_source": ", ".join(sources), "run": f"{folder.name} (never trained on it)",
-                 "epochs": card.get("training", {}).get("epochs_trained"), "recipe": recipe_summary(card.get("training", {})),
+                 "epochs": card.training.get("epochs_trained"), "recipe": recipe_summary(card.training),
                  "shift": shift}]
     else:
         rows = []
         for run in args.runs:
             card, name = _card_of(Path(run))
-            if "external" not in card.get("metrics", {}):
+            if "external" not in card.metrics:
                 print(f"error: {run} was not trained with --leave-out-source", file=sys.stderr)
                 return 2
             rows.append(fold_row(card, name))
-    rows = json.loads(json.dumps(rows), parse_constant=lambda _: None)  # NaN (a class absent) → null: strict JSON
+    rows = finite(rows)  # NaN (a class absent) → null: strict JSON
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         print(lever_table(rows) if args.levers else cross_hospital_table(rows))
     if args.into_card:
-        from core.registry import _write_atomically
-
         path = Path(args.into_card)
-        card = json.loads(path.read_text())
+        card = ModelCard.load(path)
         replaced = {(row["held_out_source"], row["run"]) for row in rows}
-        kept = [row for row in card.get("cross_hospital") or [] if (row["held_out_source"], row["run"]) not in replaced]
-        card["cross_hospital"] = kept + rows
-        _write_atomically(path, json.dumps(card, indent=2) + "\n")
+        kept = [row for row in card.cross_hospital or [] if (row["held_out_source"], row["run"]) not in replaced]
+        card.cross_hospital = kept + rows
+        card.save(path)
     return 0
 
 

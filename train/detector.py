@@ -10,6 +10,7 @@ Run at the end of every training run; for a version trained before detectors exi
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from sklearn.covariance import LedoitWolf
 from sklearn.linear_model import LogisticRegression
 
 from core import CLASS_NAMES, registry
+from core.card import ModelCard
 from core.flags import BORDERLINE_CONFIDENCE, FlagDetector
 from core.inference import embedding_model, softmax
 from core.operating_point import threshold_interval
@@ -128,10 +130,10 @@ def fit_flags(model, data, evaluation: dict) -> None:
 
     detector, settings, point = fit_detector(model, evaluation["temperature"], data.train_inputs, data.labels["train"],
                                              data.images["val"], data.labels["val"], evaluation["operating_point"])
-    card = {"class_names": list(CLASS_NAMES), "operating_point": point}
     settings["rates"] = {}
     for split in [s for s in data.splits if s in ("test", EXTERNAL)]:
-        _, assessments = assess_images(model, evaluation["temperature"], detector, card, data.images[split])
+        _, assessments = assess_images(model, evaluation["temperature"], detector, CLASS_NAMES, point,
+                                       data.images[split])
         settings["rates"][SPLIT_NAMES[split]] = flag_rates(assessments)
         if split == EXTERNAL:
             rows = data.frame["split"] == EXTERNAL
@@ -146,24 +148,24 @@ def fit_for_version(folder: Path, data_folders, split_file: Path = None) -> dict
     card's new ``flags`` entry."""
     import keras
 
-    from train.config import TrainConfig
+    from train.recipes import recipe_from_card
     from train.run import prepare_data
 
-    card = json.loads((folder / registry.CARD_FILE).read_text())
-    config = TrainConfig.from_dict({**card["training"], "data": [str(Path(f).resolve()) for f in data_folders]})
-    data = prepare_data(config, int(card["input_size"]), split_file=split_file)
-    expected = card["data"]["manifest_sha256"]
+    card = ModelCard.load(folder / registry.CARD_FILE)
+    config = replace(recipe_from_card(card), data=[str(Path(f).resolve()) for f in data_folders])
+    data = prepare_data(config, int(card.input_size), split_file=split_file)
+    expected = card.data["manifest_sha256"]
     if data.manifest_sha256 != expected:
         raise ValueError(f"The data given is not the data {folder.name} was trained on (manifest hash "
                          f"{data.manifest_sha256[:12]}…, the card says {expected[:12]}…).")
     model = keras.saving.load_model(folder / registry.MODEL_FILE, compile=False)
-    detector, settings, point = fit_detector(model, float(card.get("temperature", 1.0)), data.train_inputs,
+    detector, settings, point = fit_detector(model, float(card.temperature), data.train_inputs,
                                              data.labels["train"], data.images["val"], data.labels["val"],
-                                             card.get("operating_point"))
+                                             card.operating_point)
     detector.save(folder)
-    card["flags"] = settings
-    card["operating_point"] = point
-    registry._write_atomically(folder / registry.CARD_FILE, json.dumps(card, indent=2) + "\n")
+    card.flags = settings
+    card.operating_point = point
+    card.save(folder / registry.CARD_FILE)
     return settings
 
 
@@ -182,9 +184,9 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-def assess_images(model, temperature: float, detector: FlagDetector, card: dict, images_uint8) -> tuple:
+def assess_images(model, temperature: float, detector: FlagDetector, class_names, point, images_uint8) -> tuple:
     """(calibrated probabilities, [Assessment]) of cached uint8 images at the input size: the detector's flags
-    and ``borderline`` at ``card``'s operating point — what ``Predictor.assess`` gives for the same pixels."""
+    and ``borderline`` at the operating ``point`` — what ``Predictor.assess`` gives for the same pixels."""
     from core.flags import Assessment, add_model_flags
 
     model = embedding_model(model)
@@ -193,7 +195,7 @@ def assess_images(model, temperature: float, detector: FlagDetector, card: dict,
     scores = detector.scores(outputs["embeddings"], outputs["features"], outputs["probabilities"],
                              mirrored["probabilities"])
     assessments = [Assessment() for _ in images_uint8]
-    add_model_flags(assessments, outputs["probabilities"], card, detector, scores)
+    add_model_flags(assessments, outputs["probabilities"], class_names, point, detector, scores)
     return outputs["probabilities"], assessments
 
 

@@ -1,14 +1,14 @@
 """Evaluate a finished model version (or a run's candidate) on dataset folders it never saw."""
 
-import json
 from pathlib import Path
 
 from core import registry
+from core.card import ModelCard
 from core.flags import FlagDetector
 from core.preprocess import Preprocessing
 from train.cache import load_resized
 from train.crosshospital import shift_figures
-from train.datasets import label_indices, scan_datasets
+from train.datasets import scan_datasets
 
 
 def evaluate_version_on(folder: Path, data_folders) -> dict:
@@ -17,24 +17,26 @@ def evaluate_version_on(folder: Path, data_folders) -> dict:
     ``sources``. Images are preprocessed as the card says, through the training cache."""
     import keras
 
+    from core.inference import softmax
     from train.detector import assess_images
     from train.run import predict_logits
-    from core.inference import softmax
 
-    card = json.loads((folder / registry.CARD_FILE).read_text())
+    card = ModelCard.load(folder / registry.CARD_FILE)
     model = keras.saving.load_model(folder / registry.MODEL_FILE, compile=False)
     frame = scan_datasets(data_folders, every_class=False)
-    size = int(card["input_size"])
+    size = int(card.input_size)
     arrays, readable, _ = load_resized(frame["path"].tolist(), (size,), settings=Preprocessing.from_card(card))
     images, frame = arrays[size][readable], frame[readable]
-    temperature = float(card.get("temperature", 1.0))
-    detector = FlagDetector.load(folder, card)
+    temperature = float(card.temperature)
+    detector = FlagDetector.load(folder, card.flags)
     flagged = None
     if detector is None:
         probs = softmax(predict_logits(model, images), temperature)
     else:
-        probs, assessments = assess_images(model, temperature, detector, card, images)
+        probs, assessments = assess_images(model, temperature, detector, card.class_names, card.operating_point,
+                                           images)
         flagged = [assessment.out_of_depth for assessment in assessments]
-    shift = shift_figures(label_indices(frame["label"]), probs, card.get("operating_point"),
+    labels = frame["label"].map({name: i for i, name in enumerate(card.class_names)}).to_numpy()
+    shift = shift_figures(labels, probs, card.operating_point,
                           frame["population"].to_numpy(), flagged)
     return {**shift, "sources": frame["source"].tolist()}

@@ -34,21 +34,21 @@ def weight_key(name: str) -> str:
     return f"weight:{name}"
 
 
-def recipe_from_card(card: dict):
-    """The recipe a version was trained with (its card's ``training`` record, less what the trainer added: the
-    device, timings, the epoch kept), or None when the card has none."""
-    training = (card or {}).get("training") or {}
+def recipe_from_card(card):
+    """The recipe a version was trained with (its ``ModelCard``'s ``training`` record, less what the trainer
+    added: the device, timings, the epoch kept), or None when there is no card or it has no record."""
+    training = card.training if card is not None else {}
     known = {item.name for item in fields(TrainConfig)}
     settings = {key: value for key, value in training.items() if key in known}
     return TrainConfig.from_dict(settings) if settings else None
 
 
-def presets(card: dict) -> dict:
+def presets(card) -> dict:
     """{name: recipe}, the default first: the active version's recipe (when its card has one), then the paper's."""
     found = {}
     recipe = recipe_from_card(card)
     if recipe is not None:
-        found[f"{card['version']} (the active version's recipe)"] = recipe
+        found[f"{card.version} (the active version's recipe)"] = recipe
     found[PAPER] = TrainConfig()
     return found
 
