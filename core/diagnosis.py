@@ -21,6 +21,9 @@ from core.gradcam import GRADCAM, GRADCAM_PLUS_PLUS
 from core.inference import LOGITS_LAYER, flag_features, softmax
 from core.operating_point import ABNORMAL, NORMAL, Decision, decide
 
+__all__ = ["Look", "Reading", "reading_pass", "compile_reading_pass", "called_classes", "rule", "look_batch",
+           "assess_batch", "read_batch", "read", "number", "call_sentence"]
+
 READING_PASS = "reading"  # key prefix of the compiled pass in ``predictor.explainers``
 
 

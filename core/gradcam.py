@@ -19,6 +19,9 @@ import tensorflow as tf
 
 from core.inference import LOGITS_LAYER, softmax
 
+__all__ = ["Explanation", "gradient_model", "explainer", "compile_explainer", "gradcam_map",
+           "gradcam_plus_plus_map", "normalise", "explain", "first"]
+
 GRADCAM = "Grad-CAM"
 GRADCAM_PLUS_PLUS = "Grad-CAM++"
 METHODS = (GRADCAM, GRADCAM_PLUS_PLUS)

@@ -12,6 +12,8 @@ from core.flags import POOLED_FEATURES_LAYER, Assessment, FlagDetector, add_mode
 from core.imaging import UnusableImageError, read_image
 from core.preprocess import Preprocessing, to_model_input
 
+__all__ = ["softmax", "FileResult", "Predictor", "logits_model", "embedding_model", "flag_features"]
+
 LOGITS_LAYER = "logits"
 DEFAULT_BATCH_SIZE = 64
 ORIENTATION_THUMBNAIL = 16

@@ -22,6 +22,12 @@ from core.card import CardError, finite, probability_columns, read_predictions
 from core.flags import BORDERLINE_CONFIDENCE
 from core.metrics import BOOTSTRAP_RESAMPLES, bootstrap_auc_interval, bootstrap_ci, proportion
 
+__all__ = ["Decision", "decide", "predictions_path", "load_predictions", "positive_classes", "positive_members",
+           "scores_and_truth", "counts", "rates", "f1", "figures", "predictive_values", "predictive_values_at",
+           "roc", "precision_recall", "threshold_for_sensitivity", "threshold_interval", "sensitivity_table",
+           "calls_matrix", "decision_matrix", "collapse", "per_source", "decision_figures", "history_entry",
+           "update_card", "save_operating_point", "clear_operating_point"]
+
 ABNORMAL = "abnormal"
 NORMAL = "Normal"
 DEFAULT_POSITIVE = "COVID-19"

@@ -14,6 +14,9 @@ import numpy as np
 
 from core import png
 
+__all__ = ["to_uint8", "display_copy", "shrunk", "window_for", "windowed", "cut", "masked_map", "overlay",
+           "colour_scale", "overlay_png", "label_scale", "encode_jpeg", "rgb_jpeg", "thumbnail"]
+
 COLORMAPS = {
     "jet": cv2.COLORMAP_JET,
     "turbo": cv2.COLORMAP_TURBO,

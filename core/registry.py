@@ -21,6 +21,10 @@ import psutil
 from core import atomic, settings
 from core.card import CardError, ModelCard
 
+__all__ = ["ModelVersionError", "weights_dir", "version_dir", "is_complete", "list_versions", "active_version",
+           "set_active", "resolve_version", "load_card", "load_model", "new_staging_dir", "registry_lock",
+           "publish", "delete_version", "stale_folders", "remove_stale_staging"]
+
 ACTIVE_FILE = "ACTIVE"
 CARD_FILE = "card.json"
 MODEL_FILE = "model.keras"

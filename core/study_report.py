@@ -12,6 +12,8 @@ from fpdf import FPDF
 from core import overlay
 from core.card import ModelCard
 
+__all__ = ["StudyReport", "ReportPDF", "new_pdf", "jpeg_stream", "study_pdf", "report_for"]
+
 FONT_FOLDER = Path("/usr/share/fonts/truetype/dejavu")
 FONT_FILES = {"": "DejaVuSans.ttf", "B": "DejaVuSans-Bold.ttf"}
 FONT = "DejaVu"

@@ -18,6 +18,9 @@ from PIL import Image
 
 from core.overlay import LEVELS, RGB_COLORMAPS, encode_jpeg, masked_map, windowed
 
+__all__ = ["data_uri", "colorscale", "map_grid", "figure", "browser_ready_jpeg", "film_jpeg", "probability_chart",
+           "checked"]
+
 MAP_COLUMNS = 96  # the heatmap grid's width; its height keeps the film's aspect
 COLORSCALE_STOPS = 11
 FIGURE_HEIGHT = 820

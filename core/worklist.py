@@ -24,6 +24,10 @@ from core.card import ModelCard
 from core.flags import UNCERTAIN_CALL
 from core.imaging import UnusableImageError, read_image
 
+__all__ = ["UploadError", "Study", "now", "decoded_study", "model_input", "look", "assessment", "study_record",
+           "full_resolution_png", "point_key", "describe_point", "record", "csv_row", "to_csv", "priority",
+           "shown_call", "files_of_upload", "wanted_member", "read_member", "over_cap"]
+
 MAX_STUDIES = 60
 MAX_SESSION_BYTES = 300 * 1024**2  # upload bytes held by one browser session
 MAX_ZIP_MEMBERS = 200

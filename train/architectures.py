@@ -20,6 +20,9 @@ from keras import layers
 from core import settings
 from core.settings import IMAGENET_WEIGHTS_ENV
 
+__all__ = ["Backbone", "dcnn80", "dcnn80_compact", "lxn", "imagenet_weights", "deep_covid", "xception_resnet50v2",
+           "fusion", "build_model", "initialisation", "conv_layer_names"]
+
 log = logging.getLogger(__name__)
 
 RANDOM_INITIALISATION = "random (Glorot uniform); no pretrained weights"

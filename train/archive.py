@@ -20,6 +20,9 @@ from pathlib import Path, PurePosixPath
 from core import registry
 from core.settings import export_dir
 
+__all__ = ["ArchiveError", "ExportPathError", "checked_members", "dataset_folder", "extract_dataset_zip",
+           "zip_folder", "export_target", "export_saved_model", "savedmodel_zip", "write_saved_model"]
+
 MAX_TOTAL_BYTES = 4 * 1024**3
 MAX_FILES = 50_000
 COPY_CHUNK_BYTES = 1024 * 1024

@@ -18,6 +18,8 @@ from core import settings as settings_module
 from core.imaging import UnusableImageError, read_grey
 from core.preprocess import NO_PREPROCESSING, Preprocessing, prepare_grey
 
+__all__ = ["cache_dir", "cache_key", "decode_resized", "load_resized"]
+
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1

@@ -10,6 +10,8 @@ import keras
 
 from core import atomic
 
+__all__ = ["read_state", "EpochCheckpoint", "remove_unreferenced"]
+
 STATE_FILE = "state.json"
 
 

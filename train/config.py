@@ -8,6 +8,8 @@ from pathlib import Path
 from train.architectures import ARCHITECTURES
 from train.schedules import SCHEDULES
 
+__all__ = ["TrainConfig", "parse_class_weights", "argument_parser", "config_from_arguments"]
+
 PAPER_CLASS_WEIGHTS = {"COVID-19": 10.0, "Normal": 3.0, "Pneumonia": 1.0}
 
 

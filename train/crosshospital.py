@@ -24,6 +24,9 @@ from core.operating_point import decide, figures, threshold_for_sensitivity
 from core.registry import CARD_FILE
 from core.report import cross_hospital_table, lever_table
 
+__all__ = ["automatic_operating_point", "calls", "present_macro_auc", "shift_figures", "fold_row", "recipe_summary",
+           "main"]
+
 POSITIVE = "COVID-19"
 TARGET_SENSITIVITY = 0.975  # Deep-COVID's convention, as for the shipped default
 CONFIDENT = 0.9  # a wrong call whose called class has at least this probability is a confident error

@@ -14,6 +14,9 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from core import CLASS_NAMES
 
+__all__ = ["DatasetError", "canonical_label", "accepted_names", "scan_folders", "read_manifest", "scan_dataset",
+           "scan_datasets", "manifest_hash", "split_by_patient", "label_indices"]
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.csv"

@@ -23,6 +23,9 @@ from core.flags import BORDERLINE_CONFIDENCE, FlagDetector
 from core.inference import embedding_model, softmax
 from core.operating_point import threshold_interval
 
+__all__ = ["transformed", "model_outputs", "fit_detector", "fit_flags", "fit_for_version", "main", "assess_images",
+           "flag_rates"]
+
 OOD_QUANTILE = 0.99  # validation images above this distance are flagged: ~1 % of in-distribution images
 ORIENTATION_FALSE_FLAGS = 0.01  # rotated / inverted thresholds flag at most this share of upright validation images
 UNCERTAIN_QUANTILE = 0.98  # mirror disagreement above this validation quantile is 'uncertain'

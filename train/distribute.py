@@ -14,6 +14,8 @@ import functools
 import json
 import os
 
+__all__ = ["ClusterConfigError", "cluster_workers", "training_strategy"]
+
 TF_CONFIG_ENV = "TF_CONFIG"
 CLUSTER_ROLES = ("chief", "worker")
 

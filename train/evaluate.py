@@ -10,6 +10,8 @@ from train.cache import load_resized
 from train.crosshospital import shift_figures
 from train.datasets import scan_datasets
 
+__all__ = ["evaluate_version_on"]
+
 
 def evaluate_version_on(folder: Path, data_folders) -> dict:
     """``train.crosshospital.shift_figures`` of the version in ``folder`` on every image of ``data_folders``,

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
+__all__ = ["Augmentation", "rotate", "gaussian_blur", "augment_batch", "mixup", "balanced_draw_weights",
+           "training_dataset", "evaluation_dataset"]
+
 AUTOTUNE = tf.data.AUTOTUNE
 BLUR_TAPS = 7  # Gaussian kernels of 7 taps cover sigma up to ~1.5 px
 

@@ -8,6 +8,8 @@ import keras
 
 from core.card import finite
 
+__all__ = ["write_event", "read_events", "current_lr", "StopWhenCancelled", "ProgressEvents"]
+
 EVENTS_FILE = "events.jsonl"
 STEP_EVENT_SECONDS = 2.0
 

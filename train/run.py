@@ -26,6 +26,10 @@ from train.config import TrainConfig, parse_class_weights
 from train.datasets import DatasetError, label_indices, manifest_hash, scan_datasets, split_by_patient
 from train.progress import CANCEL_REQUESTED, ProgressEvents, StopWhenCancelled, write_event
 
+__all__ = ["PreparedData", "cache_size", "prepare_data", "assign_splits", "device_description",
+           "training_precision", "distribution_strategy", "compile_model", "fit", "float32_copy", "predict_logits",
+           "evaluate", "library_versions", "write_candidate", "publish_candidate", "new_run_dir", "run"]
+
 log = logging.getLogger(__name__)
 
 CANDIDATE = "candidate"

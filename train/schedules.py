@@ -2,6 +2,8 @@
 
 import keras
 
+__all__ = ["paper_schedule", "warmup_cosine_schedule", "make_schedule", "schedule_curve"]
+
 PAPER_STAGES = ((0, 4e-4), (3, 2e-4), (6, 1e-4))  # (first epoch, learning rate), Zhong 2020
 SCHEDULES = ("paper", "warmup-cosine", "constant")
 
