@@ -123,7 +123,7 @@ def render_comparison(info) -> None:
     cards = result["cards"]
     st.caption("Each model on its own validation and test split, with 95 % intervals. Decide on validation; the "
                "test split is for the report.")
-    st.dataframe(headline_comparison(cards["active"].to_dict(), cards["candidate"].to_dict()), hide_index=True)
+    st.dataframe(headline_comparison(cards["active"], cards["candidate"]), hide_index=True)
     for split, table in result["splits"].items():
         if not table.empty:
             st.caption(f"{split.capitalize()}: both models on the same {int(table['n'].iloc[0])} images; difference "

@@ -291,7 +291,7 @@ while not go.exists():
 for i in range(saves):
     op.save_operating_point(version, "COVID-19", 0.2 + i / 100, reader=f"worker {worker}", reason=f"save {i}")
 for i in range(appends):
-    op.update_card(version, lambda card, i=i: card.setdefault("operating_point_history", []).append(
+    op.update_card(version, lambda card, i=i: card.operating_point_history.append(
         op.history_entry(None, None, f"worker {worker}", f"append {i}")))
 """
 
@@ -314,7 +314,7 @@ def test_two_processes_saving_at_once_lose_nothing(tiny_version, tmp_path):
         assert sorted(r for w, r in notes if w == f"worker {name}" and r.startswith("append")) == sorted(
             f"append {i}" for i in range(appends))
         assert [r for w, r in notes if w == f"worker {name}" and r.startswith("save")] == [f"save {i}" for i in range(saves)]
-    assert card.operating_point["threshold"] == pytest.approx(0.2 + (saves - 1) / 100, abs=EXACT)
+    assert card["operating_point"]["threshold"] == pytest.approx(0.2 + (saves - 1) / 100, abs=EXACT)
 
 
 # --- the page ---------------------------------------------------------------------------------------------
