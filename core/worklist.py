@@ -13,7 +13,6 @@ import json
 import time
 import zipfile
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import PurePosixPath
@@ -28,10 +27,6 @@ from core.imaging import UnusableImageError, read_image
 __all__ = ["UploadError", "Study", "now", "decoded_study", "model_input", "look", "assessment", "study_record",
            "full_resolution_png", "point_key", "describe_point", "record", "csv_row", "to_csv", "priority",
            "shown_call", "files_of_upload", "wanted_member", "read_member", "over_cap"]
-
-# The model input and the display copy are both area resizes of the full-resolution film (OpenCV releases the GIL):
-# made side by side, a new study reaches the model sooner.
-PREPARING = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-input")
 
 MAX_STUDIES = 60
 MAX_SESSION_BYTES = 300 * 1024**2  # upload bytes held by one browser session
@@ -87,11 +82,10 @@ def decoded_study(name: str, data: bytes, digest: str, predictor) -> Study:
         radiograph = read_image(data)
     except UnusableImageError as error:
         return Study(name, digest, data, error=str(error), read_at=now())
-    model_input = PREPARING.submit(predictor.preprocess, radiograph.pixels)  # beside the display copy
     display = overlay.display_copy(radiograph.pixels)
     study = Study(name, digest, data, display=display, thumbnail=overlay.thumbnail(display),
                   hints=radiograph.hints, metadata=radiograph.metadata, full_shape=radiograph.pixels.shape,
-                  inputs={predictor.version: model_input.result()}, read_at=now())
+                  inputs={predictor.version: predictor.preprocess(radiograph.pixels)}, read_at=now())
     study.decode_ms = (time.perf_counter() - start) * 1000.0
     return study
 
