@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+from core.settings import SHARED_DATA  # noqa: E402
 POOL = SHARED_DATA / "cxr"
 DICOM_FILE = SHARED_DATA / "dicom" / "rsna_cr_jpeg_baseline.dcm"
 POOL_CLASSES = ("COVID19", "NORMAL", "PNEUMONIA")

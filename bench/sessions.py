@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,10 +27,14 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import psutil
 
 REPO = Path(__file__).resolve().parent.parent
-FULLRES = REPO.parent / "shared" / "data" / "fullres"
+sys.path.insert(0, str(REPO))
+from core.settings import SHARED_DATA  # noqa: E402
+
+FULLRES = SHARED_DATA / "fullres"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
@@ -181,9 +184,7 @@ async def all_sessions(url: str, folder: Path, sessions: int, count: int) -> lis
 
 
 def percentile(values: list, q: float):
-    if not values:
-        return None
-    return statistics.quantiles(values, n=100, method="inclusive")[round(q) - 1] if len(values) > 1 else values[0]
+    return float(np.percentile(values, q)) if values else None
 
 
 def main(argv=None) -> int:

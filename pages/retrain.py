@@ -6,7 +6,7 @@ as separate steps. The logic lives in ``train.datasource``, ``train.planning``, 
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import CLASS_NAMES, registry
+from core import CLASS_NAMES, registry, settings
 from core.report import (DASH, difference_rows, duration_text, headline_comparison, number_text, relative_path,
                          settings_rows)
 from pages.common import CHART_HEIGHT, CHART_MARGIN, confusion_figure, run_through_app, text_table
@@ -246,7 +246,7 @@ def choose_dataset(preset):
                     st.session_state.datasets = [*st.session_state.get("datasets", []), unpacked]
             except (ArchiveError, DatasetError) as error:
                 st.error(escape(error))
-    root = datasource.data_root()
+    root = settings.data_root()
     folders = [str(folder) for folder in datasource.dataset_folders()]
     if not folders:
         st.warning(f"No dataset folder (class folders or a manifest.csv) under the data folder "

@@ -9,8 +9,9 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data"
+from core.settings import REPO_ROOT as REPO  # noqa: E402
+from core.settings import SHARED_DATA  # noqa: E402
+
 CXR_POOL = SHARED_DATA / "cxr"
 FULLRES = SHARED_DATA / "fullres"
 DICOM_SAMPLE = SHARED_DATA / "dicom" / "rsna_cr_jpeg_baseline.dcm"

@@ -1,5 +1,5 @@
 """A finished run's candidate against a published version, on the validation and test rows both were evaluated
-on: each metric's paired difference with a bootstrap interval, and the headline figures of a card."""
+on: each metric's paired difference with a bootstrap interval (the cards' own figures are ``core.report``'s)."""
 
 import math
 from pathlib import Path
@@ -12,7 +12,7 @@ from core.card import CardError, ModelCard, probability_columns
 from core.metrics import bootstrap_ci, rank_macro_auc
 from train.run import CANDIDATE
 
-__all__ = ["COMPARED_METRICS", "paired_differences", "compare_with_version", "headline_metrics"]
+__all__ = ["COMPARED_METRICS", "paired_differences", "compare_with_version"]
 
 COVID = "COVID-19"
 
@@ -103,26 +103,3 @@ def compare_with_version(run_dir, version=None, root=None) -> dict:
                                            _probabilities(common, class_names, ""), class_names)
     return {"version": name, "comparable": not reasons, "reasons": reasons, "splits": splits, "cards": cards}
 
-
-def _figure_text(value, low, high) -> str:
-    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
-        return f"{value:.3f}"
-    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
-
-
-def headline_metrics(metrics: dict) -> pd.DataFrame:
-    """Accuracy, macro AUC and per-class recall with 95 % intervals for validation and test, from a card's
-    ``metrics``; ``figure`` is the value with its interval as text."""
-    rows = []
-    for split, report in (metrics or {}).items():
-        if split not in ("validation", "test"):
-            continue
-        figures = {"accuracy": report.get("accuracy"), "macro AUC": report.get("macro_auc")}
-        figures.update({f"{name} recall": entry.get("recall") for name, entry in report.get("per_class", {}).items()})
-        for metric, figure in figures.items():
-            if figure:
-                low, high = figure.get("ci95") or (None, None)
-                rows.append({"split": split, "metric": metric, "value": figure["value"], "ci95_low": low,
-                             "ci95_high": high, "figure": _figure_text(figure["value"], low, high),
-                             "n": report.get("n")})
-    return pd.DataFrame(rows, columns=["split", "metric", "value", "ci95_low", "ci95_high", "figure", "n"])

@@ -130,7 +130,7 @@ def argument_parser() -> argparse.ArgumentParser:
         elif item.type is bool:
             parser.add_argument(f"--no-{item.name}", dest=item.name, action="store_false", help=f"no {help_text}")
         else:
-            parser.add_argument(option, type=_TYPES[item.type], default=item.default, choices=choices,
+            parser.add_argument(option, type=item.type, default=item.default, choices=choices,
                                 help=f"{help_text} (default: {item.default:.4g})" if item.type is float
                                 else f"{help_text} (default: {item.default})")
     parser.add_argument("--run-dir", help="where the run's files go (default: runs/<time>-<arch>)")
@@ -140,8 +140,6 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
-
-_TYPES = {str: str, int: int, float: float}
 
 
 def config_from_arguments(args: argparse.Namespace) -> TrainConfig:

@@ -14,8 +14,7 @@ from core import CLASS_NAMES, settings
 from train.archive import extract_dataset_zip
 from train.datasets import CLASS_ALIASES, MANIFEST, DatasetError, scan_datasets
 
-__all__ = ["data_root", "uploads_dir", "checked_data_folder", "dataset_folders", "unpack_upload",
-           "summarize_dataset", "check_images"]
+__all__ = ["checked_data_folder", "dataset_folders", "unpack_upload", "summarize_dataset", "check_images"]
 
 IMBALANCE_RATIO = 3.0
 MIN_CLASS_IMAGES = 50
@@ -24,21 +23,11 @@ THUMBNAIL_STEP = 16  # grey levels per bucket, so re-encoded copies still match
 DATASET_SEARCH_DEPTH = 2
 
 
-def data_root() -> Path:
-    """Datasets must lie under this folder (``core.settings.data_root``)."""
-    return settings.data_root()
-
-
-def uploads_dir() -> Path:
-    """Where uploaded zips are unpacked (never inside the shared data folder, which is read-only for the app)."""
-    return settings.upload_dir()
-
-
 def checked_data_folder(folder) -> Path:
     """``folder`` with symlinks resolved; ``DatasetError`` when that lies outside the data root and uploads."""
     path = Path(folder).resolve()
-    if not any(path.is_relative_to(root) for root in (data_root(), uploads_dir())):
-        raise DatasetError(f"{path} is outside the data folder {data_root()}; datasets must be placed there.")
+    if not any(path.is_relative_to(root) for root in (settings.data_root(), settings.upload_dir())):
+        raise DatasetError(f"{path} is outside the data folder {settings.data_root()}; datasets must be placed there.")
     return path
 
 
@@ -53,7 +42,7 @@ def _looks_like_dataset(folder: Path) -> bool:
 def dataset_folders() -> list:
     """Folders holding a manifest.csv or class folders, up to two levels below the data root and uploads."""
     found = set()
-    queue = [(root, 0) for root in {data_root(), uploads_dir()} if root.is_dir()]
+    queue = [(root, 0) for root in {settings.data_root(), settings.upload_dir()} if root.is_dir()]
     while queue:
         folder, depth = queue.pop()
         if _looks_like_dataset(folder):
@@ -65,9 +54,9 @@ def dataset_folders() -> list:
 
 
 def unpack_upload(file, filename: str) -> Path:
-    """Unpack an uploaded dataset zip into a new folder under ``uploads_dir()``; returns the dataset folder."""
+    """Unpack an uploaded dataset zip into a new folder under ``core.settings.upload_dir()``; returns the dataset folder."""
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(filename).stem).strip("._-") or "dataset"
-    return extract_dataset_zip(file, uploads_dir() / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return extract_dataset_zip(file, settings.upload_dir() / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def summarize_dataset(folders) -> dict:
