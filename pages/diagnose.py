@@ -156,7 +156,7 @@ def render_worklist(predictor, card) -> None:
         groups = kept(st.multiselect, "Show", "diagnose_filter_groups", list(worklist.PRIORITY),
                       list(worklist.PRIORITY))
     records = [worklist.study_record(s, predictor, card) for s in studies().values() if s.error is None]
-    export.download_button("Export CSV", worklist.to_csv(records), file_name="worklist.csv", mime="text/csv",
+    export.download_button("Export CSV", lambda: worklist.to_csv(records), file_name="worklist.csv", mime="text/csv",
                            icon=":material/table_view:", disabled=not records, on_click="ignore", width="stretch",
                            help="Every readable study: the same fields as `python -m core predict --json`.")
     if clear.button("Clear studies", icon=":material/delete_sweep:", width="stretch"):
