@@ -112,6 +112,8 @@ def relative_path(path, root=None) -> str:
     its last folder name, so no server path reaches the screen."""
     if not path:
         return DASH
+    if not Path(path).is_absolute():  # a card's record, already relative to the data root
+        return str(path)
     path, base = Path(path), Path(root or settings.data_root())
     try:
         return str(path.resolve().relative_to(base.resolve())) or "."

@@ -19,7 +19,7 @@ EXPORT_ENV = "CXR_EXPORT_DIR"
 IMAGENET_WEIGHTS_ENV = "CXR_IMAGENET_WEIGHTS_DIR"
 
 __all__ = [
-    "REPO_ROOT", "weights_dir", "data_root", "upload_dir", "cache_dir", "runs_dir", "export_dir",
+    "REPO_ROOT", "weights_dir", "data_root", "portable_data_path", "local_data_path", "upload_dir", "cache_dir", "runs_dir", "export_dir",
     "imagenet_weights_dir", "quiet_tensorflow",
 ]
 
@@ -36,6 +36,27 @@ def weights_dir() -> Path:
 def data_root() -> Path:
     """The folder training data must lie under: ../shared/data beside the clone when present, else data/."""
     return _path(DATA_ROOT_ENV, SHARED_DATA if SHARED_DATA.is_dir() else REPO_ROOT / "data").resolve()
+
+
+def portable_data_path(folder) -> str:
+    """How a model card records a training folder: relative to the data root when it lies under it (``cxr``), so
+    the record names the same folder on every machine that has the data; any other folder as its absolute path."""
+    path = Path(folder).resolve()
+    return str(path.relative_to(data_root())) if path.is_relative_to(data_root()) else str(path)
+
+
+def local_data_path(recorded) -> Path:
+    """The folder on this machine that a card's recorded training folder names: a relative record under the data
+    root; an absolute one as it is when it exists. An absolute record from another machine (cards written before
+    folders were recorded relative: ``/work/shared/data/cxr``) maps to the data root's folder with its longest
+    matching tail (``cxr``), else stays as recorded, for the caller's data-root check to refuse plainly."""
+    path = Path(recorded)
+    if not path.is_absolute():
+        return data_root() / path
+    if path.exists():
+        return path.resolve()
+    tails = (Path(*path.parts[start:]) for start in range(1, len(path.parts)))
+    return next((data_root() / tail for tail in tails if (data_root() / tail).is_dir()), path)
 
 
 def upload_dir() -> Path:

@@ -376,7 +376,7 @@ def test_page_starts_from_the_active_versions_recipe_and_offers_the_papers(shipp
         assert at.session_state[key] == trained[key], key
     assert at.radio(key="class_weights").value == trained["class_weights"] == "none"
     assert at.slider(key="crop").value == (trained["crop_scale_min"], trained["crop_scale_max"]) == (0.75, 1.0)
-    expected_folders = [str(datasource.checked_data_folder(folder)) for folder in trained["data"]]
+    expected_folders = [str(datasource.checked_data_folder(settings.local_data_path(folder))) for folder in trained["data"]]
     assert at.multiselect(key="datasets").value == expected_folders and len(expected_folders) == 2
     assert not any(str(settings.data_root()) in str(option) for option in at.multiselect(key="datasets").options)
 

@@ -36,7 +36,8 @@ def tiny_dataset(tmp_path):
     return root
 
 
-def test_train_publish_and_card(tiny_dataset, isolated_folders):
+def test_train_publish_and_card(tiny_dataset, isolated_folders, monkeypatch):
+    monkeypatch.setenv("CXR_DATA_ROOT", str(tiny_dataset.parent))
     run_dir = isolated_folders / "runs" / "r1"
     code = main(["--data", str(tiny_dataset), "--arch", "dcnn80-compact", "--epochs", "2", "--batch-size", "8",
                  "--lr-schedule", "warmup-cosine", "--class-weights", "balanced", "--run-dir", str(run_dir),
@@ -48,6 +49,9 @@ def test_train_publish_and_card(tiny_dataset, isolated_folders):
                 "libraries", "temperature", "gradcam_layer", "metrics", "caveat"):
         assert getattr(card, key) not in (None, "", {}, []), key
     assert card.class_names == ("COVID-19", "Normal", "Pneumonia")
+    # the folders as named under the data root, so the recipe means the same data on another machine
+    assert card.training["data"] == [tiny_dataset.name] and card.data["root"] == tiny_dataset.name
+    assert [folder["root"] for folder in card.data["folders"]] == [tiny_dataset.name]
     assert card.training["class_weight_values"]["COVID-19"] == pytest.approx(1.0, rel=0.3)
     split_sizes = card.data["split_sizes"]
     assert sum(split_sizes.values()) == 3 * PER_CLASS

@@ -10,7 +10,7 @@ mapping of its own and a round trip gives the recipe unchanged.
 from dataclasses import fields, replace
 from pathlib import Path
 
-from core import CLASS_NAMES
+from core import CLASS_NAMES, settings
 from train.config import PAPER_CLASS_WEIGHTS, TrainConfig, parse_class_weights
 
 __all__ = ["PAPER", "NO_SOURCE", "CLASS_WEIGHT_MODES", "recipe_from_card", "presets", "trained_on", "form_values",
@@ -36,11 +36,15 @@ def weight_key(name: str) -> str:
 
 def recipe_from_card(card):
     """The recipe a version was trained with (its ``ModelCard``'s ``training`` record, less what the trainer
-    added: the device, timings, the epoch kept), or None when there is no card or it has no record."""
+    added: the device, timings, the epoch kept), its data folders as this machine's paths; None when there is no
+    card or it has no record."""
     training = card.training if card is not None else {}
     known = {item.name for item in fields(TrainConfig)}
-    settings = {key: value for key, value in training.items() if key in known}
-    return TrainConfig.from_dict(settings) if settings else None
+    recipe = {key: value for key, value in training.items() if key in known}
+    if not recipe:
+        return None
+    config = TrainConfig.from_dict(recipe)
+    return replace(config, data=[str(settings.local_data_path(folder)) for folder in config.data])
 
 
 def presets(card) -> dict:
@@ -79,13 +83,13 @@ def form_values(config: TrainConfig) -> dict:
 def config_from_form(base: TrainConfig, values: dict, data) -> TrainConfig:
     """``base`` (the chosen preset: it also carries what the form does not show, e.g. precision) with the form's
     ``values`` and the chosen ``data`` folders."""
-    settings = {name: type(getattr(DEFAULTS, name))(values[name]) for name in FORM_FIELDS if name in values}
+    chosen = {name: type(getattr(DEFAULTS, name))(values[name]) for name in FORM_FIELDS if name in values}
     low, high = values.get(CROP, (base.crop_scale_min, base.crop_scale_max))
     mode = values.get(CLASS_WEIGHTS, base.class_weights)
     if mode == "custom":
         mode = ",".join(f"{name}={float(values[weight_key(name)]):g}" for name in CLASS_NAMES)
     leave_out = values.get(LEAVE_OUT, base.leave_out_source or NO_SOURCE)
-    return replace(base, **settings, data=list(data), crop_scale_min=float(low), crop_scale_max=float(high),
+    return replace(base, **chosen, data=list(data), crop_scale_min=float(low), crop_scale_max=float(high),
                    class_weights=mode, leave_out_source="" if leave_out == NO_SOURCE else leave_out)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core import CLASS_NAMES, atomic, registry
+from core import CLASS_NAMES, atomic, registry, settings
 from core.card import ModelCard, write_predictions
 from core.calibration import expected_calibration_error, fit_temperature, reliability_bins
 from core.inference import softmax
@@ -322,7 +322,8 @@ def write_candidate(model, config, data, evaluation, class_weights, device, stat
         temperature=evaluation["temperature"],
         operating_point=evaluation["operating_point"],
         flags=evaluation["flags"],
-        training={**asdict(config), "cache_size": cache_size(config, spec["input_size"]),
+        training={**asdict(config), "data": [settings.portable_data_path(folder) for folder in config.data],
+                  "cache_size": cache_size(config, spec["input_size"]),
                   "class_weight_values": class_weights, "device": device, "epochs_trained": state["epoch"],
                   "chosen_epoch": state.get("best_epoch") if config.checkpoint == "best" else state["epoch"],
                   "best_val_loss": state.get("best_val_loss"), "run": run_dir.name,
@@ -344,7 +345,8 @@ def _data_facts(config: TrainConfig, data: PreparedData) -> dict:
     """The card's ``data`` section: the folders and their manifest hashes, the split and its sizes."""
     splits = data.splits
     return {
-        "root": config.data[0] if len(config.data) == 1 else None, "folders": data.folders,
+        "root": settings.portable_data_path(config.data[0]) if len(config.data) == 1 else None,
+        "folders": [{**folder, "root": settings.portable_data_path(folder["root"])} for folder in data.folders],
         "manifest_sha256": data.manifest_sha256, "held_out_source": config.leave_out_source or None,
         "split": "patient-level, stratified by class (sklearn StratifiedGroupKFold)",
         "split_sizes": {s: int(len(data.labels[s])) for s in splits},
