@@ -31,9 +31,10 @@ class CardError(ValueError):
     """A card or predictions table that does not have the expected shape; the message says what is wrong."""
 
 
-def _fact(label: str, **kwargs):
-    """A card field shown under ``label`` in ``ModelCard.facts()``."""
-    return field(metadata={"label": label}, **kwargs)
+def _fact(label: str, kind: str = "text", **kwargs):
+    """A card field shown under ``label`` in ``ModelCard.facts()``; ``kind`` (text, number, time, duration) tells
+    ``core.report`` how to write its value."""
+    return field(metadata={"label": label, "kind": kind}, **kwargs)
 
 
 @dataclass(kw_only=True)
@@ -41,7 +42,7 @@ class ModelCard:
     """A model version's card. ``version`` and ``created`` are None until the version is published."""
 
     version: str | None = _fact("Version", default=None)
-    created: str | None = _fact("Created", default=None)
+    created: str | None = _fact("Created", kind="time", default=None)
     architecture: str = _fact("Architecture")
     input_size: int = _fact("Input size (px)")
     class_names: tuple = _fact("Classes")
@@ -52,7 +53,7 @@ class ModelCard:
     output: str = field(default="softmax over class_names; layer 'logits' holds the pre-softmax scores")
     preprocessing: dict = field(default_factory=dict)
     conv_layers: list = field(default_factory=list)
-    temperature: float = _fact("Temperature (calibration)", default=1.0)
+    temperature: float = _fact("Temperature (calibration)", kind="number", default=1.0)
     operating_point: dict | None = None
     operating_point_history: list = field(default_factory=list)
     flags: dict | None = None
@@ -137,35 +138,25 @@ class ModelCard:
         return None if self.operating_point is None else self.operating_point["positive_class"]
 
     def facts(self) -> list:
-        """(label, value) for every labelled field that has a value, in declaration order, then the recipe."""
+        """(label, value, kind) for every labelled field that has a value, in declaration order, then the recipe's
+        facts; ``core.report.card_summary`` writes the values, by kind."""
         rows = []
         for item in fields(self):
             value = getattr(self, item.name)
             if "label" in item.metadata and value not in (None, "", (), []):
-                rows.append((item.metadata["label"], _fact_text(value)))
-        recipe = {key: self.training.get(key) for key in RECIPE_FACTS if self.training.get(key) is not None}
-        rows += [(RECIPE_FACTS[key], _fact_text(value)) for key, value in recipe.items()]
-        return rows
+                rows.append((item.metadata["label"], value, item.metadata["kind"]))
+        return rows + [(label, self.training[key], kind) for key, (label, kind) in RECIPE_FACTS.items()
+                       if self.training.get(key) is not None]
 
 
 _NULLABLE = {f.name for f in fields(ModelCard) if f.default is None}
-RECIPE_FACTS = {
-    "epochs_trained": "Epochs trained", "chosen_epoch": "Epoch kept", "sampling": "Sampling",
-    "class_weights": "Class weights", "label_smoothing": "Label smoothing", "lr_schedule": "Learning-rate schedule",
-    "precision": "Training precision", "device": "Trained on", "seconds": "Training time (s)",
+RECIPE_FACTS = {  # training record key: (label, kind)
+    "epochs_trained": ("Epochs trained", "text"), "chosen_epoch": ("Epoch kept", "text"),
+    "sampling": ("Sampling", "text"), "class_weights": ("Class weights", "text"),
+    "label_smoothing": ("Label smoothing", "text"), "lr_schedule": ("Learning-rate schedule", "text"),
+    "precision": ("Training precision", "text"), "device": ("Trained on", "text"),
+    "seconds": ("Training time", "duration"),
 }
-
-
-def _fact_text(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, int) and not isinstance(value, bool):
-        return f"{value:,}"
-    if isinstance(value, (list, tuple)):
-        return ", ".join(str(item) for item in value)
-    if isinstance(value, dict):  # the training device: {"kind": "CPU", "name": "x86_64", "precision": ...}
-        return " · ".join(str(value[key]) for key in ("kind", "name", "precision") if value.get(key))
-    return str(value)
 
 
 def finite(value) -> object:

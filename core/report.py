@@ -21,8 +21,9 @@ from core.metrics import proportion
 
 __all__ = [
     "DASH", "is_missing", "number_text", "interval_text", "figure_text", "count_text", "threshold_text",
-    "time_text", "duration_text", "relative_path", "score_text", "point_text", "history_rows", "change_rows", "card_summary", "headline_rows",
-    "headline_comparison", "difference_rows", "settings_rows", "info_text", "summary_table", "per_source_table", "confusion_table", "operating_point_table",
+    "time_text", "duration_text", "relative_path", "fact_text", "score_text", "point_text", "history_rows",
+    "change_rows", "card_summary", "headline_rows", "headline_comparison", "difference_rows", "settings_rows",
+    "info_text", "summary_table", "per_source_table", "confusion_table", "operating_point_table",
     "cross_hospital_cells", "cross_hospital_table", "lever_table", "flags_table", "markdown_report",
 ]
 
@@ -166,19 +167,27 @@ def _recipe_text(training: dict) -> str:
     return ", ".join(parts) or DASH
 
 
+def fact_text(value) -> str:
+    """A card fact as text: integers with thousands separators, floats to 4 significant digits, lists joined,
+    the training device as "CPU · x86_64 · bfloat16"."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(item) for item in value)
+    if isinstance(value, dict):
+        return " · ".join(str(value[key]) for key in ("kind", "name", "precision") if value.get(key))
+    return str(value)
+
+
 def card_summary(card: ModelCard, active=None, timezone=None, root=None) -> list:
     """(field, text) rows that describe a version: the card's own facts (``ModelCard.facts``), rounded, its
     creation time local, then its data (relative to the data root), split, recipe, operating point and
     libraries. The one card summary: the Models page and ``python -m core info`` print it."""
-    rows = []
-    for label, text in card.facts():
-        if label == "Created":
-            text = time_text(card.created, timezone)
-        elif label == "Training time (s)":
-            label, text = "Training time", duration_text((card.training or {}).get("seconds"))
-        elif label.startswith("Temperature"):
-            text = number_text(card.temperature)
-        rows.append((label, text))
+    writers = {"text": fact_text, "number": number_text, "duration": duration_text,
+               "time": lambda stamp: time_text(stamp, timezone)}
+    rows = [(label, writers[kind](value)) for label, value, kind in card.facts()]
     if active is not None:
         rows.insert(1, ("Status", "active (Diagnose and the CLI use it)" if card.version == active else
                         "not active"))

@@ -139,6 +139,17 @@ def test_a_card_with_null_figures_reads_with_dashes_in_the_summary_the_figures_a
     assert "non-COVID called COVID-19 (%) —, macro AUC —" in text
 
 
+def test_the_summary_writes_each_fact_by_its_kind():
+    card = small_card(version="v9", created="2026-12-01T20:01:00+00:00", parameters=4277795,
+                      temperature=0.7013599538670596, training={"seconds": 810.0, "label_smoothing": 0.1,
+                                                                "device": {"kind": "CPU", "name": "x86_64"}})
+    summary = dict(report.card_summary(card, timezone="UTC"))
+    assert summary["Created"] == "1 Dec 2026, 20:01 UTC"
+    assert summary["Parameters"] == "4,277,795" and summary["Temperature (calibration)"] == "0.701"
+    assert summary["Training time"] == "14 min" and summary["Label smoothing"] == "0.1"
+    assert summary["Trained on"] == "CPU · x86_64" and summary["Classes"] == "COVID-19, Normal, Pneumonia"
+
+
 def test_core_info_tolerates_null_figures(isolated_folders, capsys):
     from core.__main__ import main
     from tests.conftest import publish_random_version
