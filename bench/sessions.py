@@ -15,16 +15,12 @@ import asyncio
 import csv
 import io
 import json
-import os
 import re
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -32,13 +28,10 @@ import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from bench.served_app import CHROMIUM, CHROMIUM_ARGS, served_app  # noqa: E402
 from core.settings import SHARED_DATA  # noqa: E402
 
 FULLRES = SHARED_DATA / "fullres"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
-SERVER_START_S = 90
 SESSION_TIMEOUT_S = 600
 SAMPLE_SECONDS = 0.25
 DISCONNECTED_TTL_S = 10  # how long Streamlit keeps a closed session's state; its default is 120 s
@@ -47,12 +40,6 @@ EXPORT_BUTTON = "Export CSV"
 CALLED_TEXT = re.compile(r"\b(Called|Uncertain) ")  # the call sentence beside the viewer
 FILE_COLUMN = "file"
 MB = 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def tree_rss(process: psutil.Process) -> int:
@@ -83,25 +70,6 @@ class RssSampler(threading.Thread):
             self.latest = tree_rss(self.process)
             self.peak = max(self.peak, self.latest)
             time.sleep(SAMPLE_SECONDS)
-
-
-def start_server(port: int, log_path: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port",
-               str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-               "--server.disconnectedSessionTTL", str(DISCONNECTED_TTL_S), "--server.fileWatcherType", "none"]
-    log = log_path.open("w")
-    process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                               env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-    deadline = time.monotonic() + SERVER_START_S
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as response:
-                if response.read().strip() == b"ok":
-                    return process
-        except OSError:
-            time.sleep(0.5)
-    process.kill()
-    raise TimeoutError(f"streamlit did not answer within {SERVER_START_S} s; see {log_path}")
 
 
 def session_files(folder: Path, session: int, count: int) -> list:
@@ -175,7 +143,7 @@ async def all_sessions(url: str, folder: Path, sessions: int, count: int) -> lis
     from playwright.async_api import async_playwright
 
     async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             return await asyncio.gather(*(one_session(browser, url, s, session_files(folder, s, count))
                                           for s in range(sessions)))
@@ -195,21 +163,19 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="cxr-sessions-") as temporary:
         folder = Path(temporary)
-        port = free_port()
-        server = start_server(port, folder / "streamlit.log")
-        sampler = RssSampler(server.pid)
-        try:
-            idle = tree_rss(psutil.Process(server.pid))
-            sampler.start()
-            started = time.perf_counter()
-            results = asyncio.run(all_sessions(f"http://127.0.0.1:{port}", folder, args.sessions, args.files))
-            wall = time.perf_counter() - started
-            time.sleep(DISCONNECTED_TTL_S + SETTLE_S)
-            after = sampler.latest
-        finally:
-            sampler.stopped.set()
-            server.terminate()
-            server.wait(timeout=30)
+        options = {"server.disconnectedSessionTTL": DISCONNECTED_TTL_S}
+        with served_app(folder / "streamlit.log", options=options) as (url, server):
+            sampler = RssSampler(server.pid)
+            try:
+                idle = tree_rss(psutil.Process(server.pid))
+                sampler.start()
+                started = time.perf_counter()
+                results = asyncio.run(all_sessions(url, folder, args.sessions, args.files))
+                wall = time.perf_counter() - started
+                time.sleep(DISCONNECTED_TTL_S + SETTLE_S)
+                after = sampler.latest
+            finally:
+                sampler.stopped.set()
     times = [r["all_calls_s"] for r in results if r["all_calls_s"] is not None]
     firsts = [r["first_call_s"] for r in results if r["first_call_s"] is not None]
     summary = {

@@ -9,6 +9,8 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from bench.served_app import CHROMIUM, served_app  # noqa: E402
+from core import registry  # noqa: E402
 from core.settings import REPO_ROOT as REPO  # noqa: E402
 from core.settings import SHARED_DATA  # noqa: E402
 
@@ -17,6 +19,7 @@ FULLRES = SHARED_DATA / "fullres"
 DICOM_SAMPLE = SHARED_DATA / "dicom" / "rsna_cr_jpeg_baseline.dcm"
 
 needs_shared_data = pytest.mark.skipif(not CXR_POOL.is_dir(), reason="../shared/data is not present")
+needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (run `make browser`)")
 
 
 @pytest.fixture(autouse=True)
@@ -47,7 +50,7 @@ def publish_random_version(root: Path, name: str = "tiny", arch: str = "dcnn80-c
     need a loadable version, not a good one."""
     import keras
 
-    from core import CLASS_NAMES, registry
+    from core import CLASS_NAMES
     from core.card import ModelCard, write_predictions
     from core.preprocess import PREPROCESSING
     from train.architectures import ARCHITECTURES, build_model, conv_layer_names
@@ -81,8 +84,6 @@ def shipped_version(isolated_folders):
     test may change it (e.g. save an operating point) without touching ``weights/``."""
     import shutil
 
-    from core import registry
-
     name = registry.active_version(REPO / "weights")
     if name is None:
         pytest.skip("no shipped model version in weights/ yet")
@@ -91,3 +92,15 @@ def shipped_version(isolated_folders):
     shutil.copytree(REPO / "weights" / name, target / name)
     registry.set_active(name, target)
     return name
+
+
+@pytest.fixture
+def app_url(isolated_folders, tmp_path):
+    """The app served on a free localhost port (``bench.served_app``), on the shipped version when one is active,
+    else on a random-weight one; its URL."""
+    weights = REPO / "weights"
+    if registry.active_version(weights) is None:
+        weights = isolated_folders / "weights"
+        publish_random_version(weights)
+    with served_app(tmp_path / "streamlit.log", {"CXR_WEIGHTS_DIR": str(weights)}) as (url, _):
+        yield url

@@ -2,79 +2,21 @@
 playwright, real full-resolution CXRs uploaded through the page's file input; the viewer's zoom and window, the
 worklist and its exports. Screenshots go to test-artifacts/."""
 
-import os
 import re
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from core import registry
-from tests.conftest import FULLRES, REPO, publish_random_version
+from bench.served_app import CHROMIUM, CHROMIUM_ARGS
+from tests.conftest import FULLRES, REPO, needs_chromium
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-quic"]
 CXR = FULLRES / "COVID19__covid-19-pneumonia-15-PA.jpg"
 ARTIFACTS = REPO / "test-artifacts"
 SCREENSHOT = ARTIFACTS / "diagnose.png"
-SERVER_START_S = 60
 SELECTION_CELL_X, TABLE_HEADER_PX, TABLE_ROW_PX = 15, 35, 35  # Streamlit's dataframe: row-selection column, row heights
 PAGE_TIMEOUT_MS = 240_000  # generous: CI machines are small and shared
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (run `make browser`)")]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_until_healthy(url: str, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + SERVER_START_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"streamlit exited with code {process.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.read().strip() == b"ok":
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"streamlit did not answer at {url} within {SERVER_START_S} s")
-
-
-@pytest.fixture
-def app_url(isolated_folders, tmp_path):
-    """The app served on a free port, on the shipped version when one is active, else a random-weight one."""
-    weights = REPO / "weights"
-    if registry.active_version(weights) is None:
-        weights = isolated_folders / "weights"
-        publish_random_version(weights)
-    port = free_port()
-    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-               "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-               "--server.fileWatcherType", "none"]  # watching the whole checkout floods inotify on a busy machine
-    log = (tmp_path / "streamlit.log").open("w")
-    process = subprocess.Popen(command, cwd=REPO, env=dict(os.environ, CXR_WEIGHTS_DIR=str(weights)),
-                               stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_healthy(url, process)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+pytestmark = [pytest.mark.slow, needs_chromium]
 
 
 def open_page(playwright, app_url):

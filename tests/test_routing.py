@@ -3,13 +3,14 @@ layout and sidebar — not Streamlit's folder-based page list (``pages.common.ru
 
 import pytest
 
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, PAGE_TIMEOUT_MS, app_url  # noqa: F401  (app_url: fixture)
+from bench.served_app import CHROMIUM, CHROMIUM_ARGS
+from tests.conftest import needs_chromium
+from tests.test_browser import PAGE_TIMEOUT_MS
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (run `make browser`)")]
+pytestmark = [pytest.mark.slow, needs_chromium]
 
 
-def test_a_pages_own_url_as_the_first_request_opens_it_inside_the_app(app_url):  # noqa: F811
+def test_a_pages_own_url_as_the_first_request_opens_it_inside_the_app(app_url):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
