@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from core import atomic
-from core import settings as settings_module
+from core import settings
 from core.imaging import UnusableImageError, read_grey
 from core.preprocess import NO_PREPROCESSING, Preprocessing, prepare_grey
 
@@ -26,33 +26,33 @@ CACHE_FORMAT = 1
 
 
 def cache_dir() -> Path:
-    return settings_module.cache_dir()
+    return settings.cache_dir()
 
 
-def cache_key(paths, sizes, settings: Preprocessing = NO_PREPROCESSING) -> str:
-    digest = hashlib.sha256(json.dumps([CACHE_FORMAT, list(sizes), settings.describe()]).encode())
+def cache_key(paths, sizes, preprocessing: Preprocessing = NO_PREPROCESSING) -> str:
+    digest = hashlib.sha256(json.dumps([CACHE_FORMAT, list(sizes), preprocessing.describe()]).encode())
     for path in paths:
         stat = os.stat(path)
         digest.update(f"{path}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:24]
 
 
-def _decode_one(path, sizes, settings):
+def _decode_one(path, sizes, preprocessing):
     try:
         grey = read_grey(path)
     except UnusableImageError as error:
         return None, str(error)
-    return [np.round(prepare_grey(grey, size, settings) * 255).astype(np.uint8) for size in sizes], None
+    return [np.round(prepare_grey(grey, size, preprocessing) * 255).astype(np.uint8) for size in sizes], None
 
 
-def decode_resized(paths, sizes, workers=None, settings: Preprocessing = NO_PREPROCESSING):
+def decode_resized(paths, sizes, workers=None, preprocessing: Preprocessing = NO_PREPROCESSING):
     """Decode ``paths`` in parallel; returns ({size: uint8 (N, s, s)}, readable mask, {path: error})."""
     workers = workers or os.cpu_count() or 1
     arrays = {size: np.zeros((len(paths), size, size), np.uint8) for size in sizes}
     readable = np.zeros(len(paths), bool)
     errors = {}
     with ThreadPoolExecutor(workers) as pool:
-        for index, (resized, error) in enumerate(pool.map(lambda p: _decode_one(p, sizes, settings), paths)):
+        for index, (resized, error) in enumerate(pool.map(lambda p: _decode_one(p, sizes, preprocessing), paths)):
             if error is not None:
                 errors[str(paths[index])] = error
                 continue
@@ -62,18 +62,18 @@ def decode_resized(paths, sizes, workers=None, settings: Preprocessing = NO_PREP
     return arrays, readable, errors
 
 
-def load_resized(paths, sizes, use_cache=True, settings: Preprocessing = NO_PREPROCESSING):
+def load_resized(paths, sizes, use_cache=True, preprocessing: Preprocessing = NO_PREPROCESSING):
     """Like ``decode_resized`` but read from / written to the on-disk cache. Unreadable files are reported in
     one warning that names them."""
     paths = [str(p) for p in paths]
-    cache_file = cache_dir() / f"resized-{cache_key(paths, sizes, settings)}.npz"
+    cache_file = cache_dir() / f"resized-{cache_key(paths, sizes, preprocessing)}.npz"
     if use_cache and cache_file.is_file():
         with np.load(cache_file, allow_pickle=False) as stored:
             arrays = {size: stored[f"x{size}"] for size in sizes}
             readable = stored["readable"]
             errors = json.loads(str(stored["errors"]))
     else:
-        arrays, readable, errors = decode_resized(paths, sizes, settings=settings)
+        arrays, readable, errors = decode_resized(paths, sizes, preprocessing=preprocessing)
         if use_cache:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
             with atomic.atomic_path(cache_file, suffix=".npz") as temporary:

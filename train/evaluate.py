@@ -27,7 +27,7 @@ def evaluate_version_on(folder: Path, data_folders) -> dict:
     model = keras.saving.load_model(folder / registry.MODEL_FILE, compile=False)
     frame = scan_datasets(data_folders, every_class=False)
     size = int(card.input_size)
-    arrays, readable, _ = load_resized(frame["path"].tolist(), (size,), settings=Preprocessing.from_card(card))
+    arrays, readable, _ = load_resized(frame["path"].tolist(), (size,), preprocessing=Preprocessing.from_card(card))
     images, frame = arrays[size][readable], frame[readable]
     temperature = float(card.temperature)
     detector = FlagDetector.load(folder, card.flags)

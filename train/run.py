@@ -90,7 +90,7 @@ def prepare_data(config: TrainConfig, input_size: int, split_file: Path = None) 
             frame = shuffled.groupby("label").head(config.limit_per_class).sort_values("path").reset_index(drop=True)
     train_size = cache_size(config, input_size)
     sizes = (train_size, input_size)
-    arrays, readable, skipped = load_resized(frame["path"].tolist(), sizes, settings=config.preprocessing())
+    arrays, readable, skipped = load_resized(frame["path"].tolist(), sizes, preprocessing=config.preprocessing())
     frame = frame[readable].reset_index(drop=True)
     arrays = {size: array[readable] for size, array in arrays.items()}
     if "split" not in frame.columns:
