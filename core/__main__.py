@@ -142,7 +142,7 @@ def command_info(args) -> int:
 
 def command_report(args) -> int:
     from core.card import CardError, ModelCard
-    from core.report import markdown_report
+    from core.tables import markdown_report
 
     if args.card:
         try:

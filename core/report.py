@@ -1,10 +1,9 @@
 """How figures read: one formatter for every page, ``python -m core info`` and ``python -m core report``.
 
-The first half turns card values into text a reader can take in at a glance — "—" for anything missing or not a
-number, proportions to three decimals with their interval as "0.950 (0.930–0.970)", thresholds to four, times in
-the reader's own time zone, paths relative to the data root (never a server path) — and builds the card summary,
-the operating-point history and the headline figures from them. The second half renders a version's measured
-figures as the Markdown tables the README quotes.
+Card values become text a reader can take in at a glance — "—" for anything missing or not a number, proportions to
+three decimals with their interval as "0.950 (0.930–0.970)", thresholds to four, times in the reader's own time
+zone, paths relative to the data root (never a server path) — and from them the card summary, the operating-point
+history and the headline figures. ``core.tables`` renders a version's figures as the README's Markdown tables.
 """
 
 import math
@@ -12,19 +11,16 @@ from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import numpy as np
 import pandas as pd
 
-from core import registry, settings
+from core import settings
 from core.card import ModelCard
-from core.metrics import proportion
 
 __all__ = [
     "DASH", "is_missing", "number_text", "interval_text", "figure_text", "count_text", "threshold_text",
     "time_text", "duration_text", "relative_path", "fact_text", "score_text", "point_text", "history_rows",
     "change_rows", "card_summary", "headline_rows", "headline_comparison", "difference_rows", "settings_rows",
-    "info_text", "summary_table", "per_source_table", "confusion_table", "operating_point_table",
-    "cross_hospital_cells", "cross_hospital_table", "lever_table", "flags_table", "markdown_report",
+    "info_text", "interval_bounds", "SHIFT_FIGURES", "share_text", "shift_cell", "cross_hospital_cells",
 ]
 
 DASH = "—"
@@ -61,13 +57,14 @@ def interval_text(value, low, high, digits: int = PROPORTION_DIGITS) -> str:
     return f"{float(value):.{digits}f} ({float(low):.{digits}f}–{float(high):.{digits}f})"
 
 
-def _bounds(entry) -> list:
+def interval_bounds(entry) -> list:
+    """A card figure's 95 % interval as [low, high], None for a bound it lacks."""
     return (list(entry.get("ci95") or []) + [None, None])[:2]
 
 
 def figure_text(entry, digits: int = PROPORTION_DIGITS) -> str:
     """A card figure ({"value", "ci95"}) as ``interval_text``; "—" for an absent figure."""
-    return interval_text(entry.get("value"), *_bounds(entry), digits) if entry else DASH
+    return interval_text(entry.get("value"), *interval_bounds(entry), digits) if entry else DASH
 
 
 def count_text(entry) -> str:
@@ -259,6 +256,44 @@ def settings_rows(config: dict, root=None) -> list:
              DASH if value in (None, "") else str(value)) for key, value in config.items()]
 
 
+SHIFT_FIGURES = (  # (key, column title) of the cross-hospital table, in order
+    ("macro_auc_present", "macro AUC (classes present)"),
+    ("non_covid_called_covid", "non-COVID called COVID-19 %"),
+    ("normal_called_normal", "Normal called Normal %"),
+    ("abnormal_not_called_normal", "COVID-19/Pneumonia not called Normal %"),
+    ("recall_COVID-19", "COVID-19 recall %"),
+    ("recall_Pneumonia", "Pneumonia recall %"),
+    ("wrong_confident", "wrong at p ≥ 0.9, % of images"),
+    ("wrong_confident_unflagged", "… and unflagged"),
+)
+
+
+def share_text(entry) -> str:
+    """A proportion record ({"value", "k", "n"}) as "12.5 (3/24)" (percent); "—" when empty."""
+    if not entry or not entry.get("n") or is_missing(entry.get("value")):
+        return DASH
+    return f"{100 * entry['value']:.1f} ({entry['k']}/{entry['n']})"
+
+
+def shift_cell(shift: dict, key: str) -> str:
+    """One figure of a fold's shift record: the macro AUC as a number, the others as "% (k/n)"."""
+    value = shift.get(key)
+    return number_text(value) if key == "macro_auc_present" else share_text(value)
+
+
+def cross_hospital_cells(rows: list):
+    """(header, cells) of the leave-one-source-out table (rows of ``train.crosshospital.fold_row``): one line
+    per fold and population, all images first; every figure at the fold's own validation operating point."""
+    header = ["held out", "run", "epochs", "population", "n"] + [title for _, title in SHIFT_FIGURES]
+    cells = []
+    for row in rows:
+        groups = [("all", row["shift"])] + sorted(row["shift"].get("per_population", {}).items())
+        for population, shift in groups:
+            cells.append([str(row["held_out_source"]), str(row["run"]), str(row["epochs"]), population,
+                          str(shift["n"])] + [shift_cell(shift, key) for key, _ in SHIFT_FIGURES])
+    return header, cells
+
+
 def info_text(card: ModelCard, active=None, timezone=None) -> str:
     """``python -m core info``: the card summary, the headline figures, flag rates, the cross-hospital folds
     (all images) and the caveat, as aligned plain text; missing figures read "—"."""
@@ -279,177 +314,3 @@ def info_text(card: ModelCard, active=None, timezone=None) -> str:
         rows.append(("Caveat", card.caveat))
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label:<{width}}  {text}" for label, text in rows)
-
-
-# --- the Markdown report ---------------------------------------------------------------------------------------
-
-
-def _markdown(header: list, cells: list) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
-
-
-def _pct(entry) -> str:
-    if not entry or is_missing(entry.get("value")):
-        return DASH
-    low, high = _bounds(entry)
-    interval = "" if is_missing(low) or is_missing(high) else f" [{100 * low:.1f}, {100 * high:.1f}]"
-    count = f" ({entry['k']}/{entry['n']})" if "k" in entry else ""
-    return f"{100 * entry['value']:.1f}{interval}{count}"
-
-
-def _auc(entry) -> str:
-    if not entry or is_missing(entry.get("value")):
-        return DASH
-    low, high = _bounds(entry)
-    return f"{entry['value']:.3f}" if is_missing(low) else f"{entry['value']:.3f} [{low:.3f}, {high:.3f}]"
-
-
-def summary_table(card: ModelCard) -> str:
-    """Validation and test side by side: accuracy, per-class recall/precision/specificity/AUC, macro AUC,
-    COVID-19 sensitivity at 95 % specificity, calibration error. Percentages with Wilson 95 % intervals."""
-    splits = [(name, card.metrics[name]) for name in ("validation", "test") if card.metrics.get(name)]
-    rows = [("images", lambda m: str(m["n"])), ("accuracy %", lambda m: _pct(m["accuracy"]))]
-    for name in card.class_names:
-        rows += [
-            (f"{name} recall %", lambda m, n=name: _pct(m["per_class"][n]["recall"])),
-            (f"{name} precision %", lambda m, n=name: _pct(m["per_class"][n]["precision"])),
-            (f"{name} specificity %", lambda m, n=name: _pct(m["per_class"][n]["specificity"])),
-            (f"{name} AUC (one-vs-rest)", lambda m, n=name: _auc(m["per_class"][n]["auc"])),
-        ]
-    rows += [
-        ("macro AUC [bootstrap 95 % CI]", lambda m: _auc(m["macro_auc"])),
-        ("COVID-19 sensitivity at 95 % specificity %", lambda m: _pct(m.get("covid_sensitivity_at_95_specificity"))),
-        ("ECE before → after temperature scaling", lambda m: f"{number_text(m.get('ece_uncalibrated'))} → "
-                                                             f"{number_text(m.get('ece'))}"),
-    ]
-    return _markdown(["figure"] + [name for name, _ in splits],
-                     [[label] + [render(m) for _, m in splits] for label, render in rows])
-
-
-def per_source_table(card: ModelCard, split: str = "test") -> str:
-    """Per data source: images, accuracy and the recall of each class present (Wilson 95 % intervals)."""
-    names = card.class_names
-    cells = [[source, str(m["n"]), _pct(m["accuracy"])] +
-             [_pct(m["per_class"][n]["recall"]) if m["per_class"][n]["support"] else DASH for n in names]
-             for source, m in card.metrics[split]["per_source"].items()]
-    return _markdown(["source", "images", "accuracy %"] + [f"{n} recall %" for n in names], cells)
-
-
-def _matrix_markdown(corner: str, names, matrix) -> str:
-    return _markdown([corner] + list(names), [[name] + [str(v) for v in row] for name, row in zip(names, matrix)])
-
-
-def confusion_table(card: ModelCard, split: str = "test") -> str:
-    return _matrix_markdown("true \\ predicted", card.class_names, card.metrics[split]["confusion_matrix"])
-
-
-def operating_point_table(card: ModelCard, folder: Path) -> str:
-    """Accuracy, per-class recall and the test confusion matrix when every case is called by ``decide`` at
-    the card's saved operating point (chosen on validation), from the version's prediction files."""
-    from core.operating_point import decision_matrix
-
-    point = card.operating_point
-    names = card.class_names
-    matrices = {}
-    for split, filename in (("validation", registry.VAL_PREDICTIONS), ("test", registry.TEST_PREDICTIONS)):
-        frame = pd.read_csv(folder / filename)
-        matrices[split] = decision_matrix(frame, names, point["positive_class"], point["threshold"])
-    rows = [("accuracy %", lambda m: _pct(proportion(np.trace(m), m.sum())))]
-    rows += [(f"{name} recall %", lambda m, i=i: _pct(proportion(m[i, i], m[i].sum()))) for i, name in enumerate(names)]
-    return "\n".join([
-        f"Called at the saved operating point: {point_text(point)} (chosen on {point.get('chosen_on', 'validation')}), "
-        "otherwise the most probable other class.", "",
-        _markdown(["figure", "validation", "test"],
-                  [[label, render(matrices["validation"]), render(matrices["test"])] for label, render in rows]), "",
-        _matrix_markdown("true \\ called (test)", names, matrices["test"])])
-
-
-SHIFT_FIGURES = (  # (key, column title) of the cross-hospital table, in order
-    ("macro_auc_present", "macro AUC (classes present)"),
-    ("non_covid_called_covid", "non-COVID called COVID-19 %"),
-    ("normal_called_normal", "Normal called Normal %"),
-    ("abnormal_not_called_normal", "COVID-19/Pneumonia not called Normal %"),
-    ("recall_COVID-19", "COVID-19 recall %"),
-    ("recall_Pneumonia", "Pneumonia recall %"),
-    ("wrong_confident", "wrong at p ≥ 0.9, % of images"),
-    ("wrong_confident_unflagged", "… and unflagged"),
-)
-LEVER_FIGURES = ("macro_auc_present", "non_covid_called_covid", "normal_called_normal", "wrong_confident")
-
-
-def _share(entry) -> str:
-    if not entry or not entry.get("n") or is_missing(entry.get("value")):
-        return DASH
-    return f"{100 * entry['value']:.1f} ({entry['k']}/{entry['n']})"
-
-
-def _shift_cell(shift: dict, key: str) -> str:
-    value = shift.get(key)
-    return number_text(value) if key == "macro_auc_present" else _share(value)
-
-
-def cross_hospital_cells(rows: list):
-    """(header, cells) of the leave-one-source-out table (rows of ``train.crosshospital.fold_row``): one line
-    per fold and population, all images first; every figure at the fold's own validation operating point."""
-    header = ["held out", "run", "epochs", "population", "n"] + [title for _, title in SHIFT_FIGURES]
-    cells = []
-    for row in rows:
-        groups = [("all", row["shift"])] + sorted(row["shift"].get("per_population", {}).items())
-        for population, shift in groups:
-            cells.append([str(row["held_out_source"]), str(row["run"]), str(row["epochs"]), population,
-                          str(shift["n"])] + [_shift_cell(shift, key) for key, _ in SHIFT_FIGURES])
-    return header, cells
-
-
-def cross_hospital_table(rows: list) -> str:
-    return _markdown(*cross_hospital_cells(rows))
-
-
-def lever_table(rows: list) -> str:
-    """Recipes side by side on one fold: the recipe, its validation figures (the training sources,
-    patient-disjoint) and its figures on the held-out source (all images)."""
-    titles = dict(SHIFT_FIGURES)
-    header = ["run", "recipe", "validation accuracy %", "validation macro AUC"] + [titles[k] for k in LEVER_FIGURES]
-    cells = []
-    for row in rows:
-        validation = row.get("validation") or {}
-        cells.append([str(row["run"]), row.get("recipe", ""), _share(validation.get("accuracy")),
-                      number_text((validation.get("macro_auc") or {}).get("value"))] +
-                     [_shift_cell(row["shift"], key) for key in LEVER_FIGURES])
-    return _markdown(header, cells)
-
-
-def flags_table(card: ModelCard) -> str:
-    """How often each flag fires on the version's test split (and external split, when it has one)."""
-    rates = (card.flags or {}).get("rates") or {}
-    if not rates:
-        return "No flag rates in this card."
-    splits = list(rates)
-    codes = sorted({code for split in splits for code in rates[split] if code != "n"},
-                   key=lambda code: (code not in ("any", "out_of_depth"), code))
-    return _markdown(["flag"] + [f"{split} (n = {rates[split]['n']})" for split in splits],
-                     [[code] + [f"{100 * rates[split].get(code, 0.0):.1f} %" for split in splits] for code in codes])
-
-
-def markdown_report(card: ModelCard, folder: Path = None) -> str:
-    """Everything above for one card; ``folder`` holds its prediction files (for the operating point)."""
-    point_section = []
-    if card.operating_point and folder is not None and (folder / registry.TEST_PREDICTIONS).is_file():
-        point_section = [operating_point_table(card, folder)]
-    parameters = card.parameters
-    header = (f"**{card.version}** — `{card.architecture}`, "
-              f"{DASH if parameters is None else f'{parameters:,}'} parameters, "
-              f"temperature {number_text(card.temperature)}")
-    return "\n\n".join([header] + point_section + [
-        "Argmax figures (no operating point), percentages with Wilson 95 % intervals:",
-        summary_table(card),
-        "Per source (test split):",
-        per_source_table(card, "test"),
-        "Confusion matrix (test split, argmax, i.e. without an operating point):",
-        confusion_table(card, "test"),
-    ] + ([
-        "Flags (share of images; 'out_of_depth': a flag that turns the call into 'uncertain — read without the model'):",
-        flags_table(card)] if card.flags else []) + ([
-        "Cross-hospital (leave one source out; each fold trained without that source):",
-        cross_hospital_table(card.cross_hospital)] if card.cross_hospital else []))

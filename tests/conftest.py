@@ -19,6 +19,7 @@ FULLRES = SHARED_DATA / "fullres"
 DICOM_SAMPLE = SHARED_DATA / "dicom" / "rsna_cr_jpeg_baseline.dcm"
 
 needs_shared_data = pytest.mark.skipif(not CXR_POOL.is_dir(), reason="../shared/data is not present")
+NO_POINT_NOTE = {"reader": "test fixture", "reason": "start without a saved point"}
 needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (run `make browser`)")
 
 
@@ -104,3 +105,14 @@ def app_url(isolated_folders, tmp_path):
         publish_random_version(weights)
     with served_app(tmp_path / "streamlit.log", {"CXR_WEIGHTS_DIR": str(weights)}) as (url, _):
         yield url
+
+
+@pytest.fixture(params=["tiny_version", "shipped_version"])
+def version(request):
+    """Every version-based test runs on the tiny random version and on (a copy of) the shipped one, each
+    starting without a saved operating point (the shipped card carries one)."""
+    from core import operating_point
+
+    name = request.getfixturevalue(request.param)
+    operating_point.clear_operating_point(name, **NO_POINT_NOTE)
+    return name

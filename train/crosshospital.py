@@ -22,7 +22,7 @@ from core.card import ModelCard, finite
 from core.metrics import proportion
 from core.operating_point import decide, figures, threshold_for_sensitivity
 from core.registry import CARD_FILE
-from core.report import cross_hospital_table, lever_table
+from core.tables import cross_hospital_table, lever_table
 
 __all__ = ["automatic_operating_point", "calls", "present_macro_auc", "shift_figures", "fold_row", "recipe_summary",
            "main"]
