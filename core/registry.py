@@ -102,11 +102,11 @@ def resolve_version(version=None, root=None) -> str:
     """``version`` if given, else the active one; raises ``ModelVersionError`` when there is none."""
     name = version or active_version(root)
     if not name:
-        raise ModelVersionError(
-            f"No active model version in {weights_dir(root)}. Train one with `python -m train --publish NAME`."
-        )
+        raise ModelVersionError(f"No active model version in the weights folder ({weights_dir(root).name}). "
+                                "Train one with `python -m train --publish NAME`.")
     if not is_complete(version_dir(name, root)):
-        raise ModelVersionError(f"Model version '{name}' does not exist or is incomplete in {weights_dir(root)}.")
+        raise ModelVersionError(f"Model version '{name}' does not exist or is incomplete in the weights folder "
+                                f"({weights_dir(root).name}).")
     return name
 
 
@@ -127,7 +127,8 @@ def load_model(version=None, root=None):
     try:
         return keras.saving.load_model(version_dir(name, root) / MODEL_FILE, compile=False)
     except Exception as error:  # keras raises many types for a damaged file
-        raise ModelVersionError(f"The model file of version '{name}' cannot be loaded: {error}") from error
+        problem = str(error).replace(str(version_dir(name, root)), name)  # Keras names the file: no server path
+        raise ModelVersionError(f"The model file of version '{name}' cannot be loaded: {problem}") from error
 
 
 def new_staging_dir(root=None) -> Path:

@@ -106,17 +106,19 @@ def duration_text(seconds) -> str:
 
 
 def relative_path(path, root=None) -> str:
-    """``path`` relative to the data root (``root``, else ``settings.data_root()``); a path outside it shows only
-    its last folder name, so no server path reaches the screen."""
+    """``path`` relative to the data root (``root``, else ``settings.data_root()``), or as "uploads/…" under the
+    uploads folder; a path outside both shows only its last name, so no server path reaches the screen."""
     if not path:
         return DASH
     if not Path(path).is_absolute():  # a card's record, already relative to the data root
         return str(path)
-    path, base = Path(path), Path(root or settings.data_root())
-    try:
-        return str(path.resolve().relative_to(base.resolve())) or "."
-    except (ValueError, OSError):
-        return f"…/{path.name}"
+    path = Path(path).resolve()
+    data, uploads = Path(root or settings.data_root()).resolve(), settings.upload_dir()
+    if path.is_relative_to(data):
+        return str(path.relative_to(data))
+    if path.is_relative_to(uploads):
+        return str(Path(uploads.name) / path.relative_to(uploads))
+    return f"…/{path.name}"
 
 
 def score_text(positive: str) -> str:

@@ -51,6 +51,25 @@ def test_empty_class_folder_is_a_clear_error(tmp_path):
         scan_dataset(tmp_path)
 
 
+def test_dataset_errors_name_folders_without_the_servers_path(tmp_path, monkeypatch):
+    """The Retrain page shows these messages: a folder reads as under the data root or the uploads, never as the
+    server's absolute path."""
+    from train.datasource import checked_data_folder
+
+    monkeypatch.setenv("CXR_DATA_ROOT", str(tmp_path / "data"))
+    monkeypatch.setenv("CXR_UPLOAD_DIR", str(tmp_path / "uploads"))
+    for folder in (tmp_path / "data" / "site-a", tmp_path / "uploads" / "site-b"):
+        folder.mkdir(parents=True)
+    cases = [(lambda: scan_dataset(tmp_path / "data" / "site-a"), "site-a has no class folders"),
+             (lambda: scan_dataset(tmp_path / "uploads" / "site-b"), "uploads/site-b has no class folders"),
+             (lambda: scan_dataset(tmp_path / "data" / "gone"), "The dataset folder gone does not exist"),
+             (lambda: checked_data_folder(tmp_path / "elsewhere"), "…/elsewhere is outside the data folder")]
+    for make, message in cases:
+        with pytest.raises(DatasetError) as caught:
+            make()
+        assert str(caught.value).startswith(message) and str(tmp_path) not in str(caught.value), str(caught.value)
+
+
 def test_manifest_labels_patients_and_missing_files(tmp_path, caplog):
     for name in ("COVID19/x.png", "NORMAL/y.png", "PNEUMONIA/z.png"):
         write_png(tmp_path / name)

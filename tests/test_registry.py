@@ -53,7 +53,7 @@ def test_active_version_and_deleting(isolated_folders):
 
 
 def test_missing_weights_give_a_clear_error(isolated_folders):
-    with pytest.raises(registry.ModelVersionError, match="No active model version"):
+    with pytest.raises(registry.ModelVersionError, match=r"No active model version in the weights folder \(weights\)"):
         registry.load_card()
     with pytest.raises(registry.ModelVersionError, match="not a valid"):
         registry.version_dir("../etc")
@@ -63,8 +63,9 @@ def test_damaged_model_file_is_a_model_version_error(isolated_folders):
     root = isolated_folders / "weights"
     publish_random_version(root, "v1")
     (root / "v1" / registry.MODEL_FILE).write_bytes(b"not a keras file")
-    with pytest.raises(registry.ModelVersionError, match="cannot be loaded"):
+    with pytest.raises(registry.ModelVersionError, match="cannot be loaded") as caught:
         registry.load_model("v1", root)
+    assert str(isolated_folders) not in str(caught.value)  # the pages show it: no server path
 
 
 # ---- two processes at once, and leftovers ----

@@ -13,6 +13,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from core import CLASS_NAMES
+from core.report import relative_path
 
 __all__ = ["DatasetError", "canonical_label", "accepted_names", "scan_folders", "read_manifest", "scan_dataset",
            "scan_datasets", "manifest_hash", "split_by_patient", "label_indices"]
@@ -56,7 +57,7 @@ def scan_folders(root: Path) -> pd.DataFrame:
     rows = []
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
-        raise DatasetError(f"{root} has no class folders. Expected one folder per class: {accepted_names()}.")
+        raise DatasetError(f"{relative_path(root)} has no class folders. Expected one folder per class: {accepted_names()}.")
     for folder in class_dirs:
         label = canonical_label(folder.name)
         files = _visible_files(folder)
@@ -72,7 +73,7 @@ def read_manifest(root: Path) -> pd.DataFrame:
     frame = pd.read_csv(root / MANIFEST, dtype=str, keep_default_na=False)
     missing = {"path", "patient_id"} - set(frame.columns)
     if missing:
-        raise DatasetError(f"{root / MANIFEST} lacks the column(s) {sorted(missing)}; expected {COLUMNS}.")
+        raise DatasetError(f"{relative_path(root / MANIFEST)} lacks the column(s) {sorted(missing)}; expected {COLUMNS}.")
     if "label" not in frame.columns or (frame["label"] == "").any():
         frame["label"] = [p.replace("\\", "/").split("/")[0] for p in frame["path"]]
     frame["label"] = [canonical_label(label) for label in frame["label"]]
@@ -107,11 +108,11 @@ def scan_datasets(roots, every_class: bool = True) -> pd.DataFrame:
     frames = []
     for root in roots:
         if not root.is_dir():
-            raise DatasetError(f"The dataset folder {root} does not exist.")
+            raise DatasetError(f"The dataset folder {relative_path(root)} does not exist.")
         frame = read_manifest(root) if (root / MANIFEST).is_file() else scan_folders(root)
         frames.append(frame.assign(root=str(root)))
     merged = pd.concat(frames, ignore_index=True)
-    where = ", ".join(str(root) for root in roots)
+    where = ", ".join(relative_path(root) for root in roots)
     if merged.empty:
         raise DatasetError(f"No images found in {where}.")
     absent = [name for name in CLASS_NAMES if name not in set(merged["label"])]

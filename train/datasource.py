@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from core import CLASS_NAMES, settings
+from core.report import relative_path
 from train.archive import extract_dataset_zip
 from train.datasets import CLASS_ALIASES, MANIFEST, DatasetError, scan_datasets
 
@@ -27,7 +28,8 @@ def checked_data_folder(folder) -> Path:
     """``folder`` with symlinks resolved; ``DatasetError`` when that lies outside the data root and uploads."""
     path = Path(folder).resolve()
     if not any(path.is_relative_to(root) for root in (settings.data_root(), settings.upload_dir())):
-        raise DatasetError(f"{path} is outside the data folder {settings.data_root()}; datasets must be placed there.")
+        raise DatasetError(f"{relative_path(path)} is outside the data folder ({settings.data_root().name}; set "
+                           f"{settings.DATA_ROOT_ENV} to change it) and the uploads; datasets must be placed there.")
     return path
 
 
