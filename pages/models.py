@@ -9,8 +9,9 @@ import pandas as pd
 import streamlit as st
 
 from core import registry
-from core.report import (card_summary, cross_hospital_cells, figure_text, flags_table, headline_rows, history_rows,
-                         point_text, threshold_text, time_text)
+from core.report import (card_summary, cross_hospital_cells, figure_text, headline_rows, history_rows, point_text,
+                         threshold_text, time_text)
+from core.tables import flags_table
 from pages.common import escape_markdown, reader_timezone, run_through_app, text_table
 from train.archive import ArchiveError, export_saved_model, savedmodel_zip
 
