@@ -22,7 +22,7 @@ from core.card import CardError, finite, probability_columns, read_predictions
 from core.flags import BORDERLINE_CONFIDENCE
 from core.metrics import BOOTSTRAP_RESAMPLES, bootstrap_auc_interval, bootstrap_ci, proportion
 
-__all__ = ["Decision", "decide", "predictions_path", "load_predictions", "positive_classes", "positive_members",
+__all__ = ["Decision", "called_indices", "decide", "predictions_path", "load_predictions", "positive_classes", "positive_members",
            "scores_and_truth", "counts", "rates", "f1", "figures", "predictive_values", "predictive_values_at",
            "roc", "precision_recall", "threshold_for_sensitivity", "threshold_interval", "sensitivity_table",
            "calls_matrix", "decision_matrix", "collapse", "per_source", "decision_figures", "history_entry",
@@ -46,32 +46,42 @@ class Decision:
     rule: str  # how the label was reached, for display
 
 
-def decide(probabilities, class_names, point) -> Decision:
-    """The call for one image: at the operating ``point`` (a card's ``operating_point``) when there is one, else
-    the most probable class.
+def called_indices(probabilities, class_names, point) -> np.ndarray:
+    """The call of every row of ``probabilities`` (N, C) as a class index, by the rule of ``decide``: the most
+    probable class without a point; with a point on class P at threshold t, P where p(P) ≥ t, else the most probable
+    other class; for "abnormal", the most probable non-Normal class where 1 − p(Normal) ≥ t, else Normal. Ties go
+    to the first class in ``class_names`` order."""
+    probabilities = np.atleast_2d(np.asarray(probabilities, dtype=np.float64))
+    if not point:
+        return probabilities.argmax(axis=1)
+    names = list(class_names)
+    positive, threshold = point["positive_class"], float(point["threshold"])
+    index = names.index(NORMAL if positive == ABNORMAL else positive)
+    others = probabilities.copy()
+    others[:, index] = -np.inf
+    most_probable_other = others.argmax(axis=1)
+    if positive == ABNORMAL:
+        return np.where(1.0 - probabilities[:, index] >= threshold, most_probable_other, index)
+    return np.where(probabilities[:, index] >= threshold, index, most_probable_other)
 
-    With an operating point on class P at threshold t: P when p(P) ≥ t, otherwise the most probable of the
-    other classes. For the pseudo-class "abnormal" (anything but Normal), the point is on 1 − p(Normal).
-    """
+
+def decide(probabilities, class_names, point) -> Decision:
+    """The call for one image (``called_indices`` of its probabilities) and the rule that made it, in words."""
     names = list(class_names)
     probabilities = np.asarray(probabilities, dtype=np.float64)
+    label = names[int(called_indices(probabilities, names, point)[0])]
     if not point:
-        return Decision(names[int(np.argmax(probabilities))], "most probable class (no saved operating point)")
+        return Decision(label, "most probable class (no saved operating point)")
     positive, threshold = point["positive_class"], float(point["threshold"])
     if positive == ABNORMAL:
-        normal = names.index(NORMAL)
-        abnormal = 1.0 - probabilities[normal]
-        if abnormal >= threshold:
-            others = [i for i in range(len(names)) if i != normal]
-            label = names[max(others, key=lambda i: probabilities[i])]
+        abnormal = 1.0 - probabilities[names.index(NORMAL)]
+        if label != NORMAL:
             return Decision(label, f"abnormal: 1 − p(Normal) = {abnormal:.3f} ≥ {threshold:.3f}")
         return Decision(NORMAL, f"1 − p(Normal) = {abnormal:.3f} < {threshold:.3f}")
-    index = names.index(positive)
-    if probabilities[index] >= threshold:
-        return Decision(positive, f"p({positive}) = {probabilities[index]:.3f} ≥ {threshold:.3f}")
-    others = [i for i in range(len(names)) if i != index]
-    label = names[max(others, key=lambda i: probabilities[i])]
-    return Decision(label, f"p({positive}) = {probabilities[index]:.3f} < {threshold:.3f}; most probable other class")
+    score = probabilities[names.index(positive)]
+    if label == positive:
+        return Decision(positive, f"p({positive}) = {score:.3f} ≥ {threshold:.3f}")
+    return Decision(label, f"p({positive}) = {score:.3f} < {threshold:.3f}; most probable other class")
 
 
 # --- predictions -------------------------------------------------------------------------------------------
@@ -264,9 +274,12 @@ def sensitivity_table(truth, scores, targets=TARGET_SENSITIVITIES) -> list:
 def calls_matrix(frame: pd.DataFrame, class_names, point) -> np.ndarray:
     """The confusion matrix (rows true class, columns call, in ``class_names`` order) when every case is called
     by ``decide`` at ``point`` (None: the most probable class)."""
-    probabilities = frame[probability_columns(class_names)].to_numpy(np.float64)
-    called = [decide(row, class_names, point).label for row in probabilities]
-    return confusion_matrix(frame["label"], called, labels=list(class_names))
+    names = list(class_names)
+    called = called_indices(frame[probability_columns(names)].to_numpy(np.float64), names, point)
+    truth = pd.Categorical(frame["label"], categories=names).codes
+    known = truth >= 0
+    cells = np.bincount(truth[known] * len(names) + called[known], minlength=len(names) ** 2)
+    return cells.reshape(len(names), len(names))
 
 
 def decision_matrix(frame: pd.DataFrame, class_names, positive: str, threshold: float) -> np.ndarray:
