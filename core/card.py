@@ -106,9 +106,7 @@ class ModelCard:
 
     def to_dict(self) -> dict:
         """The JSON form: non-finite numbers become null, numpy scalars plain numbers."""
-        values = asdict(self)
-        values["class_names"] = list(self.class_names)
-        return finite(values)
+        return finite(asdict(self))  # tuples (the class names) become lists
 
     @classmethod
     def load(cls, path) -> "ModelCard":
@@ -122,7 +120,7 @@ class ModelCard:
     def save(self, path) -> None:
         """Write the card to ``path`` atomically (a reader never sees half a card)."""
         self.validate()
-        atomic.write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic.write_json(path, self.to_dict())
 
     @property
     def probability_columns(self) -> list:

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from core.dicom import dicom_fields_for_display, read_dicom
+from core.png import PNG_SIGNATURE
 from core.radiograph import (DAMAGED, SMALL_SIDE_PX, Hint, Radiograph, UnusableImageError, check_dimensions,
                              intensity_hints, scale_raster, too_large_message)
 
@@ -43,7 +44,6 @@ NOT_IMAGE_SIGNATURES = (
 )
 TEXT_SNIFF_BYTES = 2048
 JPEG_SIGNATURE = b"\xff\xd8\xff"
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_CHUNK_OVERHEAD = 12  # length, type and CRC around each chunk's data
 JPEG_START_OF_FRAME = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # SOF0-SOF15 (not DHT, JPG, DAC)
 JPEG_START_OF_SCAN = b"\xff\xda"

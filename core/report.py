@@ -307,11 +307,11 @@ def info_text(card: ModelCard, active=None, timezone=None) -> str:
     if rates:
         rows.append(("Flags (test)", f"{number_text(100 * (rates.get('any') or 0), 1)} % of images flagged, "
                                      f"{number_text(100 * (rates.get('out_of_depth') or 0), 1)} % 'read without the model'"))
-    if card.cross_hospital:
-        header, cells = cross_hospital_cells(card.cross_hospital)
-        for cell in (dict(zip(header, cells_row)) for cells_row in cells if cells_row[3] == "all"):
-            rows.append((f"Held out {cell['held out']}", f"{cell['run']}: non-COVID called COVID-19 (%) "
-                         f"{cell['non-COVID called COVID-19 %']}, macro AUC {cell['macro AUC (classes present)']}"))
+    for fold in card.cross_hospital or []:
+        shift = fold["shift"]
+        rows.append((f"Held out {fold['held_out_source']}",
+                     f"{fold['run']}: non-COVID called COVID-19 (%) {shift_cell(shift, 'non_covid_called_covid')}, "
+                     f"macro AUC {shift_cell(shift, 'macro_auc_present')}"))
     if card.caveat:
         rows.append(("Caveat", card.caveat))
     width = max(len(label) for label, _ in rows)

@@ -5,13 +5,11 @@ the cross-hospital folds and levers, and the flags' rates. The texts of single f
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from core import registry
-from core.card import ModelCard
-from core.metrics import proportion
-from core.report import (DASH, SHIFT_FIGURES, cross_hospital_cells, interval_bounds, is_missing, number_text, point_text,
-                         share_text, shift_cell)
+from core.card import ModelCard, read_predictions
+from core.report import (DASH, SHIFT_FIGURES, cross_hospital_cells, interval_bounds, is_missing, number_text,
+                         point_text, share_text, shift_cell)
 
 __all__ = ["summary_table", "per_source_table", "confusion_table", "operating_point_table", "cross_hospital_table",
            "lever_table", "flags_table", "markdown_report"]
@@ -80,13 +78,14 @@ def confusion_table(card: ModelCard, split: str = "test") -> str:
 def operating_point_table(card: ModelCard, folder: Path) -> str:
     """Accuracy, per-class recall and the test confusion matrix when every case is called by ``decide`` at
     the card's saved operating point (chosen on validation), from the version's prediction files."""
+    from core.metrics import proportion  # scikit-learn, scipy and statsmodels: only for this table
     from core.operating_point import decision_matrix
 
     point = card.operating_point
     names = card.class_names
     matrices = {}
     for split, filename in (("validation", registry.VAL_PREDICTIONS), ("test", registry.TEST_PREDICTIONS)):
-        frame = pd.read_csv(folder / filename)
+        frame = read_predictions(folder / filename, names)
         matrices[split] = decision_matrix(frame, names, point["positive_class"], point["threshold"])
     rows = [("accuracy %", lambda m: _pct(proportion(np.trace(m), m.sum())))]
     rows += [(f"{name} recall %", lambda m, i=i: _pct(proportion(m[i, i], m[i].sum()))) for i, name in enumerate(names)]
