@@ -5,6 +5,7 @@ Nothing in this package imports streamlit, ``train`` or ``pages`` (the import co
 it can be used from the CLI, the trainer and tests. Every path and environment variable is in ``core.settings``.
 """
 
-__all__ = ["CLASS_NAMES"]
+__all__ = ["CLASS_NAMES", "RESEARCH_ONLY"]
 
+RESEARCH_ONLY = "Research use only — not for clinical diagnosis."  # on every page, and in every report
 CLASS_NAMES = ("COVID-19", "Normal", "Pneumonia")  # the classes the trainer trains; a model's own are its card's

@@ -16,7 +16,8 @@ import tensorflow as tf
 
 from core import gradcam
 from core.card import ModelCard
-from core.flags import POOLED_FEATURES_LAYER, UNCERTAIN_CALL, Assessment, add_model_flags, from_hints
+from core.flags import (POOLED_FEATURES_LAYER, UNCERTAIN_CALL, Assessment, add_model_flags, from_hints,
+                        operating_score)
 from core.gradcam import GRADCAM, GRADCAM_PLUS_PLUS
 from core.inference import LOGITS_LAYER, flag_features, softmax
 from core.operating_point import ABNORMAL, NORMAL, Decision, decide
@@ -184,10 +185,8 @@ def call_sentence(decision: Decision, probabilities, assessment: Assessment, cla
         sentence = f"Called {label}: the most probable class (no operating point saved)"
     else:
         positive, threshold = point["positive_class"], float(point["threshold"])
-        if positive == ABNORMAL:
-            score, what = 1.0 - probabilities[names.index(NORMAL)], "1 − p(Normal)"
-        else:
-            score, what = probabilities[names.index(positive)], "p" if label == positive else f"p({positive})"
+        score = operating_score(probabilities, names, point)
+        what = "1 − p(Normal)" if positive == ABNORMAL else "p" if label == positive else f"p({positive})"
         if score >= threshold:
             sentence = f"Called {label}: {what} = {number(score)} ≥ threshold {number(threshold)}"
             if positive == ABNORMAL:

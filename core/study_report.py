@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from fpdf import FPDF
 
-from core import overlay
+from core import RESEARCH_ONLY, overlay
 from core.card import ModelCard
 
 __all__ = ["StudyReport", "ReportPDF", "new_pdf", "jpeg_stream", "study_pdf", "report_for"]
@@ -18,7 +18,6 @@ FONT_FOLDER = Path("/usr/share/fonts/truetype/dejavu")
 FONT_FILES = {"": "DejaVuSans.ttf", "B": "DejaVuSans-Bold.ttf"}
 FONT = "DejaVu"
 FALLBACK_FONT = "Helvetica"  # latin-1 only: other characters are replaced
-RESEARCH_ONLY = "Research use only — not for clinical diagnosis."
 PAGE_WIDTH_MM, MARGIN_MM, GAP_MM = 210, 12, 6
 SCALE_HEIGHT_PX = 16
 

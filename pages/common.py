@@ -9,7 +9,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import registry
+from core import RESEARCH_ONLY, registry
 
 APP_RAN = "app_ran"  # set by app.py in every run of a session
 REQUESTED_PAGE = "requested_page"  # the page a session asked for before app.py had run
@@ -64,7 +64,7 @@ def render_sidebar() -> None:
             st.markdown(f"**Active model:** `{html.escape(version)}`")
         else:
             st.warning("No active model version.")
-        st.caption("Research use only — not for clinical diagnosis.")
+        st.caption(RESEARCH_ONLY)
 
 
 def escape_markdown(text) -> str:

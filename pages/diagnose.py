@@ -15,10 +15,9 @@ from pathlib import Path
 import streamlit as st
 from streamlit import runtime
 
-from core import gradcam, overlay, registry, viewer, worklist
-from core.diagnosis import call_sentence, look_batch
+from core import RESEARCH_ONLY, gradcam, overlay, registry, viewer, worklist
+from core.diagnosis import READING_PASS, call_sentence, look_batch
 from core.imaging import dicom_fields_for_display
-from core.study_report import report_for
 from pages.common import active_card, escape_markdown, load_predictor, run_through_app
 
 STUDIES = "diagnose_studies"  # digest → worklist.Study, for the browser session
@@ -33,10 +32,10 @@ CUSTOM = "custom"
 UPLOAD_LABEL = ("Chest X-rays, or a zip of a folder of them: DICOM (.dcm or no extension), PNG, JPEG, BMP, TIFF, "
                 "WebP or GIF")
 INTERNAL_ERROR = "This study could not be analysed because of an internal error (logged for the developers)."
-RESEARCH_ONLY = "Research use only — not for clinical diagnosis."
 VIEWER_SHARE = 0.7
 TABLE_HEIGHT = 250  # px: about six rows, then the table scrolls (the viewer stays in sight)
 VIEWER_FILM = "diagnose_viewer_film"  # the served film's place (Streamlit frees it when no longer shown)
+FILM_CACHE = "diagnose_film"  # (study digest, level, width) and the film's JPEG
 LOG = logging.getLogger(__name__)
 
 
@@ -138,7 +137,8 @@ def render_worklist(predictor, card) -> None:
     rows = []
     for digest, study in studies().items():
         if study.error:
-            rows.append({"digest": digest, "rank": 4, "p": -1.0, "thumbnail": None, "file": study.name,
+            rows.append({"digest": digest, "rank": worklist.priority("", False, error=True), "p": -1.0,
+                         "thumbnail": None, "file": study.name,
                          "call": "unreadable", "p(COVID-19)": None, "flags": study.error})
             continue
         called, _ = worklist.look(study, predictor, card)
@@ -155,10 +155,12 @@ def render_worklist(predictor, card) -> None:
         text = st.text_input("File name contains", key="diagnose_filter_text")
         groups = kept(st.multiselect, "Show", "diagnose_filter_groups", list(worklist.PRIORITY),
                       list(worklist.PRIORITY))
-    records = [worklist.study_record(s, predictor, card) for s in studies().values() if s.error is None]
-    export.download_button("Export CSV", lambda: worklist.to_csv(records), file_name="worklist.csv", mime="text/csv",
-                           icon=":material/table_view:", disabled=not records, on_click="ignore", width="stretch",
-                           help="Every readable study: the same fields as `python -m core predict --json`.")
+    readable = [study for study in studies().values() if study.error is None]
+    export.download_button(
+        "Export CSV", lambda: worklist.to_csv([worklist.study_record(s, predictor, card) for s in readable]),
+        file_name="worklist.csv", mime="text/csv", icon=":material/table_view:", disabled=not readable,
+        on_click="ignore", width="stretch",
+        help="Every readable study: the same fields as `python -m core predict --json`.")
     if clear.button("Clear studies", icon=":material/delete_sweep:", width="stretch"):
         st.session_state[STUDIES] = {}
         st.session_state.pop(SELECTED, None)
@@ -206,6 +208,22 @@ def film_source(jpeg: bytes) -> str:
     return viewer.data_uri(jpeg)
 
 
+def pdf_report(*arguments) -> bytes:
+    """``core.study_report.report_for``, imported when a report is asked for (fpdf takes up to 1.5 s to load)."""
+    from core.study_report import report_for
+
+    return report_for(*arguments)
+
+
+def film(study, level: int, width: int) -> bytes:
+    """``viewer.film_jpeg`` of the study at this window, kept for the next reruns (the overlay's controls change
+    the figure, not the film): one film per session."""
+    key = (study.digest, level, width)
+    if st.session_state.get(FILM_CACHE, (None,))[0] != key:
+        st.session_state[FILM_CACHE] = (key, viewer.film_jpeg(study.data, study.display, level, width))
+    return st.session_state[FILM_CACHE][1]
+
+
 def render_study(predictor, card, controls: dict, study) -> None:
     """The selected study: the viewer (left, large) and its card (call, flags, probabilities, downloads)."""
     if study.error:
@@ -218,7 +236,7 @@ def render_study(predictor, card, controls: dict, study) -> None:
     viewer_column, card_column = st.columns([VIEWER_SHARE, 1 - VIEWER_SHARE])
     with viewer_column:
         level, width, show = window_controls(study)
-        source = film_source(viewer.film_jpeg(study.data, study.display, level, width))
+        source = film_source(film(study, level, width))
         cam = shown.maps[controls["method"]] if show else None
         title = f"{controls['method']} of {explained} at {shown.layer}" if show else "Film"
         figure = viewer.figure(source, study.display.shape, cam, controls["colormap"], controls["opacity"],
@@ -261,7 +279,7 @@ def render_downloads(predictor, card, controls: dict, study) -> None:
     pdf_column.download_button(
         "Report (PDF)", key="diagnose_pdf", file_name=f"{stem}_report.pdf", mime="application/pdf",
         icon=":material/picture_as_pdf:", on_click="ignore", width="stretch",
-        data=lambda: report_for(study, predictor, card, controls["method"], controls["explained_class"],
+        data=lambda: pdf_report(study, predictor, card, controls["method"], controls["explained_class"],
                                 controls["layer"], *drawing),
     )
     png_column.download_button(
@@ -283,8 +301,12 @@ def render_patient_fields(metadata: dict, show: bool) -> None:
 
 
 def prepare(predictor, layer: str) -> None:
-    """Compile the reading pass now, while the reader picks files, so the first upload does not wait for it."""
+    """Compile the reading pass now, while the reader picks files, so the first upload does not wait for it
+    (once per version and layer: the empty page reruns on every sidebar change)."""
     import numpy as np
+
+    if (READING_PASS, layer) in predictor.explainers:
+        return
 
     blank = np.zeros((1, predictor.input_size, predictor.input_size, 3), np.float32)
     look_batch(predictor, blank, layer=layer)
