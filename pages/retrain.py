@@ -15,7 +15,7 @@ from train import compare, datasource, planning, recipes, supervisor
 from train.archive import ArchiveError
 from train.architectures import ARCHITECTURES
 from train.checkpoints import read_state
-from train.config import SAMPLINGS, TrainConfig
+from train.config import CHECKPOINTS, INTENSITIES, SAMPLINGS, TrainConfig
 from train.datasets import DatasetError
 from train.run import device_description
 from train.schedules import SCHEDULES
@@ -323,7 +323,7 @@ def recipe(named: dict, folders: tuple, sources: list) -> TrainConfig:
               help="Paper: 80/96 (resize to 96, random 80-px crop).")
     with st.expander("Robustness across hospitals (shared preprocessing, sampling, stronger augmentation)"):
         left, middle, right = st.columns(3)
-        left.selectbox("Intensity normalisation", ("none", "clahe", "equalize"), key="intensity",
+        left.selectbox("Intensity normalisation", INTENSITIES, key="intensity",
                        help="Applied in the one preprocessing path: training and every prediction.")
         middle.slider("Border crop (each side)", 0.0, 0.2, key="border_crop")
         right.selectbox("Sampling", SAMPLINGS, key="sampling",
@@ -343,14 +343,13 @@ def recipe(named: dict, folders: tuple, sources: list) -> TrainConfig:
         left, middle, right = st.columns(3)
         left.number_input("Validation fraction", 0.05, 0.4, key="val_fraction")
         middle.number_input("Test fraction", 0.05, 0.4, key="test_fraction")
-        right.selectbox("Keep", ("best", "last"), key="checkpoint", help="best: the epoch with the lowest validation loss.")
-    values = {key: st.session_state[key] for key in recipes.form_values(named[st.session_state[PRESET_KEY]])
-              if key in st.session_state}
-    return recipes.config_from_form(named[st.session_state[PRESET_KEY]], values, folders)
+        right.selectbox("Keep", CHECKPOINTS, key="checkpoint", help="best: the epoch with the lowest validation loss.")
+    return recipes.config_from_form(named[st.session_state[PRESET_KEY]], st.session_state, folders)
 
 
-def render_plan(config, summary: dict, busy: bool) -> None:
-    """The schedule it will run, the device, the estimated duration and the Start button."""
+def render_plan(config, summary: dict, runs: list) -> None:
+    """The schedule it will run, the device, the estimated duration (from ``runs``' speeds) and the Start button."""
+    busy = any(info.status == "running" for info in runs)
     st.subheader("3 · Start")
     training_images = planning.expected_training_images(summary["classes"], config)
     curve = lr_curve(config, training_images)
@@ -359,13 +358,13 @@ def render_plan(config, summary: dict, busy: bool) -> None:
     hardware = device()
     st.text(f"Device: {hardware['kind']} ({hardware['name']})")
     speed_key = f"speed:{config.arch}:{config.batch_size}"
-    speed = planning.measured_speed(config.arch, config.batch_size) or st.session_state.get(speed_key)
+    speed = planning.measured_speed(config.arch, config.batch_size, runs) or st.session_state.get(speed_key)
     if speed is None and st.button("Estimate the duration (times a few training steps)", key="measure",
                                    icon=":material/timer:"):
         with st.spinner("Timing a few training steps…"):
             speed = st.session_state[speed_key] = planning.benchmark_speed(config.arch, config.batch_size)
     if speed:
-        st.metric("Estimated training time", duration_text(recipes.training_seconds(config, training_images, speed)),
+        st.metric("Estimated training time", duration_text(planning.training_seconds(config, training_images, speed)),
                   help=f"{speed:.1f} images/s; plus data loading and evaluation (usually a minute or two).")
     if st.button("Start training", key="start", type="primary", disabled=busy, icon=":material/play_arrow:",
                  help="Runs in the background: you may leave this page and come back."):
@@ -379,7 +378,7 @@ def render_plan(config, summary: dict, busy: bool) -> None:
         st.caption("A run is training; one run at a time.")
 
 
-def render_new_run(busy: bool) -> None:
+def render_new_run(runs: list) -> None:
     named, default = default_preset()
     if st.session_state.get(PRESET_KEY) not in named:
         st.session_state[PRESET_KEY] = default
@@ -391,7 +390,7 @@ def render_new_run(busy: bool) -> None:
     summary = render_summary(folders)
     if summary is None:
         return
-    render_plan(recipe(named, folders, [s for s in summary["sources"].index if s != "unknown"]), summary, busy)
+    render_plan(recipe(named, folders, [s for s in summary["sources"].index if s != "unknown"]), summary, runs)
 
 
 run_through_app(__file__)
@@ -399,8 +398,7 @@ st.title("Retrain")
 st.caption("Train a new model version in the background, compare it with the active one, then publish and "
            "activate it. Research use only.")
 runs = supervisor.list_runs()
-busy = any(info.status == "running" for info in runs)
 if runs:
     render_runs(runs)
 st.header("New training run")
-render_new_run(busy)
+render_new_run(runs)

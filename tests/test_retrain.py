@@ -352,7 +352,7 @@ def test_a_recipe_survives_the_form_round_trip_and_the_card_recipe_drops_the_tra
 @pytest.mark.parametrize("epochs, images, speed, expected", [
     (12, 8483, 47.0, 12 * 8483 / 47.0), (1, 100, 50.0, 2.0), (3, 10, 0.0, None), (3, 10, None, None)])
 def test_training_time_estimate(epochs, images, speed, expected):
-    found = recipes.training_seconds(TrainConfig(epochs=epochs), images, speed)
+    found = planning.training_seconds(TrainConfig(epochs=epochs), images, speed)
     assert found == (None if expected is None else pytest.approx(expected, rel=1e-12))
 
 

@@ -9,7 +9,6 @@ import json
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 
@@ -18,15 +17,11 @@ from core import settings
 from core.imaging import UnusableImageError, read_grey
 from core.preprocess import NO_PREPROCESSING, Preprocessing, prepare_grey
 
-__all__ = ["cache_dir", "cache_key", "decode_resized", "load_resized"]
+__all__ = ["cache_key", "decode_resized", "load_resized"]
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
-
-
-def cache_dir() -> Path:
-    return settings.cache_dir()
 
 
 def cache_key(paths, sizes, preprocessing: Preprocessing = NO_PREPROCESSING) -> str:
@@ -66,7 +61,7 @@ def load_resized(paths, sizes, use_cache=True, preprocessing: Preprocessing = NO
     """Like ``decode_resized`` but read from / written to the on-disk cache. Unreadable files are reported in
     one warning that names them."""
     paths = [str(p) for p in paths]
-    cache_file = cache_dir() / f"resized-{cache_key(paths, sizes, preprocessing)}.npz"
+    cache_file = settings.cache_dir() / f"resized-{cache_key(paths, sizes, preprocessing)}.npz"
     if use_cache and cache_file.is_file():
         with np.load(cache_file, allow_pickle=False) as stored:
             arrays = {size: stored[f"x{size}"] for size in sizes}

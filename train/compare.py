@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 
 from core import registry
-from core.card import CardError, ModelCard, probability_columns
+from core.card import CardError, ModelCard, probability_columns, read_predictions
 from core.metrics import bootstrap_ci, rank_macro_auc
+from train.datasets import label_indices
 from train.run import CANDIDATE
 
 __all__ = ["COMPARED_METRICS", "paired_differences", "compare_with_version"]
@@ -88,9 +89,9 @@ def compare_with_version(run_dir, version=None, root=None) -> dict:
     splits = {}
     for split, filename in (("validation", registry.VAL_PREDICTIONS), ("test", registry.TEST_PREDICTIONS)):
         try:
-            mine, theirs = pd.read_csv(candidate / filename), pd.read_csv(published / filename)
-        except OSError:
-            reasons.append(f"No {split} predictions to compare.")
+            mine, theirs = (read_predictions(folder / filename, class_names) for folder in (candidate, published))
+        except CardError as error:
+            reasons.append(f"The {split} predictions cannot be compared: they {error}")
             continue
         common = mine.merge(theirs, on=["path", "label"], suffixes=("", "_active"))
         if not (len(common) == len(mine) == len(theirs)):
@@ -98,7 +99,7 @@ def compare_with_version(run_dir, version=None, root=None) -> dict:
         if common.empty:
             splits[split] = pd.DataFrame()
             continue
-        labels = common["label"].map({label: i for i, label in enumerate(class_names)}).to_numpy()
+        labels = label_indices(common["label"], class_names)
         splits[split] = paired_differences(labels, _probabilities(common, class_names, "_active"),
                                            _probabilities(common, class_names, ""), class_names)
     return {"version": name, "comparable": not reasons, "reasons": reasons, "splits": splits, "cards": cards}

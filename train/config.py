@@ -5,6 +5,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from core.preprocess import INTENSITY_METHODS
 from train.architectures import ARCHITECTURES
 from train.schedules import SCHEDULES
 
@@ -15,7 +16,8 @@ PAPER_CLASS_WEIGHTS = {"COVID-19": 10.0, "Normal": 3.0, "Pneumonia": 1.0}
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 SAMPLINGS = ("shuffle", "class-source")
-INTENSITIES = ("none", "clahe", "equalize")
+INTENSITIES = INTENSITY_METHODS
+CHECKPOINTS = ("best", "last")
 
 
 def _setting(default, help: str, choices=None, **kwargs):
@@ -64,7 +66,7 @@ class TrainConfig:
     val_fraction: float = _setting(0.15, "fraction of patients for validation")
     test_fraction: float = _setting(0.15, "fraction of patients for test")
     checkpoint: str = _setting("best", "publish the epoch with the lowest validation loss, or the last one",
-                               choices=("best", "last"))
+                               choices=CHECKPOINTS)
     seed: int = _setting(0, "random seed (split, initialisation, augmentation)")
     limit_per_class: int = _setting(0, "use at most N images per class (quick runs); 0: all")
 

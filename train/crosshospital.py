@@ -125,7 +125,7 @@ def recipe_summary(training: dict) -> str:
 
 
 def _card_of(path: Path) -> tuple:
-    for candidate in (path / "candidate" / "card.json", path / "card.json", path):
+    for candidate in (path / "candidate" / CARD_FILE, path / CARD_FILE, path):
         if candidate.is_file():
             return ModelCard.load(candidate), (path.name if candidate != path else path.parent.name)
     raise FileNotFoundError(f"No card.json in or at {path}.")

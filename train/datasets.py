@@ -148,5 +148,7 @@ def _group_fold(labels, groups, fraction, seed):
     return held_out
 
 
-def label_indices(labels) -> np.ndarray:
-    return np.array([CLASS_NAMES.index(label) for label in labels], dtype=np.int64)
+def label_indices(labels, class_names=CLASS_NAMES) -> np.ndarray:
+    """Each label's index in ``class_names``; ``ValueError`` for a label that is not one of them."""
+    names = list(class_names)
+    return np.array([names.index(label) for label in labels], dtype=np.int64)

@@ -8,7 +8,7 @@ from core.flags import FlagDetector
 from core.preprocess import Preprocessing
 from train.cache import load_resized
 from train.crosshospital import shift_figures
-from train.datasets import scan_datasets
+from train.datasets import label_indices, scan_datasets
 
 __all__ = ["evaluate_version_on"]
 
@@ -38,7 +38,7 @@ def evaluate_version_on(folder: Path, data_folders) -> dict:
         probs, assessments = assess_images(model, temperature, detector, card.class_names, card.operating_point,
                                            images)
         flagged = [assessment.out_of_depth for assessment in assessments]
-    labels = frame["label"].map({name: i for i, name in enumerate(card.class_names)}).to_numpy()
+    labels = label_indices(frame["label"], card.class_names)
     shift = shift_figures(labels, probs, card.operating_point,
                           frame["population"].to_numpy(), flagged)
     return {**shift, "sources": frame["source"].tolist()}

@@ -11,7 +11,7 @@ from core import CLASS_NAMES
 from train.config import TrainConfig
 from train.supervisor import list_runs
 
-__all__ = ["expected_training_images", "planned_lr", "benchmark_speed", "measured_speed"]
+__all__ = ["expected_training_images", "planned_lr", "benchmark_speed", "measured_speed", "training_seconds"]
 
 LR_CURVE_POINTS = 200
 SPEED_STEPS = 3
@@ -54,13 +54,23 @@ def benchmark_speed(arch: str, batch_size: int, steps: int = SPEED_STEPS) -> flo
     return steps * batch_size / (time.perf_counter() - start)
 
 
-def measured_speed(arch: str, batch_size: int):
-    """Median training images/s of earlier runs' epochs with this architecture and batch size, or None."""
+def measured_speed(arch: str, batch_size: int, runs=None):
+    """Median training images/s of earlier runs' epochs (``runs``, default all) with this architecture and batch
+    size, or None."""
     speeds = [
         event["images_per_s"]
-        for info in list_runs()
+        for info in (list_runs() if runs is None else runs)
         if info.config.get("arch") == arch and info.config.get("batch_size") == batch_size
         for event in info.events
         if event["event"] == "epoch" and event.get("images_per_s")
     ]
     return float(np.median(speeds)) if speeds else None
+
+
+def training_seconds(config: TrainConfig, training_images: int, images_per_second: float):
+    """The training time the plan expects: every epoch passes over the training images once at the measured
+    speed (data loading, validation and the final evaluation come on top: a minute or two here). None without
+    a speed."""
+    if not images_per_second or images_per_second <= 0:
+        return None
+    return config.epochs * training_images / images_per_second

@@ -14,7 +14,7 @@ from core import CLASS_NAMES, settings
 from train.config import PAPER_CLASS_WEIGHTS, TrainConfig, parse_class_weights
 
 __all__ = ["PAPER", "NO_SOURCE", "CLASS_WEIGHT_MODES", "recipe_from_card", "presets", "trained_on", "form_values",
-           "config_from_form", "weight_key", "training_seconds"]
+           "config_from_form", "weight_key"]
 
 PAPER = "Zhong 2020 (the paper's recipe)"
 DEFAULTS = TrainConfig()
@@ -91,12 +91,3 @@ def config_from_form(base: TrainConfig, values: dict, data) -> TrainConfig:
     leave_out = values.get(LEAVE_OUT, base.leave_out_source or NO_SOURCE)
     return replace(base, **chosen, data=list(data), crop_scale_min=float(low), crop_scale_max=float(high),
                    class_weights=mode, leave_out_source="" if leave_out == NO_SOURCE else leave_out)
-
-
-def training_seconds(config: TrainConfig, training_images: int, images_per_second: float):
-    """The training time the plan expects: every epoch passes over the training images once at the measured
-    speed (data loading, validation and the final evaluation come on top: a minute or two here). None without
-    a speed."""
-    if not images_per_second or images_per_second <= 0:
-        return None
-    return config.epochs * training_images / images_per_second

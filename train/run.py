@@ -33,6 +33,8 @@ __all__ = ["PreparedData", "cache_size", "prepare_data", "assign_splits", "devic
 log = logging.getLogger(__name__)
 
 CANDIDATE = "candidate"
+CONFIG_FILE = "config.json"  # the run's recipe
+SPLIT_FILE = "split.csv"  # the run's patient-level split, reused on resume
 CACHE_SCALE = 1.2  # training images are cached this much larger than the input, then randomly cropped back
 SPLITS = ("train", "val", "test")
 SPLIT_NAMES = {"val": "validation", "test": "test", "external": "external"}
@@ -411,11 +413,11 @@ def run(config: TrainConfig, run_dir: Path, verbose: bool = True) -> Path:
     from train.architectures import ARCHITECTURES
     from train.detector import fit_flags
 
-    atomic.write_json(run_dir / "config.json", asdict(config))
+    atomic.write_json(run_dir / CONFIG_FILE, asdict(config))
     input_size = ARCHITECTURES[config.arch]["input_size"]
-    data = prepare_data(config, input_size, split_file=run_dir / "split.csv")
-    if not (run_dir / "split.csv").is_file():
-        with atomic.atomic_path(run_dir / "split.csv") as temporary:
+    data = prepare_data(config, input_size, split_file=run_dir / SPLIT_FILE)
+    if not (run_dir / SPLIT_FILE).is_file():
+        with atomic.atomic_path(run_dir / SPLIT_FILE) as temporary:
             data.frame.to_csv(temporary, index=False)
     model, class_weights, device, state = fit(config, data, run_dir, verbose)
     if CANCEL_REQUESTED.is_set():  # a cancel that arrived while Keras or TensorFlow code swallowed it

@@ -29,7 +29,7 @@ from core import atomic, registry, settings
 from train.config import TrainConfig
 from train.datasource import checked_data_folder
 from train.progress import read_events, write_event
-from train.run import new_run_dir, publish_candidate
+from train.run import CONFIG_FILE, new_run_dir, publish_candidate
 
 __all__ = [
     "RunBusyError", "RunInfo", "process_alive", "lock_holder", "take_lock", "release_lock", "run_info",
@@ -37,7 +37,6 @@ __all__ = [
     "PROCESS_FILE", "CONFIG_FILE", "LOCK_FILE",
 ]
 
-CONFIG_FILE = "config.json"
 LOG_FILE = "log.txt"
 LOCK_FILE = ".training-lock.json"
 GUARD_FILE = ".training-lock.guard"
@@ -157,12 +156,15 @@ def _exclusively(root: Path):
         yield
 
 
+def _busy(holder: dict) -> RunBusyError:
+    return RunBusyError(f"Run {Path(holder['run']).name} is training (process {holder['pid']}); wait for it to end "
+                        "or cancel it.")
+
+
 def _refuse_if_busy(root: Path) -> None:
     holder = lock_holder(root)
     if holder:
-        raise RunBusyError(
-            f"Run {Path(holder['run']).name} is training (process {holder['pid']}); wait for it to end or cancel it."
-        )
+        raise _busy(holder)
 
 
 def take_lock(run_dir) -> None:
@@ -172,9 +174,10 @@ def take_lock(run_dir) -> None:
     root = settings.runs_dir()
     with _exclusively(root):
         holder = lock_holder(root)
-        if holder and int(holder["pid"]) == os.getpid():
-            return
-        _refuse_if_busy(root)
+        if holder:
+            if int(holder["pid"]) == os.getpid():
+                return
+            raise _busy(holder)
         atomic.write_json(root / LOCK_FILE, {"pid": os.getpid(), "started": psutil.Process().create_time(),
                                              "run": str(Path(run_dir).resolve())})
 
@@ -232,8 +235,8 @@ def resume_run(run_dir) -> None:
         _launch(run_dir)
 
 
-def _cancelled_since(run_dir: Path, since: float) -> bool:
-    return any(e["event"] == "cancelled" and e["time"] >= since for e in read_events(run_dir))
+def _cancelled_since(events: list, since: float) -> bool:
+    return any(e["event"] == "cancelled" and e["time"] >= since for e in events)
 
 
 def _signal(pid: int, signum) -> bool:
@@ -250,7 +253,8 @@ def _wait_until_gone(run_dir: Path, seconds: float, cancelled_since=None) -> boo
     for at most ``seconds``; True when that happened."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if run_info(run_dir).pid is None or (cancelled_since and _cancelled_since(run_dir, cancelled_since)):
+        info = run_info(run_dir)
+        if info.pid is None or (cancelled_since and _cancelled_since(info.events, cancelled_since)):
             return True
         time.sleep(POLL_SECONDS)
     return False
@@ -272,7 +276,7 @@ def cancel_run(run_dir, grace: float = CANCEL_GRACE_SECONDS) -> str:
         _signal(info.pid, signal.SIGKILL)
         if not _wait_until_gone(run_dir, KILL_WAIT_SECONDS):
             raise RunBusyError(f"Run {info.name}'s trainer (process {info.pid}) did not end after SIGKILL.")
-    if not _cancelled_since(run_dir, asked):
+    if not _cancelled_since(read_events(run_dir), asked):
         write_event(run_dir, "cancelled", forced=True)
     return run_info(run_dir).status
 
