@@ -86,12 +86,9 @@ def compile_reading_pass(model, layer: str, temperature: float):
             probabilities = tf.nn.softmax(tf.cast(logits, tf.float32) / temperature)
             called = called_classes(probabilities, index, threshold, abnormal)
             targets = tf.where(explained < 0, called, explained)
-            score = tf.reduce_sum(logits * tf.one_hot(targets, tf.shape(logits)[-1], dtype=logits.dtype))
-        grads = tf.cast(tape.gradient(score, features), tf.float32)
-        features = tf.cast(features, tf.float32)
-        flags = flag_features(images, embeddings, pools)
-        return (logits, targets, gradcam.gradcam_map(features, grads), gradcam.gradcam_plus_plus_map(features, grads),
-                embeddings, flags)
+            score = gradcam.target_score(logits, targets)
+        return (logits, targets, *gradcam.maps(tape, score, features), embeddings,
+                flag_features(images, embeddings, pools))
 
     return run
 

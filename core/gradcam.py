@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from core.inference import LOGITS_LAYER, softmax
 
-__all__ = ["Explanation", "gradient_model", "explainer", "compile_explainer", "gradcam_map",
+__all__ = ["Explanation", "gradient_model", "explainer", "compile_explainer", "target_score", "maps", "gradcam_map",
            "gradcam_plus_plus_map", "normalise", "explain", "first"]
 
 GRADCAM = "Grad-CAM"
@@ -70,12 +70,23 @@ def compile_explainer(model, layer: str):
         with tf.GradientTape() as tape:
             features, logits = probe(images, training=False)
             targets = tf.where(targets < 0, tf.argmax(logits, axis=-1, output_type=tf.int32), targets)
-            score = tf.reduce_sum(logits * tf.one_hot(targets, tf.shape(logits)[-1], dtype=logits.dtype))
-        grads = tf.cast(tape.gradient(score, features), tf.float32)
-        features = tf.cast(features, tf.float32)
-        return logits, targets, gradcam_map(features, grads), gradcam_plus_plus_map(features, grads)
+            score = target_score(logits, targets)
+        return (logits, targets, *maps(tape, score, features))
 
     return run
+
+
+def target_score(logits, targets):
+    """The sum over the batch of each image's logit for its target class: the score whose gradient the maps
+    weigh (one backward pass explains the whole batch, since images do not interact)."""
+    return tf.reduce_sum(logits * tf.one_hot(targets, tf.shape(logits)[-1], dtype=logits.dtype))
+
+
+def maps(tape, score, features):
+    """(Grad-CAM, Grad-CAM++) of the layer ``features`` for ``score``, both recorded on ``tape``."""
+    grads = tf.cast(tape.gradient(score, features), tf.float32)
+    features = tf.cast(features, tf.float32)
+    return gradcam_map(features, grads), gradcam_plus_plus_map(features, grads)
 
 
 def gradcam_map(features, grads):
