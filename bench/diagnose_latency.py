@@ -59,9 +59,14 @@ def load_predictor() -> Predictor:
 
     model = build_model(RANDOM_ARCHITECTURE)
     spec = ARCHITECTURES[RANDOM_ARCHITECTURE]
-    card = ModelCard(version=f"random {RANDOM_ARCHITECTURE}", architecture=RANDOM_ARCHITECTURE, class_names=CLASS_NAMES,
-                     input_size=spec["input_size"], gradcam_layer=spec["gradcam_layer"],
-                     conv_layers=conv_layer_names(model))
+    card = ModelCard(
+        version=f"random {RANDOM_ARCHITECTURE}",
+        architecture=RANDOM_ARCHITECTURE,
+        class_names=CLASS_NAMES,
+        input_size=spec["input_size"],
+        gradcam_layer=spec["gradcam_layer"],
+        conv_layers=conv_layer_names(model),
+    )
     return Predictor(model=model, card=card)
 
 
@@ -169,9 +174,12 @@ def measure(predictor, gradient_model, data: bytes, repeats: int) -> dict:
         for stage, ms in on_screen(predictor, data).items():
             runs[stage].append(ms)
 
-    paths = [run_page, lambda: runs["floor"].append(floor(predictor, data, image)),
-             lambda: runs["common"].append(common(predictor, gradient_model, data)),
-             lambda: runs["PNG"].append(full_png(predictor, data))]
+    paths = [
+        run_page,
+        lambda: runs["floor"].append(floor(predictor, data, image)),
+        lambda: runs["common"].append(common(predictor, gradient_model, data)),
+        lambda: runs["PNG"].append(full_png(predictor, data)),
+    ]
     for repeat in range(repeats):
         for step in range(len(paths)):
             paths[(repeat + step) % len(paths)]()
@@ -182,6 +190,7 @@ def session_memory(predictor, files) -> tuple:
     """(MB this page's studies hold, MB the previous page's per-file results held) for ``files``, by
     tracemalloc: the previous page kept each file's full-resolution float32 pixels, a float32 display copy
     (1024 px wide) and its JPEG; both keep the upload's bytes."""
+
     def held(make) -> float:
         tracemalloc.start()
         kept = [make(path.read_bytes()) for path in files]
@@ -193,8 +202,9 @@ def session_memory(predictor, files) -> tuple:
     def previous(data: bytes):
         pixels = read_image(data).pixels
         width = min(1024, pixels.shape[1])
-        display = cv2.resize(pixels, (width, round(pixels.shape[0] * width / pixels.shape[1])),
-                             interpolation=cv2.INTER_AREA)
+        display = cv2.resize(
+            pixels, (width, round(pixels.shape[0] * width / pixels.shape[1])), interpolation=cv2.INTER_AREA
+        )
         return data, pixels, display, overlay.encode_jpeg(overlay.to_uint8(display))
 
     def current(data: bytes):
@@ -216,12 +226,16 @@ def main(argv=None) -> int:
     predictor = load_predictor()
     if args.memory:
         now, before = session_memory(predictor, files)
-        print(f"{len(files)} full-resolution uploads held by one session: {now:.1f} MB now, {before:.1f} MB with "
-              f"the previous page's per-file results ({before / now:.1f}×)")
+        print(
+            f"{len(files)} full-resolution uploads held by one session: {now:.1f} MB now, {before:.1f} MB with "
+            f"the previous page's per-file results ({before / now:.1f}×)"
+        )
         return 0
     gradient_model = common_gradient_model(predictor)
-    print(f"model {predictor.version}, Grad-CAM at {predictor.card.gradcam_layer}; {len(files)} images, "
-          f"median of {args.repeats} runs each after {WARMUP} warm-ups; {os.cpu_count()} CPU cores; ms")
+    print(
+        f"model {predictor.version}, Grad-CAM at {predictor.card.gradcam_layer}; {len(files)} images, "
+        f"median of {args.repeats} runs each after {WARMUP} warm-ups; {os.cpu_count()} CPU cores; ms"
+    )
     print(f"{'image':<24}{'size':>11}" + "".join(f"{column:>14}" for column in COLUMNS) + f"{'screen/floor':>14}")
     rows = []
     for path in files:
@@ -229,8 +243,11 @@ def main(argv=None) -> int:
         height, width = read_image(data).pixels.shape
         row = measure(predictor, gradient_model, data, args.repeats)
         rows.append(row)
-        print(f"{path.name[:23]:<24}{f'{width}x{height}':>11}" + "".join(f"{row[c]:>14.1f}" for c in COLUMNS)
-              + f"{row['on screen'] / row['floor']:>14.2f}")
+        print(
+            f"{path.name[:23]:<24}{f'{width}x{height}':>11}"
+            + "".join(f"{row[c]:>14.1f}" for c in COLUMNS)
+            + f"{row['on screen'] / row['floor']:>14.2f}"
+        )
     summary = {column: statistics.median(row[column] for row in rows) for column in COLUMNS}
     print(f"{'median over images':<35}" + "".join(f"{summary[c]:>14.1f}" for c in COLUMNS))
     to_floor = summary["on screen"] / summary["floor"]

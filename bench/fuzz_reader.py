@@ -37,6 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.settings import SHARED_DATA  # noqa: E402
+
 POOL = SHARED_DATA / "cxr"
 DICOM_FILE = SHARED_DATA / "dicom" / "rsna_cr_jpeg_baseline.dcm"
 POOL_CLASSES = ("COVID19", "NORMAL", "PNEUMONIA")
@@ -69,16 +70,29 @@ DICOM_FIELDS = {  # keyword: ((group, element), VR, values); text values are pad
     "BitsStored": ((0x0028, 0x0101), b"US", SHORT_VALUES),
     "HighBit": ((0x0028, 0x0102), b"US", SHORT_VALUES),
     "PixelRepresentation": ((0x0028, 0x0103), b"US", (0, 1, 2, 65535)),
-    "PhotometricInterpretation": ((0x0028, 0x0004), b"CS", (b"MONOCHROME1", b"RGB", b"YBR_FULL", b"PALETTE COLOR",
-                                                            b"", b"\x00\xff")),
+    "PhotometricInterpretation": (
+        (0x0028, 0x0004),
+        b"CS",
+        (b"MONOCHROME1", b"RGB", b"YBR_FULL", b"PALETTE COLOR", b"", b"\x00\xff"),
+    ),
     "WindowCenter": ((0x0028, 0x1050), b"DS", (b"0", b"-1", b"1e308", b"-1e308", b"nan", b"inf", b"1\\2", b"x")),
     "WindowWidth": ((0x0028, 0x1051), b"DS", (b"0", b"-1", b"1", b"1e-30", b"1e308", b"nan", b"inf", b"x")),
     "RescaleSlope": ((0x0028, 0x1053), b"DS", (b"0", b"-1", b"1e308", b"1e-308", b"nan", b"inf", b"x")),
     "RescaleIntercept": ((0x0028, 0x1052), b"DS", (b"0", b"-1e308", b"1e308", b"nan", b"x")),
     "NumberOfFrames": ((0x0028, 0x0008), b"IS", (b"0", b"2", b"-1", b"99999999", b"x")),
-    "TransferSyntaxUID": ((0x0002, 0x0010), b"UI", (b"1.2.840.10008.1.2", b"1.2.840.10008.1.2.2",
-                                                    b"1.2.840.10008.1.2.5", b"1.2.840.10008.1.2.4.50",
-                                                    b"1.2.840.10008.1.2.4.90", b"1.2.840.10008.1.2.1.99", b"9")),
+    "TransferSyntaxUID": (
+        (0x0002, 0x0010),
+        b"UI",
+        (
+            b"1.2.840.10008.1.2",
+            b"1.2.840.10008.1.2.2",
+            b"1.2.840.10008.1.2.5",
+            b"1.2.840.10008.1.2.4.50",
+            b"1.2.840.10008.1.2.4.90",
+            b"1.2.840.10008.1.2.1.99",
+            b"9",
+        ),
+    ),
     "PixelDataLength": ((0x7FE0, 0x0010), b"OW", (0, 1, 2, 0xFFFFFFFE, 0xFFFFFFFF, 2**31)),
 }
 LONG_VRS = (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN")
@@ -86,6 +100,7 @@ HEADER_BYTES = 64
 
 
 # ---- seeds ----
+
 
 def _pool_file(label: str, index: int = 0) -> Path:
     return sorted((POOL / label).glob("*.jpg"))[index]
@@ -97,8 +112,9 @@ def _grey(path: Path) -> np.ndarray:
     return cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
 
 
-def _dicom(stored: np.ndarray, photometric="MONOCHROME2", bits_stored=None, compress_as=None, preamble=True,
-           **elements) -> bytes:
+def _dicom(
+    stored: np.ndarray, photometric="MONOCHROME2", bits_stored=None, compress_as=None, preamble=True, **elements
+) -> bytes:
     """A DICOM file of ``stored`` with ``elements`` set (explicit VR little endian unless compressed)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
@@ -148,14 +164,22 @@ def build_seeds() -> dict:
         "png-8bit": cv2.imencode(".png", grey)[1].tobytes(),
         "png-16bit": cv2.imencode(".png", grey.astype(np.uint16) * 257)[1].tobytes(),
         "dicom-rsna-jpeg": DICOM_FILE.read_bytes(),
-        "dicom-native-12bit": _dicom(twelve, bits_stored=12, WindowCenter="2048", WindowWidth="4096",
-                                     RescaleSlope="1", RescaleIntercept="0", NumberOfFrames="1"),
+        "dicom-native-12bit": _dicom(
+            twelve,
+            bits_stored=12,
+            WindowCenter="2048",
+            WindowWidth="4096",
+            RescaleSlope="1",
+            RescaleIntercept="0",
+            NumberOfFrames="1",
+        ),
         "dicom-rle-monochrome1": _dicom(255 - grey, photometric="MONOCHROME1", compress_as=RLELossless),
         "dicom-no-preamble": _dicom(grey, preamble=False, WindowCenter="128", WindowWidth="256"),
     }
 
 
 # ---- mutations: pure functions of their parameters (the test draws them with hypothesis, the bench with NumPy) ----
+
 
 def flip_bits(data: bytes, bit_positions) -> bytes:
     mutated = bytearray(data)
@@ -166,25 +190,25 @@ def flip_bits(data: bytes, bit_positions) -> bytes:
 
 def overwrite(data: bytes, position: int, chunk: bytes) -> bytes:
     position %= len(data)
-    return data[:position] + chunk + data[position + len(chunk):]
+    return data[:position] + chunk + data[position + len(chunk) :]
 
 
 def truncate(data: bytes, length: int) -> bytes:
-    return data[:length % len(data)]
+    return data[: length % len(data)]
 
 
 def splice(head: bytes, tail: bytes, head_cut: int, tail_cut: int) -> bytes:
-    return head[:head_cut % len(head)] + tail[tail_cut % len(tail):]
+    return head[: head_cut % len(head)] + tail[tail_cut % len(tail) :]
 
 
 def delete_range(data: bytes, start: int, length: int) -> bytes:
     start %= len(data)
-    return data[:start] + data[start + length:]
+    return data[:start] + data[start + length :]
 
 
 def repeat_range(data: bytes, start: int, length: int, times: int) -> bytes:
     start %= len(data)
-    return data[:start] + data[start:start + length] * times + data[start:]
+    return data[:start] + data[start : start + length] * times + data[start:]
 
 
 def png_header(data: bytes, field: str, value: int) -> bytes:
@@ -192,7 +216,7 @@ def png_header(data: bytes, field: str, value: int) -> bytes:
     offset, layout, _ = PNG_FIELDS[field]
     mutated = bytearray(data)
     struct.pack_into(layout, mutated, PNG_IHDR_OFFSET + offset, value)
-    body = bytes(mutated[PNG_IHDR_OFFSET - 4:PNG_IHDR_OFFSET + 13])
+    body = bytes(mutated[PNG_IHDR_OFFSET - 4 : PNG_IHDR_OFFSET + 13])
     struct.pack_into(">I", mutated, PNG_IHDR_OFFSET + 13, zlib.crc32(body))
     return bytes(mutated)
 
@@ -215,7 +239,7 @@ def dicom_element_offset(data: bytes, keyword: str):
     tag = struct.pack("<HH", group, element)
     start = data.find(tag)
     while start != -1:
-        found_vr = data[start + 4:start + 6]
+        found_vr = data[start + 4 : start + 6]
         if keyword == "PixelDataLength" and found_vr in LONG_VRS or found_vr == vr:
             if found_vr in LONG_VRS:
                 return start + 12, struct.unpack_from("<I", data, start + 8)[0], start + 8, "<I"
@@ -238,12 +262,15 @@ def dicom_field(data: bytes, keyword: str, value) -> bytes:
         if length >= 2:
             struct.pack_into("<H", mutated, value_at, value)
     else:
-        mutated[value_at:value_at + length] = value[:length].ljust(length, b" ")
+        mutated[value_at : value_at + length] = value[:length].ljust(length, b" ")
     return bytes(mutated)
 
 
-HEADER_MUTATIONS = {"PNG": (png_header, PNG_FIELDS), "JPEG": (jpeg_header, JPEG_FIELDS),
-                    "DICOM": (dicom_field, DICOM_FIELDS)}
+HEADER_MUTATIONS = {
+    "PNG": (png_header, PNG_FIELDS),
+    "JPEG": (jpeg_header, JPEG_FIELDS),
+    "DICOM": (dicom_field, DICOM_FIELDS),
+}
 
 
 def seed_format(name: str) -> str:
@@ -301,6 +328,7 @@ def random_input(rng: np.random.Generator, seeds: dict) -> tuple:
 
 
 # ---- running ----
+
 
 def _worker(connection) -> None:
     """Read each input sent, answer (outcome, wall s, CPU s, message); outcome is "ok", "UnusableImageError" or
@@ -377,40 +405,62 @@ def fuzz(inputs: int, seed: int, limit_s: float, save_failures=None, log=print) 
         cpus.append(cpu)
         slowest = max(slowest, (wall, description))
         if outcome not in ("ok", "UnusableImageError") or wall > limit_s:
-            failures.append({"index": index, "input": description, "outcome": outcome, "wall_s": round(wall, 3),
-                             "cpu_s": round(cpu, 3), "message": message})
+            failures.append(
+                {
+                    "index": index,
+                    "input": description,
+                    "outcome": outcome,
+                    "wall_s": round(wall, 3),
+                    "cpu_s": round(cpu, 3),
+                    "message": message,
+                }
+            )
             if save_failures:
                 Path(save_failures).mkdir(parents=True, exist_ok=True)
                 (Path(save_failures) / f"{index:07d}.bin").write_bytes(data)
         if (index + 1) % REPORT_EVERY == 0:
-            log(f"{index + 1:,} inputs, {time.perf_counter() - started:.0f} s, {dict(outcomes)}, "
-                f"{len(failures)} failures")
+            log(
+                f"{index + 1:,} inputs, {time.perf_counter() - started:.0f} s, {dict(outcomes)}, "
+                f"{len(failures)} failures"
+            )
     reader.close()
     return {
-        "inputs": inputs, "seed": seed, "seeds": {name: len(data) for name, data in sorted(seeds.items())},
-        "outcomes": dict(outcomes.most_common()), "limit_s": limit_s,
+        "inputs": inputs,
+        "seed": seed,
+        "seeds": {name: len(data) for name, data in sorted(seeds.items())},
+        "outcomes": dict(outcomes.most_common()),
+        "limit_s": limit_s,
         "wall_ms": {"p50": 1e3 * percentile(walls, 50), "p99": 1e3 * percentile(walls, 99), "max": 1e3 * max(walls)},
         "cpu_ms": {"p50": 1e3 * percentile(cpus, 50), "p99": 1e3 * percentile(cpus, 99), "max": 1e3 * max(cpus)},
         "slowest": {"wall_s": round(slowest[0], 3), "input": slowest[1]},
-        "failures": failures, "elapsed_s": round(time.perf_counter() - started, 1),
+        "failures": failures,
+        "elapsed_s": round(time.perf_counter() - started, 1),
     }
 
 
 def print_summary(summary: dict) -> None:
-    print(f"{summary['inputs']:,} mutated inputs from {len(summary['seeds'])} real seeds (seed {summary['seed']}), "
-          f"{summary['elapsed_s']:.0f} s")
+    print(
+        f"{summary['inputs']:,} mutated inputs from {len(summary['seeds'])} real seeds (seed {summary['seed']}), "
+        f"{summary['elapsed_s']:.0f} s"
+    )
     for outcome, count in summary["outcomes"].items():
         print(f"  {outcome:<22} {count:>8,}")
     for clock in ("wall_ms", "cpu_ms"):
         times = summary[clock]
-        print(f"  {clock[:-3]:<5} time per input: p50 {times['p50']:.1f} ms, p99 {times['p99']:.1f} ms, "
-              f"max {times['max']:.1f} ms")
+        print(
+            f"  {clock[:-3]:<5} time per input: p50 {times['p50']:.1f} ms, p99 {times['p99']:.1f} ms, "
+            f"max {times['max']:.1f} ms"
+        )
     print(f"  slowest: {summary['slowest']['input']} ({summary['slowest']['wall_s']} s)")
-    print(f"  contract broken (not UnusableImageError, crash, hang, or over {summary['limit_s']} s): "
-          f"{len(summary['failures'])}")
+    print(
+        f"  contract broken (not UnusableImageError, crash, hang, or over {summary['limit_s']} s): "
+        f"{len(summary['failures'])}"
+    )
     for failure in summary["failures"][:20]:
-        print(f"    #{failure['index']} {failure['input']}: {failure['outcome']} {failure['wall_s']} s "
-              f"{failure['message']}")
+        print(
+            f"    #{failure['index']} {failure['input']}: {failure['outcome']} {failure['wall_s']} s "
+            f"{failure['message']}"
+        )
 
 
 def main(argv=None) -> int:
@@ -421,8 +471,13 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, help="also write the summary here")
     parser.add_argument("--save-failures", type=Path, help="write each failing input here as <index>.bin")
     args = parser.parse_args(argv)
-    summary = fuzz(args.inputs, args.seed, args.limit_s, args.save_failures,
-                   log=lambda line: print(line, file=sys.stderr, flush=True))
+    summary = fuzz(
+        args.inputs,
+        args.seed,
+        args.limit_s,
+        args.save_failures,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
+    )
     print_summary(summary)
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2) + "\n")

@@ -15,12 +15,22 @@ from core.settings import REPO_ROOT
 __all__ = ["CHROMIUM", "CHROMIUM_ARGS", "free_port", "served_app"]
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 SERVER_START_S = 90
 STOP_S = 30
 SERVER_OPTIONS = {
-    "server.headless": "true", "server.address": "127.0.0.1", "browser.gatherUsageStats": "false",
+    "server.headless": "true",
+    "server.address": "127.0.0.1",
+    "browser.gatherUsageStats": "false",
     "server.fileWatcherType": "none",  # watching the whole checkout floods inotify on a busy machine
 }
 
@@ -57,8 +67,13 @@ def served_app(log_path: Path, environment: dict = None, options: dict = None):
         command += [f"--{name}", str(value)]
     url = f"http://127.0.0.1:{port}"
     with open(log_path, "w") as log:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(environment or {})})
+        process = subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(environment or {})},
+        )
         try:
             _wait_until_healthy(url, process, log_path)
             yield url, process

@@ -120,8 +120,12 @@ async def one_session(browser, url: str, session: int, files: list) -> dict:
         log(f"session {session}: {len(names)} studies listed, all calls after {all_calls:.1f} s")
         return {"session": session, "first_call_s": first_call, "all_calls_s": all_calls, "errors": errors}
     except Exception as error:  # a timeout or a page that broke: count it, keep the other sessions going
-        return {"session": session, "first_call_s": None, "all_calls_s": None,
-                "errors": errors + [f"{type(error).__name__}: {error}"]}
+        return {
+            "session": session,
+            "first_call_s": None,
+            "all_calls_s": None,
+            "errors": errors + [f"{type(error).__name__}: {error}"],
+        }
     finally:
         await context.close()
 
@@ -145,8 +149,9 @@ async def all_sessions(url: str, folder: Path, sessions: int, count: int) -> lis
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            return await asyncio.gather(*(one_session(browser, url, s, session_files(folder, s, count))
-                                          for s in range(sessions)))
+            return await asyncio.gather(
+                *(one_session(browser, url, s, session_files(folder, s, count)) for s in range(sessions))
+            )
         finally:
             await browser.close()
 
@@ -179,11 +184,18 @@ def main(argv=None) -> int:
     times = [r["all_calls_s"] for r in results if r["all_calls_s"] is not None]
     firsts = [r["first_call_s"] for r in results if r["first_call_s"] is not None]
     summary = {
-        "sessions": args.sessions, "files_per_session": args.files, "wall_s": round(wall, 1),
-        "errors": sum(len(r["errors"]) for r in results), "sessions_with_errors": [r for r in results if r["errors"]],
-        "all_calls_p50_s": percentile(times, 50), "all_calls_p95_s": percentile(times, 95),
-        "first_call_p50_s": percentile(firsts, 50), "first_call_p95_s": percentile(firsts, 95),
-        "rss_idle_mb": round(idle / MB), "rss_peak_mb": round(sampler.peak / MB), "rss_after_mb": round(after / MB),
+        "sessions": args.sessions,
+        "files_per_session": args.files,
+        "wall_s": round(wall, 1),
+        "errors": sum(len(r["errors"]) for r in results),
+        "sessions_with_errors": [r for r in results if r["errors"]],
+        "all_calls_p50_s": percentile(times, 50),
+        "all_calls_p95_s": percentile(times, 95),
+        "first_call_p50_s": percentile(firsts, 50),
+        "first_call_p95_s": percentile(firsts, 95),
+        "rss_idle_mb": round(idle / MB),
+        "rss_peak_mb": round(sampler.peak / MB),
+        "rss_after_mb": round(after / MB),
     }
     if args.json:
         print(json.dumps(summary, indent=2))

@@ -52,8 +52,19 @@ def decode_every_epoch_dataset(paths, labels):
     data = data.shuffle(len(paths)).repeat()
     data = data.map(lambda p, y, w: (tf.numpy_function(load, [p], tf.uint8), y, w), num_parallel_calls=AUTOTUNE)
     data = data.batch(BATCH).map(
-        lambda x, y, w: (tf.repeat(augment_batch(tf.cast(tf.reshape(x, [-1, CACHE_SIZE, CACHE_SIZE])[..., None],
-                                                         tf.float32) / 255.0, INPUT_SIZE, AUGMENTATION), 3, -1), y, w),
+        lambda x, y, w: (
+            tf.repeat(
+                augment_batch(
+                    tf.cast(tf.reshape(x, [-1, CACHE_SIZE, CACHE_SIZE])[..., None], tf.float32) / 255.0,
+                    INPUT_SIZE,
+                    AUGMENTATION,
+                ),
+                3,
+                -1,
+            ),
+            y,
+            w,
+        ),
         num_parallel_calls=AUTOTUNE,
     )
     return data.prefetch(AUTOTUNE)
@@ -155,9 +166,11 @@ def main():
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, TensorFlow {tf.__version__}, "
-          f"GPU: {bool(tf.config.list_physical_devices('GPU'))}; arch {args.arch}, batch {BATCH}, "
-          f"{args.steps} steps x {args.rounds} interleaved rounds")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, TensorFlow {tf.__version__}, "
+        f"GPU: {bool(tf.config.list_physical_devices('GPU'))}; arch {args.arch}, batch {BATCH}, "
+        f"{args.steps} steps x {args.rounds} interleaved rounds"
+    )
     print(f"{'feed':<22}{'median img/s':>14}{'runs':>30}")
     for (dataset, feed), value in median.items():
         runs = ", ".join(f"{v:.1f}" for v in results[(dataset, feed)])
@@ -165,9 +178,11 @@ def main():
     compute = median[("any", "random")]
     for dataset, (paths, _) in sets.items():
         cached, published, decode = (median[(dataset, feed)] for feed in ("cached", "published", "decode"))
-        print(f"{dataset}: cached / published pipeline = {cached / published:.2f}x;  cached / cv2 decode-every-epoch "
-              f"= {cached / decode:.2f}x;  cached / compute-bound = {cached / compute:.2f};  one-time decode of "
-              f"{len(paths)} files: {cache_seconds[dataset]:.1f} s")
+        print(
+            f"{dataset}: cached / published pipeline = {cached / published:.2f}x;  cached / cv2 decode-every-epoch "
+            f"= {cached / decode:.2f}x;  cached / compute-bound = {cached / compute:.2f};  one-time decode of "
+            f"{len(paths)} files: {cache_seconds[dataset]:.1f} s"
+        )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,9 @@ def expand_inputs(items) -> list:
         path = Path(item)
         if path.is_dir():
             paths += sorted(
-                p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                p
+                for p in path.rglob("*")
+                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
             )
         else:
             paths.append(path)
@@ -73,8 +75,15 @@ def command_predict(args) -> int:
             continue
         prediction = decide(result.probabilities, predictor.class_names, predictor.card.operating_point).label
         assessment = result.assessment
-        entry = worklist.record(str(result.path), result.probabilities, predictor.class_names, prediction,
-                                assessment, predictor.card, worklist.now())
+        entry = worklist.record(
+            str(result.path),
+            result.probabilities,
+            predictor.class_names,
+            prediction,
+            assessment,
+            predictor.card,
+            worklist.now(),
+        )
         if keep_pixels:
             write_outputs(predictor, result, entry, args, cam_names, report_names)
         if args.json:
@@ -115,12 +124,23 @@ def write_outputs(predictor, result, entry: dict, args, cam_names: dict, report_
     (look,) = diagnosis.look_batch(predictor, predictor.preprocess(result.pixels)[np.newaxis])
     cam = look.maps[GRADCAM]
     if args.cam_dir:
-        atomic.write_bytes(made_parent(Path(args.cam_dir) / cam_names[result.path]), overlay.overlay_png(result.pixels, cam))
+        atomic.write_bytes(
+            made_parent(Path(args.cam_dir) / cam_names[result.path]), overlay.overlay_png(result.pixels, cam)
+        )
     if args.report_dir:
-        sentence = diagnosis.call_sentence(look.decision, result.probabilities, result.assessment,
-                                           predictor.class_names, predictor.card)
-        report = StudyReport(overlay.display_copy(result.pixels), cam, GRADCAM, look.decision.label, look.layer,
-                             sentence, entry, predictor.card.caveat)
+        sentence = diagnosis.call_sentence(
+            look.decision, result.probabilities, result.assessment, predictor.class_names, predictor.card
+        )
+        report = StudyReport(
+            overlay.display_copy(result.pixels),
+            cam,
+            GRADCAM,
+            look.decision.label,
+            look.layer,
+            sentence,
+            entry,
+            predictor.card.caveat,
+        )
         atomic.write_bytes(made_parent(Path(args.report_dir) / report_names[result.path]), study_pdf(report))
 
 
@@ -165,10 +185,16 @@ def main(argv=None) -> int:
     predict.add_argument("--model", help="model version (default: the active one)")
     predict.add_argument("--json", action="store_true", help="one JSON object per line")
     predict.add_argument("--batch-size", type=int, default=64)
-    predict.add_argument("--cam-dir", help="also write each readable file's Grad-CAM overlay (of the called class) "
-                         "to CAM_DIR/<path relative to the folder given>_gradcam.png")
-    predict.add_argument("--report-dir", help="also write each readable file's one-page PDF report to "
-                         "REPORT_DIR/<path relative to the folder given>_report.pdf")
+    predict.add_argument(
+        "--cam-dir",
+        help="also write each readable file's Grad-CAM overlay (of the called class) "
+        "to CAM_DIR/<path relative to the folder given>_gradcam.png",
+    )
+    predict.add_argument(
+        "--report-dir",
+        help="also write each readable file's one-page PDF report to "
+        "REPORT_DIR/<path relative to the folder given>_report.pdf",
+    )
     info = commands.add_parser("info", help="show a model version's card")
     info.add_argument("--model", help="model version (default: the active one)")
     info.add_argument("--json", action="store_true")

@@ -19,7 +19,12 @@ import pandas as pd
 from core import atomic
 
 __all__ = [
-    "ModelCard", "CardError", "probability_columns", "write_predictions", "read_predictions", "finite",
+    "ModelCard",
+    "CardError",
+    "probability_columns",
+    "write_predictions",
+    "read_predictions",
+    "finite",
     "PREDICTION_COLUMNS",
 ]
 
@@ -77,7 +82,11 @@ class ModelCard:
             raise CardError(f"class_names repeat a name: {list(self.class_names)}.")
         if not isinstance(self.input_size, int) or isinstance(self.input_size, bool) or self.input_size <= 0:
             raise CardError(f"input_size must be a positive whole number of pixels, not {self.input_size!r}.")
-        if not isinstance(self.temperature, (int, float)) or not math.isfinite(self.temperature) or self.temperature <= 0:
+        if (
+            not isinstance(self.temperature, (int, float))
+            or not math.isfinite(self.temperature)
+            or self.temperature <= 0
+        ):
             raise CardError(f"temperature must be a positive number, not {self.temperature!r}.")
         if self.gradcam_layer not in self.conv_layers and self.conv_layers:
             raise CardError(f"gradcam_layer '{self.gradcam_layer}' is not one of conv_layers.")
@@ -143,16 +152,23 @@ class ModelCard:
             value = getattr(self, item.name)
             if "label" in item.metadata and value not in (None, "", (), []):
                 rows.append((item.metadata["label"], value, item.metadata["kind"]))
-        return rows + [(label, self.training[key], kind) for key, (label, kind) in RECIPE_FACTS.items()
-                       if self.training.get(key) is not None]
+        return rows + [
+            (label, self.training[key], kind)
+            for key, (label, kind) in RECIPE_FACTS.items()
+            if self.training.get(key) is not None
+        ]
 
 
 _NULLABLE = {f.name for f in fields(ModelCard) if f.default is None}
 RECIPE_FACTS = {  # training record key: (label, kind)
-    "epochs_trained": ("Epochs trained", "text"), "chosen_epoch": ("Epoch kept", "text"),
-    "sampling": ("Sampling", "text"), "class_weights": ("Class weights", "text"),
-    "label_smoothing": ("Label smoothing", "text"), "lr_schedule": ("Learning-rate schedule", "text"),
-    "precision": ("Training precision", "text"), "device": ("Trained on", "text"),
+    "epochs_trained": ("Epochs trained", "text"),
+    "chosen_epoch": ("Epoch kept", "text"),
+    "sampling": ("Sampling", "text"),
+    "class_weights": ("Class weights", "text"),
+    "label_smoothing": ("Label smoothing", "text"),
+    "lr_schedule": ("Learning-rate schedule", "text"),
+    "precision": ("Training precision", "text"),
+    "device": ("Trained on", "text"),
     "seconds": ("Training time", "duration"),
 }
 

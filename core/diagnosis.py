@@ -16,14 +16,25 @@ import tensorflow as tf
 
 from core import gradcam
 from core.card import ModelCard
-from core.flags import (POOLED_FEATURES_LAYER, UNCERTAIN_CALL, Assessment, add_model_flags, from_hints,
-                        operating_score)
+from core.flags import POOLED_FEATURES_LAYER, UNCERTAIN_CALL, Assessment, add_model_flags, from_hints, operating_score
 from core.gradcam import GRADCAM, GRADCAM_PLUS_PLUS
 from core.inference import LOGITS_LAYER, flag_features, softmax
 from core.operating_point import ABNORMAL, NORMAL, Decision, decide
 
-__all__ = ["Look", "Reading", "reading_pass", "compile_reading_pass", "called_classes", "rule", "look_batch",
-           "assess_batch", "read_batch", "read", "number", "call_sentence"]
+__all__ = [
+    "Look",
+    "Reading",
+    "reading_pass",
+    "compile_reading_pass",
+    "called_classes",
+    "rule",
+    "look_batch",
+    "assess_batch",
+    "read_batch",
+    "read",
+    "number",
+    "call_sentence",
+]
 
 READING_PASS = "reading"  # key prefix of the compiled pass in ``predictor.explainers``
 
@@ -76,8 +87,13 @@ def compile_reading_pass(model, layer: str, temperature: float):
     except ValueError:
         pooled = []
     probe = keras.Model(model.inputs, [*probe.outputs, logits_layer.input, *pooled])
-    signature = [tf.TensorSpec([None, *model.inputs[0].shape[1:]], tf.float32), tf.TensorSpec([None], tf.int32),
-                 tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.bool)]
+    signature = [
+        tf.TensorSpec([None, *model.inputs[0].shape[1:]], tf.float32),
+        tf.TensorSpec([None], tf.int32),
+        tf.TensorSpec([], tf.int32),
+        tf.TensorSpec([], tf.float32),
+        tf.TensorSpec([], tf.bool),
+    ]
 
     @tf.function(input_signature=signature)
     def run(images, explained, index, threshold, abnormal):
@@ -87,8 +103,13 @@ def compile_reading_pass(model, layer: str, temperature: float):
             called = called_classes(probabilities, index, threshold, abnormal)
             targets = tf.where(explained < 0, called, explained)
             score = gradcam.target_score(logits, targets)
-        return (logits, targets, *gradcam.maps(tape, score, features), embeddings,
-                flag_features(images, embeddings, pools))
+        return (
+            logits,
+            targets,
+            *gradcam.maps(tape, score, features),
+            embeddings,
+            flag_features(images, embeddings, pools),
+        )
 
     return run
 
@@ -132,9 +153,10 @@ def look_batch(predictor, images, card=None, layer=None, explained_class=None) -
     if not np.array_equal(wanted, outputs[1]):
         outputs = [t.numpy() for t in run(images, wanted, *rule(card, names))]
     _, targets, grad_cams, plus_pluses, embeddings, features = outputs
-    return [Look(p, d, int(t), {GRADCAM: g, GRADCAM_PLUS_PLUS: pp}, layer, e, f)
-            for p, d, t, g, pp, e, f in zip(probabilities, decisions, targets, grad_cams, plus_pluses, embeddings,
-                                            features)]
+    return [
+        Look(p, d, int(t), {GRADCAM: g, GRADCAM_PLUS_PLUS: pp}, layer, e, f)
+        for p, d, t, g, pp, e, f in zip(probabilities, decisions, targets, grad_cams, plus_pluses, embeddings, features)
+    ]
 
 
 def assess_batch(predictor, looks, images, hints=None, card=None) -> list:
@@ -147,10 +169,13 @@ def assess_batch(predictor, looks, images, hints=None, card=None) -> list:
     scores = None
     if predictor.detector is not None:
         mirrored = predictor.probabilities(np.asarray(images, dtype=np.float32)[:, :, ::-1])
-        scores = predictor.detector.scores(np.stack([look.embedding for look in looks]),
-                                           np.stack([look.features for look in looks]), probabilities, mirrored)
-    add_model_flags(assessments, probabilities, predictor.class_names, card.operating_point, predictor.detector,
-                    scores)
+        scores = predictor.detector.scores(
+            np.stack([look.embedding for look in looks]),
+            np.stack([look.features for look in looks]),
+            probabilities,
+            mirrored,
+        )
+    add_model_flags(assessments, probabilities, predictor.class_names, card.operating_point, predictor.detector, scores)
     return assessments
 
 

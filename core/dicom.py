@@ -9,28 +9,63 @@ import pydicom
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
 
-from core.radiograph import (DAMAGED, Hint, Radiograph, UnusableImageError, check_dimensions, scale,
-                             value_bounds)
+from core.radiograph import DAMAGED, Hint, Radiograph, UnusableImageError, check_dimensions, scale, value_bounds
 
 __all__ = ["read_dicom", "dicom_fields_for_display", "DICOM_PIXEL_DATA_TAG"]
 
 DICOM_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010), little endian
 PROJECTION_MODALITIES = frozenset({"CR", "DX", "DR", "RG"})
 UNSTATED_MODALITIES = frozenset({"", "OT", "SC"})  # "other" and "secondary capture": accepted, with a hint
-MODALITY_NAMES = {"CT": "a CT", "MR": "an MRI", "US": "an ultrasound", "NM": "a nuclear medicine", "PT": "a PET",
-                  "MG": "a mammography", "XA": "an angiography", "RF": "a fluoroscopy", "PX": "a dental panoramic",
-                  "IO": "an intra-oral dental", "ES": "an endoscopy", "SM": "a microscopy", "OP": "an ophthalmic",
-                  "SR": "a structured report", "PR": "a presentation state", "KO": "a key object"}
+MODALITY_NAMES = {
+    "CT": "a CT",
+    "MR": "an MRI",
+    "US": "an ultrasound",
+    "NM": "a nuclear medicine",
+    "PT": "a PET",
+    "MG": "a mammography",
+    "XA": "an angiography",
+    "RF": "a fluoroscopy",
+    "PX": "a dental panoramic",
+    "IO": "an intra-oral dental",
+    "ES": "an endoscopy",
+    "SM": "a microscopy",
+    "OP": "an ophthalmic",
+    "SR": "a structured report",
+    "PR": "a presentation state",
+    "KO": "a key object",
+}
 GREYSCALE_PHOTOMETRICS = frozenset({"MONOCHROME1", "MONOCHROME2"})
 FRONTAL_VIEWS = frozenset({"", "PA", "AP"})
 DICOM_METADATA_KEYWORDS = (
-    "Modality", "BodyPartExamined", "ViewPosition", "PhotometricInterpretation", "BitsAllocated", "BitsStored",
-    "Rows", "Columns", "NumberOfFrames", "PresentationIntentType", "Manufacturer", "StudyDescription",
-    "SeriesDescription", "PatientName", "PatientID", "PatientSex", "PatientAge", "PatientBirthDate", "StudyDate",
+    "Modality",
+    "BodyPartExamined",
+    "ViewPosition",
+    "PhotometricInterpretation",
+    "BitsAllocated",
+    "BitsStored",
+    "Rows",
+    "Columns",
+    "NumberOfFrames",
+    "PresentationIntentType",
+    "Manufacturer",
+    "StudyDescription",
+    "SeriesDescription",
+    "PatientName",
+    "PatientID",
+    "PatientSex",
+    "PatientAge",
+    "PatientBirthDate",
+    "StudyDate",
 )
-PATIENT_DISPLAY_LABELS = {"PatientName": "Patient name", "PatientID": "Patient ID", "PatientSex": "Sex",
-                          "PatientAge": "Age", "PatientBirthDate": "Birth date", "StudyDate": "Study date",
-                          "StudyDescription": "Study"}
+PATIENT_DISPLAY_LABELS = {
+    "PatientName": "Patient name",
+    "PatientID": "Patient ID",
+    "PatientSex": "Sex",
+    "PatientAge": "Age",
+    "PatientBirthDate": "Birth date",
+    "StudyDate": "Study date",
+    "StudyDescription": "Study",
+}
 DICOM_DATE_KEYWORDS = frozenset({"PatientBirthDate", "StudyDate"})
 RUST_PANIC = "PanicException"
 
@@ -122,19 +157,24 @@ def _refuse_unusable_dicom(dataset, metadata: dict) -> None:
     modality = _metadata_text(metadata, "Modality")
     if modality not in PROJECTION_MODALITIES | UNSTATED_MODALITIES:
         kind = MODALITY_NAMES.get(modality, f"a {modality}")
-        raise UnusableImageError(f"This DICOM file is {kind} study (modality {modality}), not a projection "
-                                 "radiograph; the model reads chest X-rays only.")
+        raise UnusableImageError(
+            f"This DICOM file is {kind} study (modality {modality}), not a projection "
+            "radiograph; the model reads chest X-rays only."
+        )
     if "PixelData" not in dataset or not _metadata_count(metadata, "Rows") or not _metadata_count(metadata, "Columns"):
-        raise UnusableImageError("This DICOM file contains no image (it may be a report, a worklist or a "
-                                 "directory file).")
+        raise UnusableImageError(
+            "This DICOM file contains no image (it may be a report, a worklist or a directory file)."
+        )
     photometric = _metadata_text(metadata, "PhotometricInterpretation")
     if photometric not in GREYSCALE_PHOTOMETRICS or dataset.get("SamplesPerPixel", 1) != 1:
-        raise UnusableImageError(f"This DICOM image is in colour ({photometric or 'unstated colour space'}), "
-                                 "not a greyscale radiograph.")
+        raise UnusableImageError(
+            f"This DICOM image is in colour ({photometric or 'unstated colour space'}), not a greyscale radiograph."
+        )
     frames = _metadata_count(metadata, "NumberOfFrames")
     if frames > 1 and modality not in PROJECTION_MODALITIES:
-        raise UnusableImageError(f"This DICOM file holds {frames} frames (a series or a cine loop), not a single "
-                                 "radiograph.")
+        raise UnusableImageError(
+            f"This DICOM file holds {frames} frames (a series or a cine loop), not a single radiograph."
+        )
 
 
 def _dicom_hints(metadata: dict) -> list:
@@ -142,16 +182,30 @@ def _dicom_hints(metadata: dict) -> list:
     modality, view = _metadata_text(metadata, "Modality"), _metadata_text(metadata, "ViewPosition")
     body_part = _metadata_text(metadata, "BodyPartExamined")
     if modality in UNSTATED_MODALITIES:
-        hints.append(Hint(f"The file does not say it is a radiograph (modality: {modality or 'not stated'}); "
-                          "check that it is a chest X-ray.", "not_radiograph"))
+        hints.append(
+            Hint(
+                f"The file does not say it is a radiograph (modality: {modality or 'not stated'}); "
+                "check that it is a chest X-ray.",
+                "not_radiograph",
+            )
+        )
     if view not in FRONTAL_VIEWS:
-        hints.append(Hint(f"The file says the view is {view}, not frontal (PA or AP); the model was trained on "
-                          "frontal chest radiographs.", "lateral_view"))
+        hints.append(
+            Hint(
+                f"The file says the view is {view}, not frontal (PA or AP); the model was trained on "
+                "frontal chest radiographs.",
+                "lateral_view",
+            )
+        )
     if body_part not in ("", "CHEST"):
         hints.append(Hint(f"The file says the body part is {body_part}, not the chest.", "not_chest"))
     if _metadata_text(metadata, "PresentationIntentType") == "FOR PROCESSING":
-        hints.append(Hint("This is raw detector data ('for processing'), not the image a radiologist would read.",
-                          "raw_detector_data"))
+        hints.append(
+            Hint(
+                "This is raw detector data ('for processing'), not the image a radiologist would read.",
+                "raw_detector_data",
+            )
+        )
     frames = _metadata_count(metadata, "NumberOfFrames")
     if frames > 1:
         hints.append(Hint(f"The file holds {frames} frames; only the first is used.", "multi_frame"))
@@ -165,8 +219,9 @@ def _decode_first_frame(dataset) -> np.ndarray:
     try:
         return pixel_array(dataset, index=0)
     except NotImplementedError as error:
-        raise UnusableImageError(f"This DICOM image is compressed as '{_transfer_syntax(dataset).name}', which "
-                                 "this app cannot decode.") from error
+        raise UnusableImageError(
+            f"This DICOM image is compressed as '{_transfer_syntax(dataset).name}', which this app cannot decode."
+        ) from error
     except Exception as error:  # whatever damaged pixel data makes pydicom or a plugin raise
         raise UnusableImageError(DAMAGED) from error
     except BaseException as error:  # pylibjpeg-rle is written in Rust, whose panics derive from BaseException
@@ -182,8 +237,9 @@ def _apply_luts(stored: np.ndarray, dataset) -> tuple:
         values = apply_voi_lut(apply_modality_lut(stored, dataset), dataset).astype(np.float32)
         return values, _voi_output_range(dataset)
     except Exception as error:  # pydicom's refusal of a malformed rescale, window or LUT
-        raise UnusableImageError("The DICOM file's grey-level settings (rescale, window or lookup table) are "
-                                 "invalid.") from error
+        raise UnusableImageError(
+            "The DICOM file's grey-level settings (rescale, window or lookup table) are invalid."
+        ) from error
 
 
 def _has_voi(dataset) -> bool:
@@ -202,5 +258,3 @@ def _voi_output_range(dataset):
     storable = np.array([lowest, highest], np.int64)
     ends = apply_voi_lut(apply_modality_lut(storable, dataset), dataset).astype(np.float64)
     return float(ends.min()), float(ends.max())
-
-

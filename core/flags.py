@@ -25,8 +25,16 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Assessment", "from_hints", "sigmoid", "FlagDetector", "mahalanobis", "add_model_flags",
-           "operating_score", "is_borderline"]
+__all__ = [
+    "Assessment",
+    "from_hints",
+    "sigmoid",
+    "FlagDetector",
+    "mahalanobis",
+    "add_model_flags",
+    "operating_score",
+    "is_borderline",
+]
 
 DETECTOR_FILE = "detector.npz"
 PENULTIMATE = "penultimate"  # the input of the ``logits`` layer
@@ -34,13 +42,17 @@ POOLED_FEATURES_LAYER = "pooled_features"  # the DCNN's global max pools of the 
 
 # code: (warning shown to the reader, whether the model is out of its depth: then the call is not to be used)
 FLAGS = {
-    "out_of_distribution": ("This image is unlike the images the model was trained on; its output is not "
-                            "meaningful here.", True),
+    "out_of_distribution": (
+        "This image is unlike the images the model was trained on; its output is not meaningful here.",
+        True,
+    ),
     "rotated": ("The image seems rotated (not upright); the model was trained on upright frontal films.", True),
     "inverted": ("The greys seem inverted (bones dark); check the export or the MONOCHROME1/2 tag.", True),
     "uncertain": ("The model is unsure: the image and its mirror image give clearly different results.", True),
-    "borderline": ("The score is within the uncertainty of the operating point's threshold: the call could go "
-                   "either way.", False),
+    "borderline": (
+        "The score is within the uncertainty of the operating point's threshold: the call could go either way.",
+        False,
+    ),
     "lateral_view": ("The file says the view is not frontal (PA or AP).", True),
     "not_chest": ("The file says the body part is not the chest.", True),
     "not_radiograph": ("The file does not say it is a radiograph.", True),
@@ -109,15 +121,26 @@ class FlagDetector:
             return None
         with np.load(path, allow_pickle=False) as stored:
             arrays = {name: stored[name].astype(np.float64) for name in stored.files}
-        return cls(arrays["class_means"], arrays["precision"], arrays["feature_mean"], arrays["feature_scale"],
-                   arrays["rotated_weights"], arrays["inverted_weights"], settings)
+        return cls(
+            arrays["class_means"],
+            arrays["precision"],
+            arrays["feature_mean"],
+            arrays["feature_scale"],
+            arrays["rotated_weights"],
+            arrays["inverted_weights"],
+            settings,
+        )
 
     def save(self, folder: Path) -> None:
-        np.savez(Path(folder) / DETECTOR_FILE, class_means=self.class_means.astype(np.float32),
-                 precision=self.precision.astype(np.float32), feature_mean=self.feature_mean.astype(np.float32),
-                 feature_scale=self.feature_scale.astype(np.float32),
-                 rotated_weights=self.rotated_weights.astype(np.float32),
-                 inverted_weights=self.inverted_weights.astype(np.float32))
+        np.savez(
+            Path(folder) / DETECTOR_FILE,
+            class_means=self.class_means.astype(np.float32),
+            precision=self.precision.astype(np.float32),
+            feature_mean=self.feature_mean.astype(np.float32),
+            feature_scale=self.feature_scale.astype(np.float32),
+            rotated_weights=self.rotated_weights.astype(np.float32),
+            inverted_weights=self.inverted_weights.astype(np.float32),
+        )
 
     def scores(self, embeddings, features, probabilities, flipped_probabilities) -> dict:
         """Per image: Mahalanobis distance², rotated and inverted probabilities, mirror disagreement."""
@@ -135,8 +158,10 @@ class FlagDetector:
 
     def flag(self, scores: dict, index: int, assessment: Assessment) -> None:
         """Add the model's flags of image ``index`` to ``assessment``."""
-        thresholds = {name: self.settings[name]["threshold"] for name in ("out_of_distribution", "rotated",
-                                                                           "inverted", "uncertain")}
+        thresholds = {
+            name: self.settings[name]["threshold"]
+            for name in ("out_of_distribution", "rotated", "inverted", "uncertain")
+        }
         if scores["mahalanobis"][index] > thresholds["out_of_distribution"]:
             assessment.add("out_of_distribution")
         if scores["rotated"][index] > thresholds["rotated"]:

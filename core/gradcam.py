@@ -19,8 +19,19 @@ import tensorflow as tf
 
 from core.inference import LOGITS_LAYER, softmax
 
-__all__ = ["Explanation", "gradient_model", "explainer", "compile_explainer", "target_score", "maps", "gradcam_map",
-           "gradcam_plus_plus_map", "normalise", "explain", "first"]
+__all__ = [
+    "Explanation",
+    "gradient_model",
+    "explainer",
+    "compile_explainer",
+    "target_score",
+    "maps",
+    "gradcam_map",
+    "gradcam_plus_plus_map",
+    "normalise",
+    "explain",
+    "first",
+]
 
 GRADCAM = "Grad-CAM"
 GRADCAM_PLUS_PLUS = "Grad-CAM++"

@@ -19,11 +19,28 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from core.dicom import dicom_fields_for_display, read_dicom
 from core.png import PNG_SIGNATURE
-from core.radiograph import (DAMAGED, SMALL_SIDE_PX, Hint, Radiograph, UnusableImageError, check_dimensions,
-                             intensity_hints, scale_raster, too_large_message)
+from core.radiograph import (
+    DAMAGED,
+    SMALL_SIDE_PX,
+    Hint,
+    Radiograph,
+    UnusableImageError,
+    check_dimensions,
+    intensity_hints,
+    scale_raster,
+    too_large_message,
+)
 
-__all__ = ["read_image", "read_grey", "Radiograph", "UnusableImageError", "Hint", "dicom_fields_for_display",
-           "ACCEPTED_FORMATS", "SMALL_SIDE_PX"]
+__all__ = [
+    "read_image",
+    "read_grey",
+    "Radiograph",
+    "UnusableImageError",
+    "Hint",
+    "dicom_fields_for_display",
+    "ACCEPTED_FORMATS",
+    "SMALL_SIDE_PX",
+]
 
 ACCEPTED_FORMATS = "DICOM, PNG, JPEG, BMP, TIFF, WebP or GIF"
 PILLOW_FORMATS = ("PNG", "BMP", "TIFF", "WEBP", "GIF")  # JPEG is recognised, and its header read, here
@@ -49,6 +66,7 @@ JPEG_START_OF_FRAME = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # SOF0-
 JPEG_START_OF_SCAN = b"\xff\xda"
 JPEG_END_OF_IMAGE = b"\xff\xd9"
 
+
 def read_image(source) -> Radiograph:
     """Decode ``source`` (bytes or a path) into a ``Radiograph``; raise ``UnusableImageError`` if it cannot be
     used."""
@@ -68,7 +86,7 @@ def _decode(source) -> Radiograph:
     data = _read_bytes(source)
     if not data:
         raise UnusableImageError("The file is empty.")
-    if data[DICOM_PREAMBLE_BYTES:DICOM_PREAMBLE_BYTES + 4] == DICOM_MAGIC:
+    if data[DICOM_PREAMBLE_BYTES : DICOM_PREAMBLE_BYTES + 4] == DICOM_MAGIC:
         return read_dicom(data)
     if data.startswith(JPEG_SIGNATURE):
         return _read_jpeg(data)
@@ -88,6 +106,7 @@ def _read_bytes(source) -> bytes:
 
 
 # ---- raster images (JPEG, PNG, BMP, TIFF, WebP, GIF) ----
+
 
 def _read_jpeg(data: bytes) -> Radiograph:
     """The common case (the whole training pool is JPEG). Its header is read here: Pillow's lazy open would add
@@ -121,15 +140,17 @@ def _jpeg_is_truncated(data: bytes) -> bool:
 
 def _raster_radiograph(values: np.ndarray, image_format: str, hints: list) -> Radiograph:
     height, width = values.shape
-    return Radiograph(pixels=scale_raster(values), format=image_format,
-                      metadata={"Rows": height, "Columns": width}, hints=hints)
+    return Radiograph(
+        pixels=scale_raster(values), format=image_format, metadata={"Rows": height, "Columns": width}, hints=hints
+    )
 
 
 def _refuse_known_non_images(data: bytes) -> None:
     for signature, description in NOT_IMAGE_SIGNATURES:
         if data.startswith(signature):
-            raise UnusableImageError(f"This file is {description}, not an image. Please upload the radiograph "
-                                     f"itself ({ACCEPTED_FORMATS}).")
+            raise UnusableImageError(
+                f"This file is {description}, not an image. Please upload the radiograph itself ({ACCEPTED_FORMATS})."
+            )
 
 
 def _open_raster(data: bytes):
@@ -145,8 +166,10 @@ def _open_raster(data: bytes):
     except Exception as error:  # whatever a damaged file makes Pillow raise
         raise UnusableImageError(DAMAGED) from error
     if frames > 1:
-        raise UnusableImageError(f"This {header.format} holds {frames} frames or pages (an animation or a stack); "
-                                 "please upload a single radiograph.")
+        raise UnusableImageError(
+            f"This {header.format} holds {frames} frames or pages (an animation or a stack); "
+            "please upload a single radiograph."
+        )
     return header
 
 
@@ -201,13 +224,15 @@ def _decode_onto_black(header) -> np.ndarray:
 
 # ---- files Pillow does not recognise ----
 
+
 def _read_unrecognised(data: bytes) -> Radiograph:
     """A file Pillow does not recognise: a DICOM file without preamble, or not an image at all."""
     if data.startswith(DICOM_BARE_STARTS):
         return read_dicom(data)
     if _looks_like_text(data):
-        raise UnusableImageError("This is a text file, not an image. Please upload the radiograph itself "
-                                 f"({ACCEPTED_FORMATS}).")
+        raise UnusableImageError(
+            f"This is a text file, not an image. Please upload the radiograph itself ({ACCEPTED_FORMATS})."
+        )
     if data.startswith(IMAGE_SIGNATURES):
         raise UnusableImageError(DAMAGED)
     raise UnusableImageError(f"This file is not an image the app can read ({ACCEPTED_FORMATS} expected).")
@@ -216,5 +241,3 @@ def _read_unrecognised(data: bytes) -> Radiograph:
 def _looks_like_text(data: bytes) -> bool:
     text = data[:TEXT_SNIFF_BYTES].decode("utf-8", errors="replace")
     return text.count("\ufffd") <= 1 and all(ch.isprintable() or ch.isspace() for ch in text)
-
-

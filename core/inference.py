@@ -58,7 +58,8 @@ class Predictor:
         signature = [tf.TensorSpec([None, self.input_size, self.input_size, 3], tf.float32)]
         self._forward = tf.function(lambda x: self.logits_model(x, training=False), input_signature=signature)
         self._embed = embedding_model(self.model) if self.detector is not None else None
-        self.explainers = {}  # compiled Grad-CAM passes by layer (core.gradcam, core.diagnosis): they die with the model
+        # Compiled Grad-CAM passes by layer (core.gradcam, core.diagnosis): they die with the model.
+        self.explainers = {}
 
     def preprocess(self, grey: np.ndarray) -> np.ndarray:
         return to_model_input(grey, self.input_size, self.preprocessing)
@@ -101,7 +102,7 @@ class Predictor:
                 if good:
                     probabilities, assessments = self.assess(np.stack([g[0] for g in good]), [g[1] for g in good])
                     outputs = iter(zip(probabilities, assessments))
-                for path, (image, hints, pixels, error) in zip(chunk, loaded):
+                for path, (image, _hints, pixels, error) in zip(chunk, loaded):
                     if image is None:
                         yield FileResult(path, error=error)
                         continue

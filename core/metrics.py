@@ -12,9 +12,22 @@ from statsmodels.stats.proportion import proportion_confint
 
 from core.calibration import expected_calibration_error
 
-__all__ = ["wilson_interval", "proportion", "bootstrap_ci", "percentile_interval", "resample_rows", "rank_auc",
-           "rank_macro_auc", "bootstrap_auc_interval", "bootstrap_auc_intervals", "one_vs_rest_auc", "macro_auc",
-           "sensitivity_at_specificity", "classification_report", "per_source_reports"]
+__all__ = [
+    "wilson_interval",
+    "proportion",
+    "bootstrap_ci",
+    "percentile_interval",
+    "resample_rows",
+    "rank_auc",
+    "rank_macro_auc",
+    "bootstrap_auc_interval",
+    "bootstrap_auc_intervals",
+    "one_vs_rest_auc",
+    "macro_auc",
+    "sensitivity_at_specificity",
+    "classification_report",
+    "per_source_reports",
+]
 
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 1000
@@ -183,6 +196,8 @@ def per_source_reports(labels, probs, sources, class_names, seed=0, resamples=20
     """``classification_report`` for each source separately."""
     labels, probs, sources = np.asarray(labels), np.asarray(probs), np.asarray(sources)
     return {
-        str(source): classification_report(labels[sources == source], probs[sources == source], class_names, seed, resamples)
+        str(source): classification_report(
+            labels[sources == source], probs[sources == source], class_names, seed, resamples
+        )
         for source in sorted(set(sources.tolist()))
     }

@@ -8,25 +8,49 @@ Curves and the AUC come from scikit-learn, intervals from statsmodels and the bo
 
 import math
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import filelock
 import numpy as np
 import pandas as pd
-from sklearn.metrics import (average_precision_score, confusion_matrix, precision_recall_curve, roc_auc_score,
-                             roc_curve)
+from sklearn.metrics import average_precision_score, confusion_matrix, precision_recall_curve, roc_auc_score, roc_curve
 
 from core import registry
 from core.card import CardError, finite, probability_columns, read_predictions
 from core.flags import BORDERLINE_CONFIDENCE
 from core.metrics import BOOTSTRAP_RESAMPLES, bootstrap_auc_interval, bootstrap_ci, proportion
 
-__all__ = ["Decision", "called_indices", "decide", "predictions_path", "load_predictions", "positive_classes", "positive_members",
-           "scores_and_truth", "counts", "rates", "f1", "figures", "predictive_values", "predictive_values_at",
-           "roc", "precision_recall", "threshold_for_sensitivity", "threshold_interval", "sensitivity_table",
-           "calls_matrix", "decision_matrix", "collapse", "per_source", "decision_figures", "history_entry",
-           "update_card", "save_operating_point", "clear_operating_point"]
+__all__ = [
+    "Decision",
+    "called_indices",
+    "decide",
+    "predictions_path",
+    "load_predictions",
+    "positive_classes",
+    "positive_members",
+    "scores_and_truth",
+    "counts",
+    "rates",
+    "f1",
+    "figures",
+    "predictive_values",
+    "predictive_values_at",
+    "roc",
+    "precision_recall",
+    "threshold_for_sensitivity",
+    "threshold_interval",
+    "sensitivity_table",
+    "calls_matrix",
+    "decision_matrix",
+    "collapse",
+    "per_source",
+    "decision_figures",
+    "history_entry",
+    "update_card",
+    "save_operating_point",
+    "clear_operating_point",
+]
 
 ABNORMAL = "abnormal"
 NORMAL = "Normal"
@@ -103,7 +127,8 @@ def load_predictions(version=None, split="val", root=None) -> pd.DataFrame:
         return read_predictions(predictions_path(card.version, split, root), card.class_names)
     except CardError as error:
         raise registry.ModelVersionError(
-            f"The {SPLIT_NAMES[split]} predictions of version '{card.version}' {error}") from error
+            f"The {SPLIT_NAMES[split]} predictions of version '{card.version}' {error}"
+        ) from error
 
 
 def positive_classes(class_names) -> list:
@@ -213,8 +238,10 @@ def roc(truth, scores, resamples=BOOTSTRAP_RESAMPLES, seed=0):
     if truth.all() or not truth.any():
         return None
     fpr, tpr, thresholds = roc_curve(truth, scores)
-    area = {"value": float(roc_auc_score(truth, scores)),
-            "ci95": bootstrap_auc_interval(truth, scores, resamples, seed)}
+    area = {
+        "value": float(roc_auc_score(truth, scores)),
+        "ci95": bootstrap_auc_interval(truth, scores, resamples, seed),
+    }
     return {"fpr": fpr, "tpr": tpr, "thresholds": thresholds, "auc": area}
 
 
@@ -224,8 +251,12 @@ def precision_recall(truth, scores):
     if not truth.any():
         return None
     precision, recall, thresholds = precision_recall_curve(truth, scores)
-    return {"precision": precision, "recall": recall, "thresholds": thresholds,
-            "average_precision": float(average_precision_score(truth, scores))}
+    return {
+        "precision": precision,
+        "recall": recall,
+        "thresholds": thresholds,
+        "average_precision": float(average_precision_score(truth, scores)),
+    }
 
 
 def threshold_for_sensitivity(truth, scores, target: float):
@@ -263,8 +294,15 @@ def sensitivity_table(truth, scores, targets=TARGET_SENSITIVITIES) -> list:
             continue
         found = counts(truth, scores, threshold)
         reached = rates(**found)
-        rows.append({"target_sensitivity": float(target), "threshold": threshold, **found,
-                     "sensitivity": reached["sensitivity"], "specificity": reached["specificity"]})
+        rows.append(
+            {
+                "target_sensitivity": float(target),
+                "threshold": threshold,
+                **found,
+                "sensitivity": reached["sensitivity"],
+                "specificity": reached["specificity"],
+            }
+        )
     return rows
 
 
@@ -305,8 +343,9 @@ def per_source(frame: pd.DataFrame, positive: str, threshold: float) -> list:
     for source, group in frame.groupby("source", sort=True):
         scores, truth = scores_and_truth(group, positive)
         found = counts(truth, scores, threshold)
-        rows.append({"source": str(source), "n": int(len(group)), "positives": int(truth.sum()), **found,
-                     **rates(**found)})
+        rows.append(
+            {"source": str(source), "n": int(len(group)), "positives": int(truth.sum()), **found, **rates(**found)}
+        )
     return rows
 
 
@@ -336,9 +375,13 @@ def _rule(point):
 def history_entry(old_point, new_point, reader: str, reason: str, when: str = None) -> dict:
     """One line of a card's ``operating_point_history``: when, who (``reader``), the rule before and after (None:
     the most probable class) and why. Raises ``ValueError`` when the name or the reason is blank."""
-    return {"time": when or datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "reader": _note(reader, "your name"), "reason": _note(reason, "a reason"),
-            "old": _rule(old_point), "new": _rule(new_point)}
+    return {
+        "time": when or datetime.now(UTC).isoformat(timespec="seconds"),
+        "reader": _note(reader, "your name"),
+        "reason": _note(reason, "a reason"),
+        "old": _rule(old_point),
+        "new": _rule(new_point),
+    }
 
 
 def update_card(version, change, root=None):
@@ -355,12 +398,14 @@ def update_card(version, change, root=None):
     except filelock.Timeout:
         raise registry.ModelVersionError(
             f"The card of version '{name}' is being changed by someone else and stayed locked for "
-            f"{CARD_LOCK_TIMEOUT_S:.0f} s; nothing was saved. Try again.") from None
+            f"{CARD_LOCK_TIMEOUT_S:.0f} s; nothing was saved. Try again."
+        ) from None
     return result
 
 
-def save_operating_point(version, positive_class: str, threshold: float, *, reader: str, reason: str,
-                         root=None) -> dict:
+def save_operating_point(
+    version, positive_class: str, threshold: float, *, reader: str, reason: str, root=None
+) -> dict:
     """Store ``positive_class`` at ``threshold`` in the version's card with its validation figures, and the change
     (who, when, old → new, why) in its ``operating_point_history``; ``decide`` (the Diagnose page and the CLI) uses
     it from then on. Returns the stored point. ``ValueError`` for a bad class, threshold, name or reason."""
@@ -378,12 +423,13 @@ def save_operating_point(version, positive_class: str, threshold: float, *, read
         "threshold_interval": threshold_interval(truth, scores, threshold, confidence=BORDERLINE_CONFIDENCE),
         "chosen_on": CHOSEN_ON,
         "figures": finite(found),  # nan → null: strict JSON
-        "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "saved": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
     def store(card):
-        card.operating_point_history.append(history_entry(card.operating_point, point, reader, reason,
-                                                          when=point["saved"]))
+        card.operating_point_history.append(
+            history_entry(card.operating_point, point, reader, reason, when=point["saved"])
+        )
         card.operating_point = point
 
     update_card(card.version, store, root)

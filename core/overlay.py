@@ -14,8 +14,22 @@ import numpy as np
 
 from core import png
 
-__all__ = ["to_uint8", "display_copy", "shrunk", "window_for", "windowed", "cut", "masked_map", "overlay",
-           "colour_scale", "overlay_png", "label_scale", "encode_jpeg", "rgb_jpeg", "thumbnail"]
+__all__ = [
+    "to_uint8",
+    "display_copy",
+    "shrunk",
+    "window_for",
+    "windowed",
+    "cut",
+    "masked_map",
+    "overlay",
+    "colour_scale",
+    "overlay_png",
+    "label_scale",
+    "encode_jpeg",
+    "rgb_jpeg",
+    "thumbnail",
+]
 
 COLORMAPS = {
     "jet": cv2.COLORMAP_JET,
@@ -71,7 +85,7 @@ def window_for(levels: np.ndarray, preset: str) -> tuple:
     percentiles = PRESETS[preset]
     if percentiles is None:
         return LEVELS // 2, LEVELS
-    low, high = np.percentile(levels[:: 4, :: 4], percentiles)
+    low, high = np.percentile(levels[::4, ::4], percentiles)
     return int(round((low + high) / 2)), max(1, int(round(high - low)))
 
 
@@ -94,8 +108,14 @@ def masked_map(cam: np.ndarray, shape: tuple, percentile=DEFAULT_PERCENTILE) -> 
     return np.where(stretched >= cut(cam, percentile), stretched, np.nan).astype(np.float32)
 
 
-def overlay(grey: np.ndarray, cam: np.ndarray, colormap=DEFAULT_COLORMAP, opacity=DEFAULT_OPACITY,
-            percentile=DEFAULT_PERCENTILE, out=None) -> np.ndarray:
+def overlay(
+    grey: np.ndarray,
+    cam: np.ndarray,
+    colormap=DEFAULT_COLORMAP,
+    opacity=DEFAULT_OPACITY,
+    percentile=DEFAULT_PERCENTILE,
+    out=None,
+) -> np.ndarray:
     """``grey`` (H, W) (float in [0, 1] or uint8) as RGB uint8 with ``cam`` stretched over it, coloured and
     blended at ``opacity`` only where the map is at or above its ``percentile`` (elsewhere the film as it is);
     written into ``out`` when given. Blended in 8 bits (a pixel may be one level off the exactly rounded blend)."""
@@ -118,8 +138,9 @@ def colour_scale(colormap: str, width: int, height: int, low=0.0) -> np.ndarray:
     return np.ascontiguousarray(np.broadcast_to(row[np.newaxis], (height, width, 3)))
 
 
-def overlay_png(grey: np.ndarray, cam: np.ndarray, colormap=DEFAULT_COLORMAP, opacity=DEFAULT_OPACITY,
-                percentile=DEFAULT_PERCENTILE) -> bytes:
+def overlay_png(
+    grey: np.ndarray, cam: np.ndarray, colormap=DEFAULT_COLORMAP, opacity=DEFAULT_OPACITY, percentile=DEFAULT_PERCENTILE
+) -> bytes:
     """The full-resolution overlay as a lossless PNG (stored, not deflated: see ``core.png``), drawn straight
     into the PNG's scanlines, with its colour scale as a labelled band under the image (map value 0 at the left,
     1 at the right; grey where the map is not drawn)."""

@@ -24,8 +24,11 @@ def rgb_png(scanlines) -> bytes:
     (height, 1 + 3 · width) whose first column is each scanline's filter byte, 0 ("none")."""
     height, length = scanlines.shape
     data = memoryview(scanlines).cast("B")
-    pieces = [PNG_SIGNATURE, *chunk(b"IHDR", struct.pack(">IIBBBBB", (length - 1) // 3, height, *PNG_RGB8)),
-              *chunk(b"IDAT", ZLIB_HEADER)]
+    pieces = [
+        PNG_SIGNATURE,
+        *chunk(b"IHDR", struct.pack(">IIBBBBB", (length - 1) // 3, height, *PNG_RGB8)),
+        *chunk(b"IDAT", ZLIB_HEADER),
+    ]
     for start in range(0, len(data), STORED_BLOCK_MAX):
         block = data[start : start + STORED_BLOCK_MAX]
         pieces += chunk(b"IDAT", struct.pack("<BHH", 0, len(block), len(block) ^ 0xFFFF), block)

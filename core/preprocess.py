@@ -10,8 +10,16 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
-__all__ = ["Preprocessing", "resize_grey", "shrink_one_axis", "crop_border", "normalise_intensity", "prepare_grey",
-           "to_channels", "to_model_input"]
+__all__ = [
+    "Preprocessing",
+    "resize_grey",
+    "shrink_one_axis",
+    "crop_border",
+    "normalise_intensity",
+    "prepare_grey",
+    "to_channels",
+    "to_model_input",
+]
 
 PREPROCESSING = {
     "colour": "greyscale, EXIF-rotated, DICOM modality/VOI LUT applied, MONOCHROME1 inverted",

@@ -6,9 +6,23 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-__all__ = ["UnusableImageError", "Hint", "Radiograph", "check_dimensions", "value_bounds", "is_blank",
-           "scale_raster", "scale", "intensity_hints", "too_large_message", "DAMAGED", "BLANK", "MIN_SIDE_PX",
-           "SMALL_SIDE_PX", "MAX_PIXELS"]
+__all__ = [
+    "UnusableImageError",
+    "Hint",
+    "Radiograph",
+    "check_dimensions",
+    "value_bounds",
+    "is_blank",
+    "scale_raster",
+    "scale",
+    "intensity_hints",
+    "too_large_message",
+    "DAMAGED",
+    "BLANK",
+    "MIN_SIDE_PX",
+    "SMALL_SIDE_PX",
+    "MAX_PIXELS",
+]
 
 MIN_SIDE_PX = 64  # below this a file cannot be a radiograph
 # Below this it is a thumbnail: accepted, with a hint. The pool's own images are 224–320 px, so a size the model
@@ -58,8 +72,10 @@ class Radiograph:
 
 def too_large_message() -> str:
     """Why a declared size is refused before decoding (a decompression bomb, or a damaged header)."""
-    return (f"The image is too large to open safely (more than {MAX_PIXELS // 1_000_000} million pixels); this "
-            "can be a damaged or malicious file.")
+    return (
+        f"The image is too large to open safely (more than {MAX_PIXELS // 1_000_000} million pixels); this "
+        "can be a damaged or malicious file."
+    )
 
 
 def check_dimensions(width: int, height: int) -> list:
@@ -67,11 +83,18 @@ def check_dimensions(width: int, height: int) -> list:
     if width * height > MAX_PIXELS:
         raise UnusableImageError(too_large_message())
     if min(width, height) < MIN_SIDE_PX:
-        raise UnusableImageError(f"The image is too small to be a radiograph ({width} × {height} pixels; at "
-                                 f"least {MIN_SIDE_PX} on each side needed).")
+        raise UnusableImageError(
+            f"The image is too small to be a radiograph ({width} × {height} pixels; at "
+            f"least {MIN_SIDE_PX} on each side needed)."
+        )
     if min(width, height) < SMALL_SIDE_PX:
-        return [Hint(f"The image is small for a radiograph ({width} × {height} pixels): it may be a thumbnail, "
-                     "and fine detail is lost.", "thumbnail")]
+        return [
+            Hint(
+                f"The image is small for a radiograph ({width} × {height} pixels): it may be a thumbnail, "
+                "and fine detail is lost.",
+                "thumbnail",
+            )
+        ]
     return []
 
 
@@ -120,11 +143,18 @@ def intensity_hints(pixels: np.ndarray) -> list:
     mean, std = float(sample.mean()), float(sample.std())
     hints = []
     if levels.max() > DOMINANT_LEVEL_FRACTION * sample.size:
-        hints.append(Hint("Most of the image is a single grey level: it may be blank, padded or saturated.",
-                          "unusual_intensities"))
+        hints.append(
+            Hint(
+                "Most of the image is a single grey level: it may be blank, padded or saturated.", "unusual_intensities"
+            )
+        )
     if mean < DARK_MEAN or mean > BRIGHT_MEAN:
-        hints.append(Hint(f"The image is unusually {'dark' if mean < DARK_MEAN else 'bright'} for a chest "
-                          "radiograph.", "unusual_intensities"))
+        hints.append(
+            Hint(
+                f"The image is unusually {'dark' if mean < DARK_MEAN else 'bright'} for a chest radiograph.",
+                "unusual_intensities",
+            )
+        )
     if std < LOW_STD:
         hints.append(Hint("The image has very little contrast for a chest radiograph.", "unusual_intensities"))
     return hints

@@ -21,9 +21,24 @@ import psutil
 from core import atomic, settings
 from core.card import CardError, ModelCard
 
-__all__ = ["ModelVersionError", "weights_dir", "version_dir", "is_complete", "list_versions", "active_version",
-           "set_active", "resolve_version", "load_card", "load_model", "new_staging_dir", "registry_lock",
-           "publish", "delete_version", "stale_folders", "remove_stale_staging"]
+__all__ = [
+    "ModelVersionError",
+    "weights_dir",
+    "version_dir",
+    "is_complete",
+    "list_versions",
+    "active_version",
+    "set_active",
+    "resolve_version",
+    "load_card",
+    "load_model",
+    "new_staging_dir",
+    "registry_lock",
+    "publish",
+    "delete_version",
+    "stale_folders",
+    "remove_stale_staging",
+]
 
 ACTIVE_FILE = "ACTIVE"
 CARD_FILE = "card.json"
@@ -102,11 +117,14 @@ def resolve_version(version=None, root=None) -> str:
     """``version`` if given, else the active one; raises ``ModelVersionError`` when there is none."""
     name = version or active_version(root)
     if not name:
-        raise ModelVersionError(f"No active model version in the weights folder ({weights_dir(root).name}). "
-                                "Train one with `python -m train --publish NAME`.")
+        raise ModelVersionError(
+            f"No active model version in the weights folder ({weights_dir(root).name}). "
+            "Train one with `python -m train --publish NAME`."
+        )
     if not is_complete(version_dir(name, root)):
-        raise ModelVersionError(f"Model version '{name}' does not exist or is incomplete in the weights folder "
-                                f"({weights_dir(root).name}).")
+        raise ModelVersionError(
+            f"Model version '{name}' does not exist or is incomplete in the weights folder ({weights_dir(root).name})."
+        )
     return name
 
 
@@ -151,8 +169,9 @@ def registry_lock(root=None):
         with filelock.FileLock(base / LOCK_FILE, timeout=LOCK_TIMEOUT_S):
             yield
     except filelock.Timeout as error:
-        raise ModelVersionError("The model versions are being changed by another user or process; try again in "
-                                "a moment.") from error
+        raise ModelVersionError(
+            "The model versions are being changed by another user or process; try again in a moment."
+        ) from error
 
 
 def publish(staging: Path, version: str, activate: bool = False, root=None) -> Path:
@@ -173,8 +192,9 @@ def publish(staging: Path, version: str, activate: bool = False, root=None) -> P
         except OSError as error:  # ENOTEMPTY / EEXIST: a folder of that name appeared outside the lock
             if error.errno in (errno.ENOTEMPTY, errno.EEXIST):
                 raise taken from error
-            raise ModelVersionError(f"Model version '{version}' could not be published: "
-                                    f"{error.strerror or error}.") from error
+            raise ModelVersionError(
+                f"Model version '{version}' could not be published: {error.strerror or error}."
+            ) from error
         if activate:
             _set_active_unlocked(version, root)
     return target
@@ -194,8 +214,9 @@ def delete_version(version: str, root=None) -> None:
             os.rename(path, graveyard / version)  # a new name inside a new folder: nothing to collide with
         except OSError as error:
             graveyard.rmdir()
-            raise ModelVersionError(f"Model version '{version}' could not be deleted: "
-                                    f"{error.strerror or error}.") from error
+            raise ModelVersionError(
+                f"Model version '{version}' could not be deleted: {error.strerror or error}."
+            ) from error
     shutil.rmtree(graveyard, ignore_errors=True)  # what is left is hidden, and removed by remove_stale_staging
 
 
@@ -211,7 +232,7 @@ def stale_folders(root=None) -> list:
             continue
         if path.name.startswith(GRAVEYARD_PREFIX):
             found.append(path)
-        elif path.name.startswith(STAGING_PREFIX) and not _owner_alive(path.name[len(STAGING_PREFIX):]):
+        elif path.name.startswith(STAGING_PREFIX) and not _owner_alive(path.name[len(STAGING_PREFIX) :]):
             found.append(path)
     return sorted(found)
 

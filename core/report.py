@@ -17,10 +17,32 @@ from core import settings
 from core.card import ModelCard
 
 __all__ = [
-    "DASH", "is_missing", "number_text", "interval_text", "figure_text", "count_text", "threshold_text",
-    "time_text", "duration_text", "relative_path", "fact_text", "score_text", "point_text", "history_rows",
-    "change_rows", "card_summary", "headline_rows", "headline_comparison", "difference_rows", "settings_rows",
-    "info_text", "interval_bounds", "SHIFT_FIGURES", "share_text", "shift_cell", "cross_hospital_cells",
+    "DASH",
+    "is_missing",
+    "number_text",
+    "interval_text",
+    "figure_text",
+    "count_text",
+    "threshold_text",
+    "time_text",
+    "duration_text",
+    "relative_path",
+    "fact_text",
+    "score_text",
+    "point_text",
+    "history_rows",
+    "change_rows",
+    "card_summary",
+    "headline_rows",
+    "headline_comparison",
+    "difference_rows",
+    "settings_rows",
+    "info_text",
+    "interval_bounds",
+    "SHIFT_FIGURES",
+    "share_text",
+    "shift_cell",
+    "cross_hospital_cells",
 ]
 
 DASH = "—"
@@ -49,7 +71,7 @@ def number_text(value, digits: int = PROPORTION_DIGITS) -> str:
 
 
 def interval_text(value, low, high, digits: int = PROPORTION_DIGITS) -> str:
-    """"0.950 (0.930–0.970)"; the bare value when the interval is missing; "—" when the value is."""
+    """ "0.950 (0.930–0.970)"; the bare value when the interval is missing; "—" when the value is."""
     if is_missing(value):
         return DASH
     if is_missing(low) or is_missing(high):
@@ -68,7 +90,7 @@ def figure_text(entry, digits: int = PROPORTION_DIGITS) -> str:
 
 
 def count_text(entry) -> str:
-    """"467/478" for a proportion with its count, else "—"."""
+    """ "467/478" for a proportion with its count, else "—"."""
     return f"{entry['k']:,}/{entry['n']:,}" if entry and entry.get("n") and "k" in entry else DASH
 
 
@@ -98,7 +120,7 @@ def time_text(stamp, timezone=None) -> str:
 
 
 def duration_text(seconds) -> str:
-    """"45 s", "13 min" or "2.5 h"; "—" when unknown."""
+    """ "45 s", "13 min" or "2.5 h"; "—" when unknown."""
     if is_missing(seconds):
         return DASH
     minutes = seconds / 60
@@ -140,16 +162,23 @@ def history_rows(card: ModelCard, timezone=None) -> list:
     """The card's operating-point changes, newest first: when, who, old → new, and why."""
     rows = []
     for entry in reversed(card.operating_point_history or []):
-        rows.append({"When": time_text(entry.get("time"), timezone), "Reader": entry.get("reader") or DASH,
-                     "Change": f"{point_text(entry.get('old'))} → {point_text(entry.get('new'))}",
-                     "Reason": entry.get("reason") or DASH})
+        rows.append(
+            {
+                "When": time_text(entry.get("time"), timezone),
+                "Reader": entry.get("reader") or DASH,
+                "Change": f"{point_text(entry.get('old'))} → {point_text(entry.get('new'))}",
+                "Reason": entry.get("reason") or DASH,
+            }
+        )
     return rows
 
 
 def _data_text(data: dict, root=None) -> str:
     folders = data.get("folders") or ([{"root": data["root"]}] if data.get("root") else [])
-    parts = [relative_path(folder.get("root"), root) + (f" ({folder['images']:,} images)" if folder.get("images")
-                                                        else "") for folder in folders]
+    parts = [
+        relative_path(folder.get("root"), root) + (f" ({folder['images']:,} images)" if folder.get("images") else "")
+        for folder in folders
+    ]
     return ", ".join(parts) or DASH
 
 
@@ -160,8 +189,13 @@ def _split_text(data: dict) -> str:
 
 
 def _recipe_text(training: dict) -> str:
-    keys = (("epochs", "{} epochs"), ("batch_size", "batch {}"), ("lr", "peak learning rate {:g}"),
-            ("warmup_epochs", "{:g} warm-up epoch(s)"), ("intensity", "intensity {}"))
+    keys = (
+        ("epochs", "{} epochs"),
+        ("batch_size", "batch {}"),
+        ("lr", "peak learning rate {:g}"),
+        ("warmup_epochs", "{:g} warm-up epoch(s)"),
+        ("intensity", "intensity {}"),
+    )
     parts = [template.format(training[key]) for key, template in keys if training.get(key) not in (None, "")]
     return ", ".join(parts) or DASH
 
@@ -184,19 +218,30 @@ def card_summary(card: ModelCard, active=None, timezone=None, root=None) -> list
     """(field, text) rows that describe a version: the card's own facts (``ModelCard.facts``), rounded, its
     creation time local, then its data (relative to the data root), split, recipe, operating point and
     libraries. The one card summary: the Models page and ``python -m core info`` print it."""
-    writers = {"text": fact_text, "number": number_text, "duration": duration_text,
-               "time": lambda stamp: time_text(stamp, timezone)}
+    writers = {
+        "text": fact_text,
+        "number": number_text,
+        "duration": duration_text,
+        "time": lambda stamp: time_text(stamp, timezone),
+    }
     rows = [(label, writers[kind](value)) for label, value, kind in card.facts()]
     if active is not None:
-        rows.insert(1, ("Status", "active (Diagnose and the CLI use it)" if card.version == active else
-                        "not active"))
+        rows.insert(1, ("Status", "active (Diagnose and the CLI use it)" if card.version == active else "not active"))
     data, training = card.data or {}, card.training or {}
     point = card.operating_point
-    rows += [("Data", _data_text(data, root)), ("Split (patient-level)", _split_text(data)),
-             ("Recipe", _recipe_text(training)), ("Operating point", point_text(point))]
+    rows += [
+        ("Data", _data_text(data, root)),
+        ("Split (patient-level)", _split_text(data)),
+        ("Recipe", _recipe_text(training)),
+        ("Operating point", point_text(point)),
+    ]
     if point:
-        rows.append(("Operating point saved", f"{time_text(point.get('saved'), timezone)}, chosen on "
-                                              f"{point.get('chosen_on') or DASH} data"))
+        rows.append(
+            (
+                "Operating point saved",
+                f"{time_text(point.get('saved'), timezone)}, chosen on {point.get('chosen_on') or DASH} data",
+            )
+        )
     libraries = ", ".join(f"{name} {version}" for name, version in (card.libraries or {}).items())
     return rows + ([("Libraries", libraries)] if libraries else [])
 
@@ -207,18 +252,25 @@ def headline_rows(card: ModelCard) -> list:
     for split, title in HEADLINE_SPLITS.items():
         report = (card.metrics or {}).get(split) or {}
         figures = {"Accuracy": report.get("accuracy"), "Macro AUC": report.get("macro_auc")}
-        figures.update({f"{name} recall": (entry or {}).get("recall")
-                        for name, entry in (report.get("per_class") or {}).items()})
-        rows += [{"Split": title, "Figure": name, "Value (95 % CI)": figure_text(entry), "Count": count_text(entry)}
-                 for name, entry in figures.items() if report]
+        figures.update(
+            {f"{name} recall": (entry or {}).get("recall") for name, entry in (report.get("per_class") or {}).items()}
+        )
+        rows += [
+            {"Split": title, "Figure": name, "Value (95 % CI)": figure_text(entry), "Count": count_text(entry)}
+            for name, entry in figures.items()
+            if report
+        ]
     return rows
 
 
 def headline_comparison(active: dict, candidate: dict) -> pd.DataFrame:
     """The headline figures of two cards side by side (each on its own splits), "—" where one lacks a figure."""
-    frames = [pd.DataFrame(headline_rows(card), columns=["Split", "Figure", "Value (95 % CI)", "Count"])
-              .drop(columns="Count").rename(columns={"Value (95 % CI)": role})
-              for role, card in (("Active", active), ("Candidate", candidate))]
+    frames = [
+        pd.DataFrame(headline_rows(card), columns=["Split", "Figure", "Value (95 % CI)", "Count"])
+        .drop(columns="Count")
+        .rename(columns={"Value (95 % CI)": role})
+        for role, card in (("Active", active), ("Candidate", candidate))
+    ]
     return frames[0].merge(frames[1], on=["Split", "Figure"], how="outer", sort=False).fillna(DASH)
 
 
@@ -226,6 +278,7 @@ def change_rows(positive: str, prevalence: float, before: dict, after: dict, old
     """The table a reader confirms before an operating-point change: the rule now and after, and what each gives
     for ``positive`` on the validation cases (``core.operating_point.decision_figures``), PPV at ``prevalence``
     (a fraction) with the range its sensitivity and specificity intervals span."""
+
     def ppv(figures):
         entry = figures["ppv_at_prevalence"]
         return interval_text(entry["value"], *entry["range"])
@@ -233,29 +286,55 @@ def change_rows(positive: str, prevalence: float, before: dict, after: dict, old
     def called(figures):
         return f"{figures['tp'] + figures['fp']:,} of {sum(figures[key] for key in ('tp', 'fp', 'tn', 'fn')):,}"
 
-    rows = [("Rule", point_text(old_point), point_text(new_point)),
-            (f"Sensitivity for {positive} (95 % CI)", figure_text(before["sensitivity"]), figure_text(after["sensitivity"])),
-            (f"Specificity for {positive} (95 % CI)", figure_text(before["specificity"]), figure_text(after["specificity"])),
-            (f"PPV at {100 * prevalence:.1f} % prevalence (range)", ppv(before), ppv(after)),
-            (f"Validation cases called {positive}", called(before), called(after))]
+    rows = [
+        ("Rule", point_text(old_point), point_text(new_point)),
+        (
+            f"Sensitivity for {positive} (95 % CI)",
+            figure_text(before["sensitivity"]),
+            figure_text(after["sensitivity"]),
+        ),
+        (
+            f"Specificity for {positive} (95 % CI)",
+            figure_text(before["specificity"]),
+            figure_text(after["specificity"]),
+        ),
+        (f"PPV at {100 * prevalence:.1f} % prevalence (range)", ppv(before), ppv(after)),
+        (f"Validation cases called {positive}", called(before), called(after)),
+    ]
     return [{"Figure (validation)": label, "Now": now, "After the change": later} for label, now, later in rows]
 
 
 def difference_rows(table: pd.DataFrame) -> list:
     """``train.compare.paired_differences`` as text: each figure for both models and candidate − active with its
     95 % paired bootstrap interval, signed ("+0.012 (−0.004 to +0.031)")."""
+
     def signed(value):
         return DASH if is_missing(value) else f"{value:+.{PROPORTION_DIGITS}f}".replace("-", "−")
 
-    return [{"Figure": row["metric"], "Active": number_text(row["active"]), "Candidate": number_text(row["candidate"]),
-             "Difference (95 % CI)": f"{signed(row['difference'])} ({signed(row['ci95_low'])} to {signed(row['ci95_high'])})"}
-            for row in table.to_dict("records")]
+    return [
+        {
+            "Figure": row["metric"],
+            "Active": number_text(row["active"]),
+            "Candidate": number_text(row["candidate"]),
+            "Difference (95 % CI)": f"{signed(row['difference'])} ({signed(row['ci95_low'])} to {signed(row['ci95_high'])})",
+        }
+        for row in table.to_dict("records")
+    ]
 
 
 def settings_rows(config: dict, root=None) -> list:
     """A run's settings as (setting, text) rows, its data folders relative to the data root."""
-    return [(key, ", ".join(relative_path(path, root) for path in value) if key == "data" else
-             DASH if value in (None, "") else str(value)) for key, value in config.items()]
+    return [
+        (
+            key,
+            ", ".join(relative_path(path, root) for path in value)
+            if key == "data"
+            else DASH
+            if value in (None, "")
+            else str(value),
+        )
+        for key, value in config.items()
+    ]
 
 
 SHIFT_FIGURES = (  # (key, column title) of the cross-hospital table, in order
@@ -291,8 +370,10 @@ def cross_hospital_cells(rows: list):
     for row in rows:
         groups = [("all", row["shift"])] + sorted(row["shift"].get("per_population", {}).items())
         for population, shift in groups:
-            cells.append([str(row["held_out_source"]), str(row["run"]), str(row["epochs"]), population,
-                          str(shift["n"])] + [shift_cell(shift, key) for key, _ in SHIFT_FIGURES])
+            cells.append(
+                [str(row["held_out_source"]), str(row["run"]), str(row["epochs"]), population, str(shift["n"])]
+                + [shift_cell(shift, key) for key, _ in SHIFT_FIGURES]
+            )
     return header, cells
 
 
@@ -301,17 +382,30 @@ def info_text(card: ModelCard, active=None, timezone=None) -> str:
     (all images) and the caveat, as aligned plain text; missing figures read "—"."""
     rows = card_summary(card, active, timezone)
     for row in headline_rows(card):
-        rows.append((f"{row['Figure']} ({row['Split'].lower()})",
-                     row["Value (95 % CI)"] + ("" if row["Count"] == DASH else f"  ({row['Count']})")))
+        rows.append(
+            (
+                f"{row['Figure']} ({row['Split'].lower()})",
+                row["Value (95 % CI)"] + ("" if row["Count"] == DASH else f"  ({row['Count']})"),
+            )
+        )
     rates = ((card.flags or {}).get("rates") or {}).get("test") or {}
     if rates:
-        rows.append(("Flags (test)", f"{number_text(100 * (rates.get('any') or 0), 1)} % of images flagged, "
-                                     f"{number_text(100 * (rates.get('out_of_depth') or 0), 1)} % 'read without the model'"))
+        rows.append(
+            (
+                "Flags (test)",
+                f"{number_text(100 * (rates.get('any') or 0), 1)} % of images flagged, "
+                f"{number_text(100 * (rates.get('out_of_depth') or 0), 1)} % 'read without the model'",
+            )
+        )
     for fold in card.cross_hospital or []:
         shift = fold["shift"]
-        rows.append((f"Held out {fold['held_out_source']}",
-                     f"{fold['run']}: non-COVID called COVID-19 (%) {shift_cell(shift, 'non_covid_called_covid')}, "
-                     f"macro AUC {shift_cell(shift, 'macro_auc_present')}"))
+        rows.append(
+            (
+                f"Held out {fold['held_out_source']}",
+                f"{fold['run']}: non-COVID called COVID-19 (%) {shift_cell(shift, 'non_covid_called_covid')}, "
+                f"macro AUC {shift_cell(shift, 'macro_auc_present')}",
+            )
+        )
     if card.caveat:
         rows.append(("Caveat", card.caveat))
     width = max(len(label) for label, _ in rows)

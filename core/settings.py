@@ -19,8 +19,17 @@ EXPORT_ENV = "CXR_EXPORT_DIR"
 IMAGENET_WEIGHTS_ENV = "CXR_IMAGENET_WEIGHTS_DIR"
 
 __all__ = [
-    "REPO_ROOT", "weights_dir", "data_root", "portable_data_path", "local_data_path", "upload_dir", "cache_dir",
-    "runs_dir", "export_dir", "imagenet_weights_dir", "quiet_tensorflow",
+    "REPO_ROOT",
+    "weights_dir",
+    "data_root",
+    "portable_data_path",
+    "local_data_path",
+    "upload_dir",
+    "cache_dir",
+    "runs_dir",
+    "export_dir",
+    "imagenet_weights_dir",
+    "quiet_tensorflow",
 ]
 
 

@@ -54,7 +54,9 @@ class ReportPDF(FPDF):
         """``text`` as the current font can write it (the fallback font is latin-1 only)."""
         if self.family_name == FONT:
             return text
-        return text.replace("≥", ">=").replace("−", "-").replace("—", "-").encode("latin-1", "replace").decode("latin-1")
+        return (
+            text.replace("≥", ">=").replace("−", "-").replace("—", "-").encode("latin-1", "replace").decode("latin-1")
+        )
 
 
 def new_pdf() -> ReportPDF:
@@ -79,11 +81,20 @@ def study_pdf(report: StudyReport) -> bytes:
     entry = report.entry
     family = pdf.family_name
     pdf.set_font(family, "B", 15)
-    pdf.cell(0, 8, "CXR Triage — study report" if family == FONT else "CXR Triage - study report",
-             new_x="LMARGIN", new_y="NEXT")
+    pdf.cell(
+        0,
+        8,
+        "CXR Triage — study report" if family == FONT else "CXR Triage - study report",
+        new_x="LMARGIN",
+        new_y="NEXT",
+    )
     pdf.set_font(family, size=9)
-    for label, value in (("File", entry["file"]), ("Read", entry["time"]), ("Model version", entry["model_version"]),
-                         ("Operating point", entry["operating_point"])):
+    for label, value in (
+        ("File", entry["file"]),
+        ("Read", entry["time"]),
+        ("Model version", entry["model_version"]),
+        ("Operating point", entry["operating_point"]),
+    ):
         pdf.cell(0, 5, pdf.clean(f"{label}: {value}"), new_x="LMARGIN", new_y="NEXT")
     pdf.ln(2)
     images_top = pdf.get_y()
@@ -96,8 +107,13 @@ def study_pdf(report: StudyReport) -> bytes:
     pdf.set_xy(MARGIN_MM, images_top + height + 1)
     pdf.set_font(family, size=8)
     pdf.cell(width + GAP_MM, 4, "Film")
-    pdf.cell(width, 4, pdf.clean(f"{report.method} of {report.explained_class} at {report.layer}"),
-             new_x="LMARGIN", new_y="NEXT")
+    pdf.cell(
+        width,
+        4,
+        pdf.clean(f"{report.method} of {report.explained_class} at {report.layer}"),
+        new_x="LMARGIN",
+        new_y="NEXT",
+    )
     scale_top = pdf.get_y() + 1
     low = overlay.cut(report.cam, report.percentile)
     scale = overlay.colour_scale(report.colormap, 256, SCALE_HEIGHT_PX, low=low)
@@ -106,8 +122,16 @@ def study_pdf(report: StudyReport) -> bytes:
     pdf.cell(width / 2, 4, "map 0")
     pdf.cell(width / 2, 4, "1", align="R", new_x="LMARGIN", new_y="NEXT")
     pdf.set_x(MARGIN_MM + width + GAP_MM)
-    pdf.cell(width, 4, pdf.clean(f"drawn where the map ≥ {low:.2f} (its {report.percentile:g}th percentile), "
-                                 f"opacity {report.opacity:.2f}; grey: not drawn"), new_x="LMARGIN", new_y="NEXT")
+    pdf.cell(
+        width,
+        4,
+        pdf.clean(
+            f"drawn where the map ≥ {low:.2f} (its {report.percentile:g}th percentile), "
+            f"opacity {report.opacity:.2f}; grey: not drawn"
+        ),
+        new_x="LMARGIN",
+        new_y="NEXT",
+    )
     pdf.ln(3)
     pdf.set_font(family, "B", 11)
     pdf.multi_cell(0, 6, pdf.clean(report.sentence), new_x="LMARGIN", new_y="NEXT")
@@ -120,17 +144,26 @@ def study_pdf(report: StudyReport) -> bytes:
     flags = ", ".join(entry["flags"]) or "none"
     pdf.cell(0, 5, pdf.clean(f"Flags: {flags}"), new_x="LMARGIN", new_y="NEXT")
     for warning in entry["warnings"]:
-        pdf.multi_cell(0, 5, pdf.clean(f"    • {warning}" if family == FONT else f"    - {warning}"),
-                       new_x="LMARGIN", new_y="NEXT")
+        pdf.multi_cell(
+            0, 5, pdf.clean(f"    • {warning}" if family == FONT else f"    - {warning}"), new_x="LMARGIN", new_y="NEXT"
+        )
     pdf.ln(2)
     pdf.set_font(family, size=8)
     pdf.multi_cell(0, 4, pdf.clean(f"{RESEARCH_ONLY} {report.caveat}"), new_x="LMARGIN", new_y="NEXT")
     return bytes(pdf.output())
 
 
-def report_for(study, predictor, card: ModelCard, method: str, explained_class=None, layer=None,
-               colormap=overlay.DEFAULT_COLORMAP, opacity=overlay.DEFAULT_OPACITY,
-               percentile=overlay.DEFAULT_PERCENTILE) -> bytes:
+def report_for(
+    study,
+    predictor,
+    card: ModelCard,
+    method: str,
+    explained_class=None,
+    layer=None,
+    colormap=overlay.DEFAULT_COLORMAP,
+    opacity=overlay.DEFAULT_OPACITY,
+    percentile=overlay.DEFAULT_PERCENTILE,
+) -> bytes:
     """The PDF of a ``core.worklist.Study`` as the reader sees it (the class, method and layer explained, the
     overlay's colours), with the reading's record."""
     from core import diagnosis, worklist
@@ -140,7 +173,17 @@ def report_for(study, predictor, card: ModelCard, method: str, explained_class=N
     flags, _ = worklist.assessment(study, predictor, card)
     sentence = diagnosis.call_sentence(called.decision, called.probabilities, flags, predictor.class_names, card)
     explained = predictor.class_names[shown.target]
-    report = StudyReport(study.display, shown.maps[method], method, explained, shown.layer, sentence,
-                         worklist.study_record(study, predictor, card), card.caveat, colormap, opacity,
-                         percentile)
+    report = StudyReport(
+        study.display,
+        shown.maps[method],
+        method,
+        explained,
+        shown.layer,
+        sentence,
+        worklist.study_record(study, predictor, card),
+        card.caveat,
+        colormap,
+        opacity,
+        percentile,
+    )
     return study_pdf(report)

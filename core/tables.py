@@ -8,11 +8,28 @@ import numpy as np
 
 from core import registry
 from core.card import ModelCard, read_predictions
-from core.report import (DASH, SHIFT_FIGURES, cross_hospital_cells, interval_bounds, is_missing, number_text,
-                         point_text, share_text, shift_cell)
+from core.report import (
+    DASH,
+    SHIFT_FIGURES,
+    cross_hospital_cells,
+    interval_bounds,
+    is_missing,
+    number_text,
+    point_text,
+    share_text,
+    shift_cell,
+)
 
-__all__ = ["summary_table", "per_source_table", "confusion_table", "operating_point_table", "cross_hospital_table",
-           "lever_table", "flags_table", "markdown_report"]
+__all__ = [
+    "summary_table",
+    "per_source_table",
+    "confusion_table",
+    "operating_point_table",
+    "cross_hospital_table",
+    "lever_table",
+    "flags_table",
+    "markdown_report",
+]
 
 
 def _markdown(header: list, cells: list) -> str:
@@ -51,19 +68,24 @@ def summary_table(card: ModelCard) -> str:
     rows += [
         ("macro AUC [bootstrap 95 % CI]", lambda m: _auc(m["macro_auc"])),
         ("COVID-19 sensitivity at 95 % specificity %", lambda m: _pct(m.get("covid_sensitivity_at_95_specificity"))),
-        ("ECE before → after temperature scaling", lambda m: f"{number_text(m.get('ece_uncalibrated'))} → "
-                                                             f"{number_text(m.get('ece'))}"),
+        (
+            "ECE before → after temperature scaling",
+            lambda m: f"{number_text(m.get('ece_uncalibrated'))} → {number_text(m.get('ece'))}",
+        ),
     ]
-    return _markdown(["figure"] + [name for name, _ in splits],
-                     [[label] + [render(m) for _, m in splits] for label, render in rows])
+    return _markdown(
+        ["figure"] + [name for name, _ in splits], [[label] + [render(m) for _, m in splits] for label, render in rows]
+    )
 
 
 def per_source_table(card: ModelCard, split: str = "test") -> str:
     """Per data source: images, accuracy and the recall of each class present (Wilson 95 % intervals)."""
     names = card.class_names
-    cells = [[source, str(m["n"]), _pct(m["accuracy"])] +
-             [_pct(m["per_class"][n]["recall"]) if m["per_class"][n]["support"] else DASH for n in names]
-             for source, m in card.metrics[split]["per_source"].items()]
+    cells = [
+        [source, str(m["n"]), _pct(m["accuracy"])]
+        + [_pct(m["per_class"][n]["recall"]) if m["per_class"][n]["support"] else DASH for n in names]
+        for source, m in card.metrics[split]["per_source"].items()
+    ]
     return _markdown(["source", "images", "accuracy %"] + [f"{n} recall %" for n in names], cells)
 
 
@@ -89,12 +111,19 @@ def operating_point_table(card: ModelCard, folder: Path) -> str:
         matrices[split] = decision_matrix(frame, names, point["positive_class"], point["threshold"])
     rows = [("accuracy %", lambda m: _pct(proportion(np.trace(m), m.sum())))]
     rows += [(f"{name} recall %", lambda m, i=i: _pct(proportion(m[i, i], m[i].sum()))) for i, name in enumerate(names)]
-    return "\n".join([
-        f"Called at the saved operating point: {point_text(point)} (chosen on {point.get('chosen_on', 'validation')}), "
-        "otherwise the most probable other class.", "",
-        _markdown(["figure", "validation", "test"],
-                  [[label, render(matrices["validation"]), render(matrices["test"])] for label, render in rows]), "",
-        _matrix_markdown("true \\ called (test)", names, matrices["test"])])
+    return "\n".join(
+        [
+            f"Called at the saved operating point: {point_text(point)} (chosen on {point.get('chosen_on', 'validation')}), "
+            "otherwise the most probable other class.",
+            "",
+            _markdown(
+                ["figure", "validation", "test"],
+                [[label, render(matrices["validation"]), render(matrices["test"])] for label, render in rows],
+            ),
+            "",
+            _matrix_markdown("true \\ called (test)", names, matrices["test"]),
+        ]
+    )
 
 
 LEVER_FIGURES = ("macro_auc_present", "non_covid_called_covid", "normal_called_normal", "wrong_confident")
@@ -113,9 +142,15 @@ def lever_table(rows: list) -> str:
     cells = []
     for row in rows:
         validation = row.get("validation") or {}
-        cells.append([str(row["run"]), row.get("recipe", ""), share_text(validation.get("accuracy")),
-                      number_text((validation.get("macro_auc") or {}).get("value"))] +
-                     [shift_cell(row["shift"], key) for key in LEVER_FIGURES])
+        cells.append(
+            [
+                str(row["run"]),
+                row.get("recipe", ""),
+                share_text(validation.get("accuracy")),
+                number_text((validation.get("macro_auc") or {}).get("value")),
+            ]
+            + [shift_cell(row["shift"], key) for key in LEVER_FIGURES]
+        )
     return _markdown(header, cells)
 
 
@@ -125,10 +160,14 @@ def flags_table(card: ModelCard) -> str:
     if not rates:
         return "No flag rates in this card."
     splits = list(rates)
-    codes = sorted({code for split in splits for code in rates[split] if code != "n"},
-                   key=lambda code: (code not in ("any", "out_of_depth"), code))
-    return _markdown(["flag"] + [f"{split} (n = {rates[split]['n']})" for split in splits],
-                     [[code] + [f"{100 * rates[split].get(code, 0.0):.1f} %" for split in splits] for code in codes])
+    codes = sorted(
+        {code for split in splits for code in rates[split] if code != "n"},
+        key=lambda code: (code not in ("any", "out_of_depth"), code),
+    )
+    return _markdown(
+        ["flag"] + [f"{split} (n = {rates[split]['n']})" for split in splits],
+        [[code] + [f"{100 * rates[split].get(code, 0.0):.1f} %" for split in splits] for code in codes],
+    )
 
 
 def markdown_report(card: ModelCard, folder: Path = None) -> str:
@@ -137,18 +176,36 @@ def markdown_report(card: ModelCard, folder: Path = None) -> str:
     if card.operating_point and folder is not None and (folder / registry.TEST_PREDICTIONS).is_file():
         point_section = [operating_point_table(card, folder)]
     parameters = card.parameters
-    header = (f"**{card.version}** — `{card.architecture}`, "
-              f"{DASH if parameters is None else f'{parameters:,}'} parameters, "
-              f"temperature {number_text(card.temperature)}")
-    return "\n\n".join([header] + point_section + [
-        "Argmax figures (no operating point), percentages with Wilson 95 % intervals:",
-        summary_table(card),
-        "Per source (test split):",
-        per_source_table(card, "test"),
-        "Confusion matrix (test split, argmax, i.e. without an operating point):",
-        confusion_table(card, "test"),
-    ] + ([
-        "Flags (share of images; 'out_of_depth': a flag that turns the call into 'uncertain — read without the model'):",
-        flags_table(card)] if card.flags else []) + ([
-        "Cross-hospital (leave one source out; each fold trained without that source):",
-        cross_hospital_table(card.cross_hospital)] if card.cross_hospital else []))
+    header = (
+        f"**{card.version}** — `{card.architecture}`, "
+        f"{DASH if parameters is None else f'{parameters:,}'} parameters, "
+        f"temperature {number_text(card.temperature)}"
+    )
+    return "\n\n".join(
+        [header]
+        + point_section
+        + [
+            "Argmax figures (no operating point), percentages with Wilson 95 % intervals:",
+            summary_table(card),
+            "Per source (test split):",
+            per_source_table(card, "test"),
+            "Confusion matrix (test split, argmax, i.e. without an operating point):",
+            confusion_table(card, "test"),
+        ]
+        + (
+            [
+                "Flags (share of images; 'out_of_depth': a flag that turns the call into 'uncertain — read without the model'):",
+                flags_table(card),
+            ]
+            if card.flags
+            else []
+        )
+        + (
+            [
+                "Cross-hospital (leave one source out; each fold trained without that source):",
+                cross_hospital_table(card.cross_hospital),
+            ]
+            if card.cross_hospital
+            else []
+        )
+    )

@@ -18,8 +18,16 @@ from PIL import Image
 
 from core.overlay import LEVELS, RGB_COLORMAPS, encode_jpeg, masked_map, windowed
 
-__all__ = ["data_uri", "colorscale", "map_grid", "figure", "browser_ready_jpeg", "film_jpeg", "probability_chart",
-           "checked"]
+__all__ = [
+    "data_uri",
+    "colorscale",
+    "map_grid",
+    "figure",
+    "browser_ready_jpeg",
+    "film_jpeg",
+    "probability_chart",
+    "checked",
+]
 
 MAP_COLUMNS = 96  # the heatmap grid's width; its height keeps the film's aspect
 COLORSCALE_STOPS = 11
@@ -30,8 +38,12 @@ CHART_HEIGHT = 130
 JPEG_SIGNATURE = b"\xff\xd8\xff"
 MAX_SENT_AS_IS = 2 * 1024**2  # a JPEG upload up to this size goes to the viewer as it is (full resolution)
 EXIF_ORIENTATION = 0x0112
-CONFIG = {"scrollZoom": True, "displaylogo": False, "doubleClick": "reset",
-          "modeBarButtonsToRemove": ["select2d", "lasso2d", "autoScale2d", "toImage"]}
+CONFIG = {
+    "scrollZoom": True,
+    "displaylogo": False,
+    "doubleClick": "reset",
+    "modeBarButtonsToRemove": ["select2d", "lasso2d", "autoScale2d", "toImage"],
+}
 
 
 def data_uri(jpeg: bytes) -> str:
@@ -56,8 +68,9 @@ def map_grid(cam: np.ndarray, shape: tuple, percentile: float) -> tuple:
     return z, columns / grid_columns, rows / grid_rows
 
 
-def figure(source: str, shape: tuple, cam=None, colormap="jet", opacity=0.45, percentile=80.0,
-           title="", uirevision="study") -> dict:
+def figure(
+    source: str, shape: tuple, cam=None, colormap="jet", opacity=0.45, percentile=80.0, title="", uirevision="study"
+) -> dict:
     """The viewer's plotly figure (a dict, as ``st.plotly_chart`` takes it) for a film of display ``shape`` (rows,
     columns) at the URL ``source`` (a served file, or ``data_uri``); ``cam`` None shows the film alone.
     ``uirevision`` keeps the reader's zoom and pan across redraws of the same study."""
@@ -65,25 +78,67 @@ def figure(source: str, shape: tuple, cam=None, colormap="jet", opacity=0.45, pe
     data = []
     if cam is not None:
         z, dx, dy = map_grid(cam, shape, percentile)
-        data.append({
-            "type": "heatmap", "z": z, "x0": dx / 2, "dx": dx, "y0": dy / 2, "dy": dy, "zmin": 0.0, "zmax": 1.0,
-            "colorscale": colorscale(colormap), "opacity": opacity, "hoverongaps": False, "name": "Grad-CAM", "zsmooth": "best",
-            "hovertemplate": "map %{z:.2f}<extra></extra>",
-            "colorbar": {"title": {"text": f"map (drawn ≥ P{percentile:g})", "side": "right"}, "thickness": 14,
-                         "len": 0.6, "tickvals": [0, 0.25, 0.5, 0.75, 1], "tickfont": {"color": "#dddddd"},
-                         "title_font": {"color": "#dddddd"}},
-        })
+        data.append(
+            {
+                "type": "heatmap",
+                "z": z,
+                "x0": dx / 2,
+                "dx": dx,
+                "y0": dy / 2,
+                "dy": dy,
+                "zmin": 0.0,
+                "zmax": 1.0,
+                "colorscale": colorscale(colormap),
+                "opacity": opacity,
+                "hoverongaps": False,
+                "name": "Grad-CAM",
+                "zsmooth": "best",
+                "hovertemplate": "map %{z:.2f}<extra></extra>",
+                "colorbar": {
+                    "title": {"text": f"map (drawn ≥ P{percentile:g})", "side": "right"},
+                    "thickness": 14,
+                    "len": 0.6,
+                    "tickvals": [0, 0.25, 0.5, 0.75, 1],
+                    "tickfont": {"color": "#dddddd"},
+                    "title_font": {"color": "#dddddd"},
+                },
+            }
+        )
     else:  # an invisible trace keeps the axes (and so the zoom) the same as with the overlay
-        data.append({"type": "scatter", "x": [0, columns], "y": [0, rows], "mode": "markers",
-                     "marker": {"opacity": 0}, "hoverinfo": "skip", "showlegend": False})
+        data.append(
+            {
+                "type": "scatter",
+                "x": [0, columns],
+                "y": [0, rows],
+                "mode": "markers",
+                "marker": {"opacity": 0},
+                "hoverinfo": "skip",
+                "showlegend": False,
+            }
+        )
     layout = {
-        "height": FIGURE_HEIGHT, "margin": {"l": 0, "r": 0, "t": 0, "b": 0},  # a top margin shifts the film (plotly)
+        "height": FIGURE_HEIGHT,
+        "margin": {"l": 0, "r": 0, "t": 0, "b": 0},  # a top margin shifts the film (plotly)
         "title": {"text": title, "font": {"size": 13, "color": "#dddddd"}, "x": 0.01, "y": 0.99, "yanchor": "top"},
-        "paper_bgcolor": BACKGROUND, "plot_bgcolor": BACKGROUND, "dragmode": "pan", "uirevision": uirevision,
+        "paper_bgcolor": BACKGROUND,
+        "plot_bgcolor": BACKGROUND,
+        "dragmode": "pan",
+        "uirevision": uirevision,
         "xaxis": {"range": [0, columns], "visible": False},
         "yaxis": {"range": [rows, 0], "visible": False, "scaleanchor": "x"},
-        "images": [{"source": source, "xref": "x", "yref": "y", "x": 0, "y": 0, "sizex": columns,
-                    "sizey": rows, "sizing": "stretch", "layer": "below"}],
+        "images": [
+            {
+                "source": source,
+                "xref": "x",
+                "yref": "y",
+                "x": 0,
+                "y": 0,
+                "sizex": columns,
+                "sizey": rows,
+                "sizing": "stretch",
+                "layer": "below",
+            }
+        ],
     }
     return {"data": data, "layout": layout}
 
@@ -111,12 +166,23 @@ def film_jpeg(data: bytes, display: np.ndarray, level: int, width: int) -> bytes
 def probability_chart(class_names, probabilities, called: str) -> dict:
     """Horizontal bars of the calibrated probabilities; only the called class in the call's colour."""
     colours = [CALL_COLOUR if name == called else OTHER_COLOUR for name in class_names]
-    bars = {"type": "bar", "x": [float(p) for p in probabilities], "y": list(class_names), "orientation": "h",
-            "marker": {"color": colours}, "text": [f"{p:.1%}" for p in probabilities], "textposition": "auto",
-            "hovertemplate": "%{y}: %{x:.3f}<extra></extra>"}
-    layout = {"height": CHART_HEIGHT, "margin": {"l": 0, "r": 10, "t": 4, "b": 0}, "showlegend": False,
-              "xaxis": {"range": [0, 1], "tickformat": ".0%", "title": {"text": "calibrated probability"}},
-              "yaxis": {"autorange": "reversed"}}
+    bars = {
+        "type": "bar",
+        "x": [float(p) for p in probabilities],
+        "y": list(class_names),
+        "orientation": "h",
+        "marker": {"color": colours},
+        "text": [f"{p:.1%}" for p in probabilities],
+        "textposition": "auto",
+        "hovertemplate": "%{y}: %{x:.3f}<extra></extra>",
+    }
+    layout = {
+        "height": CHART_HEIGHT,
+        "margin": {"l": 0, "r": 10, "t": 4, "b": 0},
+        "showlegend": False,
+        "xaxis": {"range": [0, 1], "tickformat": ".0%", "title": {"text": "calibrated probability"}},
+        "yaxis": {"autorange": "reversed"},
+    }
     return {"data": [bars], "layout": layout}
 
 

@@ -14,7 +14,7 @@ import time
 import zipfile
 import zlib
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import PurePosixPath
 
 import numpy as np
@@ -24,9 +24,28 @@ from core.card import ModelCard
 from core.flags import UNCERTAIN_CALL
 from core.imaging import UnusableImageError, read_image
 
-__all__ = ["UploadError", "Study", "now", "decoded_study", "model_input", "look", "assessment", "study_record",
-           "full_resolution_png", "point_key", "describe_point", "record", "csv_row", "to_csv", "priority",
-           "shown_call", "files_of_upload", "wanted_member", "read_member", "over_cap"]
+__all__ = [
+    "UploadError",
+    "Study",
+    "now",
+    "decoded_study",
+    "model_input",
+    "look",
+    "assessment",
+    "study_record",
+    "full_resolution_png",
+    "point_key",
+    "describe_point",
+    "record",
+    "csv_row",
+    "to_csv",
+    "priority",
+    "shown_call",
+    "files_of_upload",
+    "wanted_member",
+    "read_member",
+    "over_cap",
+]
 
 MAX_STUDIES = 60
 MAX_SESSION_BYTES = 300 * 1024**2  # upload bytes held by one browser session
@@ -71,7 +90,7 @@ class Study:
 
 def now() -> str:
     """The time of a reading, as ISO 8601 UTC to the second."""
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def decoded_study(name: str, data: bytes, digest: str, predictor) -> Study:
@@ -83,9 +102,18 @@ def decoded_study(name: str, data: bytes, digest: str, predictor) -> Study:
     except UnusableImageError as error:
         return Study(name, digest, data, error=str(error), read_at=now())
     display = overlay.display_copy(radiograph.pixels)
-    study = Study(name, digest, data, display=display, thumbnail=overlay.thumbnail(display),
-                  hints=radiograph.hints, metadata=radiograph.metadata, full_shape=radiograph.pixels.shape,
-                  inputs={predictor.version: predictor.preprocess(radiograph.pixels)}, read_at=now())
+    study = Study(
+        name,
+        digest,
+        data,
+        display=display,
+        thumbnail=overlay.thumbnail(display),
+        hints=radiograph.hints,
+        metadata=radiograph.metadata,
+        full_shape=radiograph.pixels.shape,
+        inputs={predictor.version: predictor.preprocess(radiograph.pixels)},
+        read_at=now(),
+    )
     study.decode_ms = (time.perf_counter() - start) * 1000.0
     return study
 
@@ -104,8 +132,9 @@ def look(study: Study, predictor, card: ModelCard, layer=None, explained_class=N
     key = (predictor.version, point_key(card), layer, explained_class)
     if key not in study.looks:
         start = time.perf_counter()
-        (result,) = diagnosis.look_batch(predictor, model_input(study, predictor)[np.newaxis], card, layer,
-                                         explained_class)
+        (result,) = diagnosis.look_batch(
+            predictor, model_input(study, predictor)[np.newaxis], card, layer, explained_class
+        )
         study.looks[key] = (result, (time.perf_counter() - start) * 1000.0)
     return study.looks[key]
 
@@ -117,8 +146,9 @@ def assessment(study: Study, predictor, card: ModelCard) -> tuple:
     if key not in study.assessments:
         first_look, _ = look(study, predictor, card)
         start = time.perf_counter()
-        (result,) = diagnosis.assess_batch(predictor, [first_look], model_input(study, predictor)[np.newaxis],
-                                           [study.hints], card)
+        (result,) = diagnosis.assess_batch(
+            predictor, [first_look], model_input(study, predictor)[np.newaxis], [study.hints], card
+        )
         study.assessments[key] = (result, (time.perf_counter() - start) * 1000.0)
     return study.assessments[key]
 
@@ -127,13 +157,22 @@ def study_record(study: Study, predictor, card: ModelCard) -> dict:
     """The study's ``record`` (as ``predict --json`` gives it for the same file)."""
     called, _ = look(study, predictor, card)
     flags, _ = assessment(study, predictor, card)
-    return record(study.name, called.probabilities, predictor.class_names, called.decision.label, flags, card,
-                  study.read_at)
+    return record(
+        study.name, called.probabilities, predictor.class_names, called.decision.label, flags, card, study.read_at
+    )
 
 
-def full_resolution_png(study: Study, predictor, card: ModelCard, method: str, layer=None, explained_class=None,
-                        colormap=overlay.DEFAULT_COLORMAP, opacity=overlay.DEFAULT_OPACITY,
-                        percentile=overlay.DEFAULT_PERCENTILE) -> bytes:
+def full_resolution_png(
+    study: Study,
+    predictor,
+    card: ModelCard,
+    method: str,
+    layer=None,
+    explained_class=None,
+    colormap=overlay.DEFAULT_COLORMAP,
+    opacity=overlay.DEFAULT_OPACITY,
+    percentile=overlay.DEFAULT_PERCENTILE,
+) -> bytes:
     """The overlay at full resolution as a PNG with its colour scale, re-decoded from the upload's bytes (only
     for a download: the study keeps no full-resolution pixels)."""
     shown, _ = look(study, predictor, card, layer, explained_class)
@@ -156,10 +195,17 @@ def describe_point(card: ModelCard) -> str:
 
 def record(file: str, probabilities, class_names, label: str, assessment, card: ModelCard, when: str) -> dict:
     """One reading as ``predict --json`` prints it and the worklist CSV exports it."""
-    return {"file": file, "probabilities": {n: round(float(p), 6) for n, p in zip(class_names, probabilities)},
-            "prediction": label, "trust": "uncertain" if assessment.out_of_depth else "ok",
-            "flags": list(assessment.flags), "warnings": list(assessment.warnings), "model_version": card.version,
-            "operating_point": describe_point(card), "time": when}
+    return {
+        "file": file,
+        "probabilities": {n: round(float(p), 6) for n, p in zip(class_names, probabilities)},
+        "prediction": label,
+        "trust": "uncertain" if assessment.out_of_depth else "ok",
+        "flags": list(assessment.flags),
+        "warnings": list(assessment.warnings),
+        "model_version": card.version,
+        "operating_point": describe_point(card),
+        "time": when,
+    }
 
 
 def csv_row(entry: dict) -> dict:
@@ -248,5 +294,7 @@ def over_cap(studies: dict, new_bytes: int, new_count: int) -> str:
     held = sum(len(study.data) for study in studies.values()) + new_bytes
     if count <= MAX_STUDIES and held <= MAX_SESSION_BYTES:
         return ""
-    return (f"This session can hold {MAX_STUDIES} studies and {MAX_SESSION_BYTES // 1024**2} MB of files; these "
-            f"uploads would make {count} studies and {held / 1024**2:.0f} MB. Clear studies (or remove some) first.")
+    return (
+        f"This session can hold {MAX_STUDIES} studies and {MAX_SESSION_BYTES // 1024**2} MB of files; these "
+        f"uploads would make {count} studies and {held / 1024**2:.0f} MB. Clear studies (or remove some) first."
+    )

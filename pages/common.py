@@ -95,9 +95,24 @@ def confusion_figure(matrix, class_names, title: str, column_title: str = "call"
     """A confusion matrix (rows true class, columns ``column_title``) as an annotated heatmap: the chart the
     Operating point and Retrain pages share."""
     names = [html.escape(str(name)) for name in class_names]
-    figure = go.Figure(go.Heatmap(z=matrix, x=names, y=names, text=matrix, texttemplate="%{text}",
-                                  colorscale="Blues", showscale=False, hovertemplate="true %{y}, "
-                                  f"{column_title} %{{x}}: %{{z}}<extra></extra>"))
-    figure.update_layout(title=html.escape(title), xaxis_title=column_title, yaxis_title="true class",
-                         yaxis={"autorange": "reversed"}, height=CHART_HEIGHT, margin=CHART_MARGIN)
+    figure = go.Figure(
+        go.Heatmap(
+            z=matrix,
+            x=names,
+            y=names,
+            text=matrix,
+            texttemplate="%{text}",
+            colorscale="Blues",
+            showscale=False,
+            hovertemplate=f"true %{{y}}, {column_title} %{{x}}: %{{z}}<extra></extra>",
+        )
+    )
+    figure.update_layout(
+        title=html.escape(title),
+        xaxis_title=column_title,
+        yaxis_title="true class",
+        yaxis={"autorange": "reversed"},
+        height=CHART_HEIGHT,
+        margin=CHART_MARGIN,
+    )
     return figure

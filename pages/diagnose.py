@@ -29,8 +29,9 @@ TABLE = "diagnose_worklist_table"
 TABLE_ORDER = "diagnose_table_order"
 CALLED_CLASS = "The called class"
 CUSTOM = "custom"
-UPLOAD_LABEL = ("Chest X-rays, or a zip of a folder of them: DICOM (.dcm or no extension), PNG, JPEG, BMP, TIFF, "
-                "WebP or GIF")
+UPLOAD_LABEL = (
+    "Chest X-rays, or a zip of a folder of them: DICOM (.dcm or no extension), PNG, JPEG, BMP, TIFF, WebP or GIF"
+)
 INTERNAL_ERROR = "This study could not be analysed because of an internal error (logged for the developers)."
 VIEWER_SHARE = 0.7
 TABLE_HEIGHT = 250  # px: about six rows, then the table scrolls (the viewer stays in sight)
@@ -64,21 +65,43 @@ def render_controls(card) -> dict:
     layers = card.conv_layers or [card.gradcam_layer]
     with st.sidebar:
         st.subheader("Explanation")
-        explained = kept(st.selectbox, "Class to explain", "diagnose_class", CALLED_CLASS,
-                         [CALLED_CLASS, *card.class_names])
+        explained = kept(
+            st.selectbox, "Class to explain", "diagnose_class", CALLED_CLASS, [CALLED_CLASS, *card.class_names]
+        )
         method = kept(st.radio, "Method", "diagnose_method", gradcam.GRADCAM, list(gradcam.METHODS), horizontal=True)
         layer = kept(st.selectbox, "Layer", "diagnose_layer", card.gradcam_layer, layers)
-        percentile = kept(st.slider, "Draw the map where it is above its percentile", "diagnose_percentile",
-                          overlay.DEFAULT_PERCENTILE, min_value=0, max_value=99, step=1,
-                          help="80 draws the top fifth of the map; the film stays untouched elsewhere.")
-        opacity = kept(st.slider, "Opacity", "diagnose_opacity", overlay.DEFAULT_OPACITY, min_value=0.0,
-                       max_value=1.0, step=0.05)
-        colormap = kept(st.selectbox, "Colormap", "diagnose_colormap", overlay.DEFAULT_COLORMAP,
-                        list(overlay.COLORMAPS))
-        show_patient = kept(st.checkbox, "Show patient fields", "diagnose_patient_fields", False,
-                            help="Patient and study fields from DICOM headers, which may identify the patient.")
-    return {"explained_class": None if explained == CALLED_CLASS else explained, "method": method, "layer": layer,
-            "percentile": percentile, "opacity": opacity, "colormap": colormap, "show_patient": show_patient}
+        percentile = kept(
+            st.slider,
+            "Draw the map where it is above its percentile",
+            "diagnose_percentile",
+            overlay.DEFAULT_PERCENTILE,
+            min_value=0,
+            max_value=99,
+            step=1,
+            help="80 draws the top fifth of the map; the film stays untouched elsewhere.",
+        )
+        opacity = kept(
+            st.slider, "Opacity", "diagnose_opacity", overlay.DEFAULT_OPACITY, min_value=0.0, max_value=1.0, step=0.05
+        )
+        colormap = kept(
+            st.selectbox, "Colormap", "diagnose_colormap", overlay.DEFAULT_COLORMAP, list(overlay.COLORMAPS)
+        )
+        show_patient = kept(
+            st.checkbox,
+            "Show patient fields",
+            "diagnose_patient_fields",
+            False,
+            help="Patient and study fields from DICOM headers, which may identify the patient.",
+        )
+    return {
+        "explained_class": None if explained == CALLED_CLASS else explained,
+        "method": method,
+        "layer": layer,
+        "percentile": percentile,
+        "opacity": opacity,
+        "colormap": colormap,
+        "show_patient": show_patient,
+    }
 
 
 def studies() -> dict:
@@ -137,30 +160,54 @@ def render_worklist(predictor, card) -> None:
     rows = []
     for digest, study in studies().items():
         if study.error:
-            rows.append({"digest": digest, "rank": worklist.priority("", False, error=True), "p": -1.0,
-                         "thumbnail": None, "file": study.name,
-                         "call": "unreadable", "p(COVID-19)": None, "flags": study.error})
+            rows.append(
+                {
+                    "digest": digest,
+                    "rank": worklist.priority("", False, error=True),
+                    "p": -1.0,
+                    "thumbnail": None,
+                    "file": study.name,
+                    "call": "unreadable",
+                    "p(COVID-19)": None,
+                    "flags": study.error,
+                }
+            )
             continue
         called, _ = worklist.look(study, predictor, card)
         flags, _ = worklist.assessment(study, predictor, card)
         p_positive = float(called.probabilities[list(predictor.class_names).index(worklist.POSITIVE_CLASS)])
-        rows.append({"digest": digest, "rank": worklist.priority(called.decision.label, flags.out_of_depth),
-                     "p": p_positive, "thumbnail": viewer.data_uri(study.thumbnail), "file": study.name,
-                     "call": worklist.shown_call(called.decision.label, flags.out_of_depth),
-                     "p(COVID-19)": p_positive, "flags": ", ".join(flags.flags)})
+        rows.append(
+            {
+                "digest": digest,
+                "rank": worklist.priority(called.decision.label, flags.out_of_depth),
+                "p": p_positive,
+                "thumbnail": viewer.data_uri(study.thumbnail),
+                "file": study.name,
+                "call": worklist.shown_call(called.decision.label, flags.out_of_depth),
+                "p(COVID-19)": p_positive,
+                "flags": ", ".join(flags.flags),
+            }
+        )
     rows.sort(key=lambda row: (row["rank"], -row["p"]))
     header, filters, export, clear = st.columns([0.46, 0.18, 0.18, 0.18], vertical_alignment="bottom")
     header.subheader(f"Worklist ({len(rows)} studies)")
     with filters.popover("Filter", icon=":material/filter_list:", width="stretch"):
         text = st.text_input("File name contains", key="diagnose_filter_text")
-        groups = kept(st.multiselect, "Show", "diagnose_filter_groups", list(worklist.PRIORITY),
-                      list(worklist.PRIORITY))
+        groups = kept(
+            st.multiselect, "Show", "diagnose_filter_groups", list(worklist.PRIORITY), list(worklist.PRIORITY)
+        )
     readable = [study for study in studies().values() if study.error is None]
     export.download_button(
-        "Export CSV", lambda: worklist.to_csv([worklist.study_record(s, predictor, card) for s in readable]),
-        file_name="worklist.csv", mime="text/csv", icon=":material/table_view:", disabled=not readable,
-        on_click="ignore", width="stretch",
-        help="Every readable study: the same fields as `python -m core predict --json`.")
+        "Export CSV",
+        lambda: worklist.to_csv([worklist.study_record(s, predictor, card) for s in readable]),
+        file_name="worklist.csv",
+        mime="text/csv",
+        icon=":material/table_view:",
+        disabled=not readable,
+        on_click="ignore",
+        width="stretch",
+        help="Every readable study: the same fields as `python -m core predict --json`.",
+    )
     if clear.button("Clear studies", icon=":material/delete_sweep:", width="stretch"):
         st.session_state[STUDIES] = {}
         st.session_state.pop(SELECTED, None)
@@ -171,18 +218,26 @@ def render_worklist(predictor, card) -> None:
     st.session_state[TABLE_ORDER] = [row["digest"] for row in visible]
     columns = ["thumbnail", "file", "call", "p(COVID-19)", "flags"]
     st.dataframe(
-        [{column: row[column] for column in columns} for row in visible], key=TABLE, on_select=select_from_table,
-        selection_mode="single-row", hide_index=True, width="stretch", height=min(TABLE_HEIGHT, 38 + 35 * max(1, len(visible))),
-        column_config={"thumbnail": st.column_config.ImageColumn("", width="small"),
-                       "p(COVID-19)": st.column_config.NumberColumn(format="%.3f")},
+        [{column: row[column] for column in columns} for row in visible],
+        key=TABLE,
+        on_select=select_from_table,
+        selection_mode="single-row",
+        hide_index=True,
+        width="stretch",
+        height=min(TABLE_HEIGHT, 38 + 35 * max(1, len(visible))),
+        column_config={
+            "thumbnail": st.column_config.ImageColumn("", width="small"),
+            "p(COVID-19)": st.column_config.NumberColumn(format="%.3f"),
+        },
     )
 
 
 def window_controls(study) -> tuple:
     """Window presets and sliders above the viewer; (level, width) in the display copy's grey levels."""
     preset_key, level_key, width_key = "diagnose_window", "diagnose_level", "diagnose_width"
-    preset_column, level_column, width_column, overlay_column = st.columns([0.44, 0.2, 0.2, 0.16],
-                                                                           vertical_alignment="bottom")
+    preset_column, level_column, width_column, overlay_column = st.columns(
+        [0.44, 0.2, 0.2, 0.16], vertical_alignment="bottom"
+    )
     with preset_column:
         preset = kept(st.segmented_control, "Window", preset_key, "full range", [*overlay.PRESETS, CUSTOM])
     if preset and preset != CUSTOM:
@@ -239,8 +294,16 @@ def render_study(predictor, card, controls: dict, study) -> None:
         source = film_source(film(study, level, width))
         cam = shown.maps[controls["method"]] if show else None
         title = f"{controls['method']} of {explained} at {shown.layer}" if show else "Film"
-        figure = viewer.figure(source, study.display.shape, cam, controls["colormap"], controls["opacity"],
-                               controls["percentile"], title=title, uirevision=study.digest)
+        figure = viewer.figure(
+            source,
+            study.display.shape,
+            cam,
+            controls["colormap"],
+            controls["opacity"],
+            controls["percentile"],
+            title=title,
+            uirevision=study.digest,
+        )
         st.plotly_chart(viewer.checked(figure), key="diagnose_viewer", config=viewer.CONFIG, width="stretch")
     with card_column:
         st.markdown(f"**{escape_markdown(study.name)}**")
@@ -249,14 +312,17 @@ def render_study(predictor, card, controls: dict, study) -> None:
         st.plotly_chart(viewer.checked(bars), key="diagnose_probabilities", config={"displayModeBar": False})
         flags, flags_ms = worklist.assessment(study, predictor, card)
         with call_box:
-            render_call(call_sentence(called.decision, called.probabilities, flags, predictor.class_names, card),
-                        flags)
+            render_call(call_sentence(called.decision, called.probabilities, flags, predictor.class_names, card), flags)
         render_downloads(predictor, card, controls, study)
         with st.expander("Details", icon=":material/info:"):
-            st.caption(f"Model {escape_markdown(predictor.version)} · operating point "
-                       f"{escape_markdown(worklist.describe_point(card))} · read {study.read_at}")
-            st.caption(f"{study.full_shape[1]} × {study.full_shape[0]} px · decode {study.decode_ms:.0f} ms · model "
-                       f"and Grad-CAM {model_ms:.0f} ms · flags {flags_ms:.0f} ms")
+            st.caption(
+                f"Model {escape_markdown(predictor.version)} · operating point "
+                f"{escape_markdown(worklist.describe_point(card))} · read {study.read_at}"
+            )
+            st.caption(
+                f"{study.full_shape[1]} × {study.full_shape[0]} px · decode {study.decode_ms:.0f} ms · model "
+                f"and Grad-CAM {model_ms:.0f} ms · flags {flags_ms:.0f} ms"
+            )
         render_patient_fields(study.metadata, controls["show_patient"])
 
 
@@ -277,14 +343,25 @@ def render_downloads(predictor, card, controls: dict, study) -> None:
     drawing = (controls["colormap"], controls["opacity"], controls["percentile"])
     pdf_column, png_column = st.columns(2)
     pdf_column.download_button(
-        "Report (PDF)", key="diagnose_pdf", file_name=f"{stem}_report.pdf", mime="application/pdf",
-        icon=":material/picture_as_pdf:", on_click="ignore", width="stretch",
-        data=lambda: pdf_report(study, predictor, card, controls["method"], controls["explained_class"],
-                                controls["layer"], *drawing),
+        "Report (PDF)",
+        key="diagnose_pdf",
+        file_name=f"{stem}_report.pdf",
+        mime="application/pdf",
+        icon=":material/picture_as_pdf:",
+        on_click="ignore",
+        width="stretch",
+        data=lambda: pdf_report(
+            study, predictor, card, controls["method"], controls["explained_class"], controls["layer"], *drawing
+        ),
     )
     png_column.download_button(
-        "Overlay (PNG)", key="diagnose_png", file_name=f"{stem}_gradcam.png", mime="image/png",
-        icon=":material/download:", on_click="ignore", width="stretch",
+        "Overlay (PNG)",
+        key="diagnose_png",
+        file_name=f"{stem}_gradcam.png",
+        mime="image/png",
+        icon=":material/download:",
+        on_click="ignore",
+        width="stretch",
         data=lambda: worklist.full_resolution_png(study, predictor, card, controls["method"], *look_args, *drawing),
     )
 
@@ -326,8 +403,12 @@ if card is not None:
     except registry.ModelVersionError as error:
         st.error(escape_markdown(str(error)))
         st.stop()
-    uploads = st.file_uploader(UPLOAD_LABEL, type=None, accept_multiple_files=True,
-                               key=f"diagnose_uploads_{st.session_state.get(UPLOADER_GENERATION, 0)}")
+    uploads = st.file_uploader(
+        UPLOAD_LABEL,
+        type=None,
+        accept_multiple_files=True,
+        key=f"diagnose_uploads_{st.session_state.get(UPLOADER_GENERATION, 0)}",
+    )
     notices = st.container()  # progress and messages: a fixed slot, so the elements below keep their places
     if uploads:
         with notices:

@@ -9,8 +9,16 @@ import pandas as pd
 import streamlit as st
 
 from core import registry
-from core.report import (card_summary, cross_hospital_cells, figure_text, headline_rows, history_rows, point_text,
-                         threshold_text, time_text)
+from core.report import (
+    card_summary,
+    cross_hospital_cells,
+    figure_text,
+    headline_rows,
+    history_rows,
+    point_text,
+    threshold_text,
+    time_text,
+)
 from core.tables import flags_table
 from pages.common import escape_markdown, reader_timezone, run_through_app, text_table
 from train.archive import ArchiveError, export_saved_model, savedmodel_zip
@@ -21,16 +29,18 @@ def overview(versions, active, timezone) -> pd.DataFrame:
     for version in versions:
         card = registry.load_card(version)
         metrics = card.metrics or {}
-        rows.append({
-            "Version": version,
-            "Active": version == active,
-            "Created": time_text(card.created, timezone),
-            "Architecture": card.architecture,
-            "Validation accuracy (95 % CI)": figure_text((metrics.get("validation") or {}).get("accuracy")),
-            "Test accuracy (95 % CI)": figure_text((metrics.get("test") or {}).get("accuracy")),
-            "Positive class": (card.operating_point or {}).get("positive_class", "argmax"),
-            "Threshold": threshold_text((card.operating_point or {}).get("threshold")),
-        })
+        rows.append(
+            {
+                "Version": version,
+                "Active": version == active,
+                "Created": time_text(card.created, timezone),
+                "Architecture": card.architecture,
+                "Validation accuracy (95 % CI)": figure_text((metrics.get("validation") or {}).get("accuracy")),
+                "Test accuracy (95 % CI)": figure_text((metrics.get("test") or {}).get("accuracy")),
+                "Positive class": (card.operating_point or {}).get("positive_class", "argmax"),
+                "Threshold": threshold_text((card.operating_point or {}).get("threshold")),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -55,8 +65,9 @@ def render_card(card, active, timezone) -> None:
         header, cells = cross_hospital_cells(card.cross_hospital)
         st.dataframe(pd.DataFrame(cells, columns=header), hide_index=True)
     if card.flags:
-        st.markdown("**Flags** (share of images flagged; *out_of_depth* calls become “uncertain — read without "
-                    "the model”)")
+        st.markdown(
+            "**Flags** (share of images flagged; *out_of_depth* calls become “uncertain — read without the model”)"
+        )
         st.markdown(flags_table(card))
     st.markdown("**Caveat**")
     with st.container(border=True):
@@ -79,15 +90,25 @@ def render_actions(version: str, active) -> None:
     activate, delete = st.columns(2)
     if version == active:
         activate.success("Active: Diagnose uses this version.", icon=":material/check_circle:")
-    elif activate.button("Activate this version (roll back / forward)", key="activate_version", type="primary",
-                         icon=":material/published_with_changes:"):
+    elif activate.button(
+        "Activate this version (roll back / forward)",
+        key="activate_version",
+        type="primary",
+        icon=":material/published_with_changes:",
+    ):
         changed(activate, registry.set_active, version)
     if version != active:
         confirmed = delete.checkbox("Yes, delete this version permanently", key=f"confirm_delete:{version}")
         if delete.button("Delete", key="delete_version", disabled=not confirmed, icon=":material/delete:"):
             changed(delete, registry.delete_version, version)
-    st.download_button("Download card.json", json.dumps(card.to_dict(), indent=2), file_name=f"{version}-card.json",
-                       mime="application/json", key="download_card", icon=":material/download:")
+    st.download_button(
+        "Download card.json",
+        json.dumps(card.to_dict(), indent=2),
+        file_name=f"{version}-card.json",
+        mime="application/json",
+        key="download_card",
+        icon=":material/download:",
+    )
     st.markdown("**Export for TF Serving** (SavedModel serving the calibrated probabilities; card in assets.extra)")
     zipped, folder = st.columns(2)
     export_key = f"export:{version}"
@@ -95,10 +116,16 @@ def render_actions(version: str, active) -> None:
         with st.spinner("Exporting the SavedModel…"):
             st.session_state[export_key] = savedmodel_zip(version)
     if export_key in st.session_state:
-        zipped.download_button("Download SavedModel (.zip)", st.session_state[export_key],
-                               file_name=f"{version}-savedmodel.zip", mime="application/zip", key="download_export")
-    target = folder.text_input("Or write it to a new folder in the server's exports folder", key="export_folder",
-                               placeholder=f"{version}/1")
+        zipped.download_button(
+            "Download SavedModel (.zip)",
+            st.session_state[export_key],
+            file_name=f"{version}-savedmodel.zip",
+            mime="application/zip",
+            key="download_export",
+        )
+    target = folder.text_input(
+        "Or write it to a new folder in the server's exports folder", key="export_folder", placeholder=f"{version}/1"
+    )
     if folder.button("Write SavedModel", key="export_write", disabled=not target):
         try:
             with st.spinner("Exporting the SavedModel…"):
@@ -118,8 +145,11 @@ def main() -> None:
     timezone = reader_timezone()
     versions, active = registry.list_versions(), registry.active_version()
     leftovers = registry.stale_folders()
-    if leftovers and st.button(f"Remove {len(leftovers)} folder(s) left by an interrupted publish or delete",
-                               key="cleanup", icon=":material/cleaning_services:"):
+    if leftovers and st.button(
+        f"Remove {len(leftovers)} folder(s) left by an interrupted publish or delete",
+        key="cleanup",
+        icon=":material/cleaning_services:",
+    ):
         registry.remove_stale_staging()
         st.rerun()
     if not versions:
@@ -130,8 +160,12 @@ def main() -> None:
     st.dataframe(overview(versions, active, timezone), hide_index=True)
     if st.session_state.get("version_choice") not in versions:
         st.session_state.pop("version_choice", None)
-    chosen = st.selectbox("Version", versions, key="version_choice",
-                          index=versions.index(active) if active in versions else len(versions) - 1)
+    chosen = st.selectbox(
+        "Version",
+        versions,
+        key="version_choice",
+        index=versions.index(active) if active in versions else len(versions) - 1,
+    )
     render_actions(chosen, active)
     render_card(registry.load_card(chosen), active, timezone)
 

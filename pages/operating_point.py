@@ -11,17 +11,40 @@ import streamlit as st
 
 from core import operating_point as op
 from core import registry
-from core.report import (change_rows, count_text, figure_text, history_rows, number_text, point_text, score_text,
-                         threshold_text, time_text)
-from pages.common import (CHART_HEIGHT, CHART_MARGIN, active_card, confusion_figure, escape_markdown, reader_timezone,
-                          run_through_app, text_table)
+from core.report import (
+    change_rows,
+    count_text,
+    figure_text,
+    history_rows,
+    number_text,
+    point_text,
+    score_text,
+    threshold_text,
+    time_text,
+)
+from pages.common import (
+    CHART_HEIGHT,
+    CHART_MARGIN,
+    active_card,
+    confusion_figure,
+    escape_markdown,
+    reader_timezone,
+    run_through_app,
+    text_table,
+)
 
 DEFAULT_THRESHOLD = 0.5
 THRESHOLD_STEP = 0.001
 DEFAULT_TARGET_PERCENT = 97.5
 DEFAULT_PREVALENCE_PERCENT = 5.0
-FIGURE_NAMES = {"sensitivity": "Sensitivity (recall)", "specificity": "Specificity", "ppv": "PPV (precision)",
-                "npv": "NPV", "accuracy": "Accuracy", "f1": "F1"}
+FIGURE_NAMES = {
+    "sensitivity": "Sensitivity (recall)",
+    "specificity": "Specificity",
+    "ppv": "PPV (precision)",
+    "npv": "NPV",
+    "accuracy": "Accuracy",
+    "f1": "F1",
+}
 COUNT_TITLES = {"tp": "TP", "fp": "FP", "tn": "TN", "fn": "FN"}
 RATE_TITLES = {"sensitivity": "Sensitivity", "specificity": "Specificity", "ppv": "PPV", "npv": "NPV"}
 CI = " (95 % CI)"
@@ -68,9 +91,17 @@ def cached_roc(frame: pd.DataFrame, positive: str):
 
 
 def figures_table(point: dict) -> pd.DataFrame:
-    return pd.DataFrame([{"Figure": label, "Value" + CI: figure_text(point[key]), "Count": count_text(point[key]),
-                          "Interval": "bootstrap (percentile)" if key == "f1" else "Wilson"}
-                         for key, label in FIGURE_NAMES.items()])
+    return pd.DataFrame(
+        [
+            {
+                "Figure": label,
+                "Value" + CI: figure_text(point[key]),
+                "Count": count_text(point[key]),
+                "Interval": "bootstrap (percentile)" if key == "f1" else "Wilson",
+            }
+            for key, label in FIGURE_NAMES.items()
+        ]
+    )
 
 
 def show_figures(point: dict, positive: str) -> None:
@@ -82,19 +113,33 @@ def show_figures(point: dict, positive: str) -> None:
 
 
 def sensitivity_table(truth, scores) -> pd.DataFrame:
-    return pd.DataFrame([{"Target sensitivity": f"{100 * row['target_sensitivity']:.1f} %",
-                          "Threshold": threshold_text(row["threshold"]),
-                          "Sensitivity": number_text(row["sensitivity"]["value"]),
-                          "Specificity" + CI: figure_text(row["specificity"]),
-                          **{title: row[key] for key, title in COUNT_TITLES.items()}}
-                         for row in op.sensitivity_table(truth, scores)])
+    return pd.DataFrame(
+        [
+            {
+                "Target sensitivity": f"{100 * row['target_sensitivity']:.1f} %",
+                "Threshold": threshold_text(row["threshold"]),
+                "Sensitivity": number_text(row["sensitivity"]["value"]),
+                "Specificity" + CI: figure_text(row["specificity"]),
+                **{title: row[key] for key, title in COUNT_TITLES.items()},
+            }
+            for row in op.sensitivity_table(truth, scores)
+        ]
+    )
 
 
 def per_source_table(frame: pd.DataFrame, positive: str, threshold: float) -> pd.DataFrame:
-    return pd.DataFrame([{"Source": row["source"], "Images": row["n"], "Positives": row["positives"],
-                          **{title + CI: figure_text(row[key]) for key, title in RATE_TITLES.items()},
-                          **{title: row[key] for key, title in COUNT_TITLES.items()}}
-                         for row in op.per_source(frame, positive, threshold)])
+    return pd.DataFrame(
+        [
+            {
+                "Source": row["source"],
+                "Images": row["n"],
+                "Positives": row["positives"],
+                **{title + CI: figure_text(row[key]) for key, title in RATE_TITLES.items()},
+                **{title: row[key] for key, title in COUNT_TITLES.items()},
+            }
+            for row in op.per_source(frame, positive, threshold)
+        ]
+    )
 
 
 # --- charts ----------------------------------------------------------------------------------------------------
@@ -105,31 +150,61 @@ def roc_figure(curve: dict, point: dict) -> go.Figure:
     figure = go.Figure()
     figure.add_trace(go.Scatter(x=curve["fpr"], y=curve["tpr"], mode="lines", name="ROC"))
     figure.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance", line=DIAGONAL))
-    figure.add_trace(go.Scatter(x=[1 - point["specificity"]["value"]], y=[point["sensitivity"]["value"]],
-                                mode="markers", name="operating point", marker=MARKER))
-    figure.update_layout(title=f"ROC — AUC {figure_text(auc)}", xaxis_title="1 − specificity",
-                         yaxis_title="sensitivity", **CHART)
+    figure.add_trace(
+        go.Scatter(
+            x=[1 - point["specificity"]["value"]],
+            y=[point["sensitivity"]["value"]],
+            mode="markers",
+            name="operating point",
+            marker=MARKER,
+        )
+    )
+    figure.update_layout(
+        title=f"ROC — AUC {figure_text(auc)}", xaxis_title="1 − specificity", yaxis_title="sensitivity", **CHART
+    )
     return figure
 
 
 def precision_recall_figure(curve: dict, point: dict) -> go.Figure:
     figure = go.Figure()
     figure.add_trace(go.Scatter(x=curve["recall"], y=curve["precision"], mode="lines", name="precision–recall"))
-    figure.add_trace(go.Scatter(x=[point["sensitivity"]["value"]], y=[point["ppv"]["value"]], mode="markers",
-                                name="operating point", marker=MARKER))
-    figure.update_layout(title=f"Precision–recall — average precision {number_text(curve['average_precision'])}",
-                         xaxis_title="recall (sensitivity)", yaxis_title="precision (PPV)", **CHART)
+    figure.add_trace(
+        go.Scatter(
+            x=[point["sensitivity"]["value"]],
+            y=[point["ppv"]["value"]],
+            mode="markers",
+            name="operating point",
+            marker=MARKER,
+        )
+    )
+    figure.update_layout(
+        title=f"Precision–recall — average precision {number_text(curve['average_precision'])}",
+        xaxis_title="recall (sensitivity)",
+        yaxis_title="precision (PPV)",
+        **CHART,
+    )
     return figure
 
 
 def histogram_figure(frame: pd.DataFrame, scores, class_names, positive: str, threshold: float) -> go.Figure:
     figure = go.Figure()
     for name in class_names:
-        figure.add_trace(go.Histogram(x=scores[(frame["label"] == name).to_numpy()], name=plot_text(name), opacity=0.6,
-                                      xbins={"start": 0, "end": 1, "size": HISTOGRAM_BIN}))
+        figure.add_trace(
+            go.Histogram(
+                x=scores[(frame["label"] == name).to_numpy()],
+                name=plot_text(name),
+                opacity=0.6,
+                xbins={"start": 0, "end": 1, "size": HISTOGRAM_BIN},
+            )
+        )
     figure.add_vline(x=threshold, line={"color": "red", "dash": "dash"})
-    figure.update_layout(barmode="overlay", title=f"{plot_text(score_text(positive))} by true class",
-                         xaxis_title=plot_text(score_text(positive)), yaxis_title="cases", **CHART)
+    figure.update_layout(
+        barmode="overlay",
+        title=f"{plot_text(score_text(positive))} by true class",
+        xaxis_title=plot_text(score_text(positive)),
+        yaxis_title="cases",
+        **CHART,
+    )
     return figure
 
 
@@ -137,10 +212,21 @@ def reliability_figure(bins: list) -> go.Figure:
     filled = [row for row in bins if row["count"]]
     figure = go.Figure()
     figure.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect", line=DIAGONAL))
-    figure.add_trace(go.Scatter(x=[row["confidence"] for row in filled], y=[row["accuracy"] for row in filled],
-                                mode="lines+markers", name="model", text=[f"n = {row['count']}" for row in filled]))
-    figure.update_layout(title="Reliability (top-label, calibrated, validation)", xaxis_title="mean confidence",
-                         yaxis_title="accuracy", **CHART)
+    figure.add_trace(
+        go.Scatter(
+            x=[row["confidence"] for row in filled],
+            y=[row["accuracy"] for row in filled],
+            mode="lines+markers",
+            name="model",
+            text=[f"n = {row['count']}" for row in filled],
+        )
+    )
+    figure.update_layout(
+        title="Reliability (top-label, calibrated, validation)",
+        xaxis_title="mean confidence",
+        yaxis_title="accuracy",
+        **CHART,
+    )
     return figure
 
 
@@ -154,9 +240,11 @@ def show_saved(card, timezone) -> None:
     else:
         saved = point.get("figures") or {}
         shown = [f"{key} {number_text((saved.get(key) or {}).get('value'))}" for key in ("sensitivity", "specificity")]
-        st.success(f"Saved operating point: {escape_markdown(point_text(point))}; chosen on "
-                   f"{escape_markdown(point.get('chosen_on') or '?')} data ({', '.join(shown)}), saved "
-                   f"{escape_markdown(time_text(point.get('saved'), timezone))}.")
+        st.success(
+            f"Saved operating point: {escape_markdown(point_text(point))}; chosen on "
+            f"{escape_markdown(point.get('chosen_on') or '?')} data ({', '.join(shown)}), saved "
+            f"{escape_markdown(time_text(point.get('saved'), timezone))}."
+        )
     rows = history_rows(card, timezone)
     with st.expander(f"History of changes ({len(rows)})", expanded=False):
         if rows:
@@ -215,25 +303,42 @@ def confirmation(frame: pd.DataFrame, card, keys: dict, prevalence: float) -> No
     new_point = st.session_state[keys["pending"]]["point"]
     old_point = card.operating_point
     positive = (new_point or old_point or {}).get("positive_class", op.DEFAULT_POSITIVE)
-    before, after = (op.decision_figures(frame, card.class_names, point, positive, prevalence)
-                     for point in (old_point, new_point))
+    before, after = (
+        op.decision_figures(frame, card.class_names, point, positive, prevalence) for point in (old_point, new_point)
+    )
     with st.container(border=True):
         st.markdown("**:material/rule: Confirm the change of the operating point**")
-        st.caption("Every reader's calls change at once: Diagnose and `python -m core predict` use the saved point. "
-                   "The change is recorded in the version's card with your name and reason.")
+        st.caption(
+            "Every reader's calls change at once: Diagnose and `python -m core predict` use the saved point. "
+            "The change is recorded in the version's card with your name and reason."
+        )
         text_table(change_rows(positive, prevalence, before, after, old_point, new_point))
         st.session_state.setdefault(READER_KEY, st.session_state.get(REMEMBERED_READER, ""))
         left, right = st.columns([1, 2])
         left.text_input("Your name (required)", key=READER_KEY)
-        right.text_input("Reason for the change (required)", key=REASON_KEY,
-                         placeholder="e.g. local audit: too many missed COVID-19 cases at the old threshold")
+        right.text_input(
+            "Reason for the change (required)",
+            key=REASON_KEY,
+            placeholder="e.g. local audit: too many missed COVID-19 cases at the old threshold",
+        )
         if st.session_state.get("op_error"):
             st.error(escape_markdown(st.session_state["op_error"]))
         left, right = st.columns(2)
-        left.button("Confirm and save" if new_point else "Confirm and clear", key="op_confirm", type="primary",
-                    icon=":material/check:", on_click=commit_change, args=(card.version, keys))
-        right.button("Cancel", key="op_cancel", icon=":material/close:", on_click=st.session_state.pop,
-                     args=(keys["pending"], None))
+        left.button(
+            "Confirm and save" if new_point else "Confirm and clear",
+            key="op_confirm",
+            type="primary",
+            icon=":material/check:",
+            on_click=commit_change,
+            args=(card.version, keys),
+        )
+        right.button(
+            "Cancel",
+            key="op_cancel",
+            icon=":material/close:",
+            on_click=st.session_state.pop,
+            args=(keys["pending"], None),
+        )
 
 
 # --- the page ----------------------------------------------------------------------------------------------------
@@ -243,8 +348,10 @@ def show_calibration(card) -> None:
     metrics = card.metrics.get("validation") or {}
     columns = st.columns(3)
     columns[0].metric("Temperature", number_text(card.temperature))
-    for column, key, label in ((columns[1], "ece_uncalibrated", "ECE before temperature scaling"),
-                               (columns[2], "ece", "ECE after temperature scaling")):
+    for column, key, label in (
+        (columns[1], "ece_uncalibrated", "ECE before temperature scaling"),
+        (columns[2], "ece", "ECE after temperature scaling"),
+    ):
         column.metric(label, number_text(metrics.get(key)))
     if metrics.get("reliability"):
         st.plotly_chart(reliability_figure(metrics["reliability"]))
@@ -253,8 +360,10 @@ def show_calibration(card) -> None:
 
 
 def show_test_report(card, positive: str, threshold: float) -> None:
-    st.warning("Test report — not for choosing. The test set is looked at once, for the report; choose and "
-               "save the threshold on the validation tab.")
+    st.warning(
+        "Test report — not for choosing. The test set is looked at once, for the report; choose and "
+        "save the threshold on the validation tab."
+    )
     point = card.operating_point
     if point:
         positive, threshold = point["positive_class"], float(point["threshold"])
@@ -268,9 +377,14 @@ def show_test_report(card, positive: str, threshold: float) -> None:
         return
     scores, truth = op.scores_and_truth(frame, positive)
     show_figures(op.figures(truth, scores, threshold), positive)
-    st.plotly_chart(confusion_figure(op.decision_matrix(frame, card.class_names, positive, threshold),
-                                     card.class_names, "Confusion matrix at the saved point (test)"),
-                    key="test_matrix")
+    st.plotly_chart(
+        confusion_figure(
+            op.decision_matrix(frame, card.class_names, positive, threshold),
+            card.class_names,
+            "Confusion matrix at the saved point (test)",
+        ),
+        key="test_matrix",
+    )
     st.subheader("Per source (test)")
     st.dataframe(per_source_table(frame, positive, threshold), hide_index=True)
 
@@ -280,24 +394,62 @@ def controls(frame: pd.DataFrame, card, keys: dict, choices: list):
     returns (positive, scores, truth, threshold, prevalence as a fraction)."""
     saved = card.operating_point or {}
     left, right = st.columns([3, 1])
-    positive = left.selectbox("Positive class", choices, key=keys["positive"], format_func=positive_label,
-                              on_change=reset_threshold, args=(frame, saved, keys))
+    positive = left.selectbox(
+        "Positive class",
+        choices,
+        key=keys["positive"],
+        format_func=positive_label,
+        on_change=reset_threshold,
+        args=(frame, saved, keys),
+    )
     scores, truth = op.scores_and_truth(frame, positive)
-    threshold = left.slider(f"Threshold on {escape_markdown(score_text(positive))}", 0.0, 1.0, step=THRESHOLD_STEP,
-                            format="%.3f", key=keys["threshold"], on_change=st.session_state.pop,
-                            args=(keys["pending"], None))
-    left.caption(f"Exact threshold {threshold_text(threshold)}. A new positive class resets it (to its saved value, "
-                 "else to the highest reaching the target sensitivity).")
+    threshold = left.slider(
+        f"Threshold on {escape_markdown(score_text(positive))}",
+        0.0,
+        1.0,
+        step=THRESHOLD_STEP,
+        format="%.3f",
+        key=keys["threshold"],
+        on_change=st.session_state.pop,
+        args=(keys["pending"], None),
+    )
+    left.caption(
+        f"Exact threshold {threshold_text(threshold)}. A new positive class resets it (to its saved value, "
+        "else to the highest reaching the target sensitivity)."
+    )
     save, clear = left.columns(2)
-    save.button("Save this operating point…", key="op_save", type="primary", icon=":material/save:",
-                on_click=request_change, args=(keys, {"positive_class": positive, "threshold": threshold}))
-    clear.button("Clear the saved operating point…", key="op_clear", icon=":material/delete:", disabled=not saved,
-                 on_click=request_change, args=(keys, None))
+    save.button(
+        "Save this operating point…",
+        key="op_save",
+        type="primary",
+        icon=":material/save:",
+        on_click=request_change,
+        args=(keys, {"positive_class": positive, "threshold": threshold}),
+    )
+    clear.button(
+        "Clear the saved operating point…",
+        key="op_clear",
+        icon=":material/delete:",
+        disabled=not saved,
+        on_click=request_change,
+        args=(keys, None),
+    )
     right.number_input("Target sensitivity (%)", 50.0, 100.0, step=0.5, format="%.1f", key=keys["target"])
-    right.button("Set threshold", key="op_apply_target", on_click=apply_target, args=(truth, scores, keys),
-                 help="The highest threshold whose validation sensitivity reaches the target.")
-    prevalence = right.slider("Prevalence of the positive class (%)", 0.1, 50.0, step=0.1, key=keys["prevalence"],
-                              help="For the predictive values (PPV, NPV) in your population.")
+    right.button(
+        "Set threshold",
+        key="op_apply_target",
+        on_click=apply_target,
+        args=(truth, scores, keys),
+        help="The highest threshold whose validation sensitivity reaches the target.",
+    )
+    prevalence = right.slider(
+        "Prevalence of the positive class (%)",
+        0.1,
+        50.0,
+        step=0.1,
+        key=keys["prevalence"],
+        help="For the predictive values (PPV, NPV) in your population.",
+    )
     return positive, scores, truth, threshold, prevalence / 100
 
 
@@ -308,8 +460,10 @@ def main() -> None:
     if card is None:
         st.stop()
     version, class_names, timezone = card.version, card.class_names, reader_timezone()
-    st.caption(f"Model version {escape_markdown(version)}. Thresholds are chosen on its validation predictions and "
-               "belong to this version only. A case is positive when its score is ≥ the threshold.")
+    st.caption(
+        f"Model version {escape_markdown(version)}. Thresholds are chosen on its validation predictions and "
+        "belong to this version only. A case is positive when its score is ≥ the threshold."
+    )
     show_saved(card, timezone)
     try:
         frame = predictions(version, "val")
@@ -320,8 +474,10 @@ def main() -> None:
     saved = card.operating_point or {}
     choices = op.positive_classes(class_names)
     keys = {name: f"op_{name}_{version}" for name in ("positive", "threshold", "target", "prevalence", "pending")}
-    st.session_state.setdefault(keys["positive"], saved.get("positive_class", op.DEFAULT_POSITIVE
-                                                           if op.DEFAULT_POSITIVE in choices else choices[0]))
+    st.session_state.setdefault(
+        keys["positive"],
+        saved.get("positive_class", op.DEFAULT_POSITIVE if op.DEFAULT_POSITIVE in choices else choices[0]),
+    )
     st.session_state.setdefault(keys["threshold"], float(saved.get("threshold", DEFAULT_THRESHOLD)))
     st.session_state.setdefault(keys["target"], DEFAULT_TARGET_PERCENT)
     st.session_state.setdefault(keys["prevalence"], DEFAULT_PREVALENCE_PERCENT)
@@ -347,8 +503,13 @@ def main() -> None:
         else:
             st.caption("ROC and precision–recall need both positive and negative validation cases.")
         left, right = st.columns(2)
-        left.plotly_chart(confusion_figure(op.decision_matrix(frame, class_names, positive, threshold), class_names,
-                                           "Confusion matrix at this threshold (validation)"))
+        left.plotly_chart(
+            confusion_figure(
+                op.decision_matrix(frame, class_names, positive, threshold),
+                class_names,
+                "Confusion matrix at this threshold (validation)",
+            )
+        )
         right.plotly_chart(histogram_figure(frame, scores, class_names, positive, threshold))
 
         st.subheader(f"Predictive values at {100 * prevalence:.1f} % prevalence")
@@ -357,8 +518,9 @@ def main() -> None:
         for column, key in zip(columns, ("ppv", "npv")):
             low, high = predictive[key]["range"]
             column.metric(f"{key.upper()} at {100 * prevalence:.1f} %", number_text(predictive[key]["value"]))
-            column.caption(f"range {number_text(low)}–{number_text(high)} from the sensitivity and specificity "
-                           "intervals")
+            column.caption(
+                f"range {number_text(low)}–{number_text(high)} from the sensitivity and specificity intervals"
+            )
 
         st.subheader("Calibration")
         show_calibration(card)

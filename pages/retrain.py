@@ -7,13 +7,20 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core import CLASS_NAMES, registry, settings
-from core.report import (DASH, difference_rows, duration_text, headline_comparison, number_text, relative_path,
-                         settings_rows)
+from core.report import (
+    DASH,
+    difference_rows,
+    duration_text,
+    headline_comparison,
+    number_text,
+    relative_path,
+    settings_rows,
+)
 from pages.common import CHART_HEIGHT, CHART_MARGIN, confusion_figure, run_through_app, text_table
 from pages.common import escape_markdown as escape
 from train import compare, datasource, planning, recipes, supervisor
-from train.archive import ArchiveError
 from train.architectures import ARCHITECTURES
+from train.archive import ArchiveError
 from train.checkpoints import read_state
 from train.config import CHECKPOINTS, INTENSITIES, SAMPLINGS, TrainConfig
 from train.datasets import DatasetError
@@ -22,12 +29,18 @@ from train.schedules import SCHEDULES
 
 REFRESH_SECONDS = 2
 CURVES = (("loss", "Loss"), ("accuracy", "Accuracy"), ("auc", "AUC"))
-STATUS_LABELS = {"running": ":material/progress_activity: running", "finished": ":material/check_circle: finished",
-                 "failed": ":material/error: failed", "cancelled": ":material/cancel: cancelled",
-                 "interrupted": ":material/warning: interrupted"}
+STATUS_LABELS = {
+    "running": ":material/progress_activity: running",
+    "finished": ":material/check_circle: finished",
+    "failed": ":material/error: failed",
+    "cancelled": ":material/cancel: cancelled",
+    "interrupted": ":material/warning: interrupted",
+}
 ARCHITECTURE_HELP = "  \n".join(f"{name}: {spec['reference']}" for name, spec in sorted(ARCHITECTURES.items()))
-SCHEDULE_HELP = ("paper: Zhong 2020's steps, 4e-4 for epochs 0–2, 2e-4 for 3–5, 1e-4 after (scaled to the peak). "
-                 "warmup-cosine: linear warm-up from a tenth of the peak, then cosine decay. constant: the peak throughout.")
+SCHEDULE_HELP = (
+    "paper: Zhong 2020's steps, 4e-4 for epochs 0–2, 2e-4 for 3–5, 1e-4 after (scaled to the peak). "
+    "warmup-cosine: linear warm-up from a tenth of the peak, then cosine decay. constant: the peak throughout."
+)
 FIGURE_LAYOUT = {"height": CHART_HEIGHT, "margin": CHART_MARGIN, "legend": {"orientation": "h", "y": -0.3}}
 LR_AXIS = {"rangemode": "tozero", "exponentformat": "e", "title": "learning rate"}
 PRESET_KEY = "recipe_preset"
@@ -74,12 +87,16 @@ def render_curves(events) -> None:
         return
     cells = [cell for _ in range(2) for cell in st.columns(2)]  # a 2 × 2 grid: each chart gets half the width
     for cell, (metric, title) in zip(cells, CURVES):
-        figure = go.Figure(layout={**FIGURE_LAYOUT, "title": title, "xaxis_title": "epoch", "yaxis_title": title.lower()})
+        figure = go.Figure(
+            layout={**FIGURE_LAYOUT, "title": title, "xaxis_title": "epoch", "yaxis_title": title.lower()}
+        )
         if metric in curves:
             figure.add_scatter(x=curves["epoch"], y=curves[metric], name="train", mode="lines")
         if f"val_{metric}" in curves:
             validation = curves.dropna(subset=[f"val_{metric}"])
-            figure.add_scatter(x=validation["epoch"], y=validation[f"val_{metric}"], name="validation", mode="lines+markers")
+            figure.add_scatter(
+                x=validation["epoch"], y=validation[f"val_{metric}"], name="validation", mode="lines+markers"
+            )
         cell.plotly_chart(figure, key=f"curve-{metric}")
     cells[-1].plotly_chart(lr_figure(curves, "Learning rate used"), key="curve-lr")
 
@@ -118,16 +135,22 @@ def render_comparison(info) -> None:
     result = comparison(str(info.path), active)
     st.markdown(f"**Candidate versus the active version:** {escape(active)}")
     if not result["comparable"]:
-        st.warning("Not comparable on the same split: differences below are only indicative.\n\n"
-                   + "\n".join(f"- {escape(reason)}" for reason in result["reasons"]))
+        st.warning(
+            "Not comparable on the same split: differences below are only indicative.\n\n"
+            + "\n".join(f"- {escape(reason)}" for reason in result["reasons"])
+        )
     cards = result["cards"]
-    st.caption("Each model on its own validation and test split, with 95 % intervals. Decide on validation; the "
-               "test split is for the report.")
+    st.caption(
+        "Each model on its own validation and test split, with 95 % intervals. Decide on validation; the "
+        "test split is for the report."
+    )
     st.dataframe(headline_comparison(cards["active"], cards["candidate"]), hide_index=True)
     for split, table in result["splits"].items():
         if not table.empty:
-            st.caption(f"{split.capitalize()}: both models on the same {int(table['n'].iloc[0])} images; difference "
-                       "= candidate − active, with a 95 % paired bootstrap interval.")
+            st.caption(
+                f"{split.capitalize()}: both models on the same {int(table['n'].iloc[0])} images; difference "
+                "= candidate − active, with a 95 % paired bootstrap interval."
+            )
             st.dataframe(difference_rows(table), hide_index=True)
     columns = st.columns(2)
     for column, (role, card) in zip(columns, (("Active", cards["active"]), ("Candidate", cards["candidate"]))):
@@ -135,18 +158,27 @@ def render_comparison(info) -> None:
         if matrix is None:
             column.caption(f"{role}: no test confusion matrix recorded.")
             continue
-        column.plotly_chart(confusion_figure(matrix, card.class_names, f"{role} — test split", "predicted"),
-                            key=f"matrix-{role}")
+        column.plotly_chart(
+            confusion_figure(matrix, card.class_names, f"{role} — test split", "predicted"), key=f"matrix-{role}"
+        )
 
 
 def render_publish(info) -> None:
     st.subheader("Publish and activate")
     published = [v for v in info.published if v in registry.list_versions()]
     if not published:
-        name = st.text_input("New version name", value=f"{info.config.get('arch', 'model')}-{info.name[:15]}",
-                             key="version_name", help="Letters, digits, '.', '_' or '-'; must not exist yet.")
-        if st.button("Publish", key="publish", icon=":material/publish:",
-                     help="Copies the model into the versions folder; does not activate it."):
+        name = st.text_input(
+            "New version name",
+            value=f"{info.config.get('arch', 'model')}-{info.name[:15]}",
+            key="version_name",
+            help="Letters, digits, '.', '_' or '-'; must not exist yet.",
+        )
+        if st.button(
+            "Publish",
+            key="publish",
+            icon=":material/publish:",
+            help="Copies the model into the versions folder; does not activate it.",
+        ):
             try:
                 with st.spinner("Publishing…"):
                     supervisor.publish_run(info.path, name)
@@ -159,8 +191,13 @@ def render_publish(info) -> None:
     st.text(f"Published as {version}.")
     if registry.active_version() == version:
         st.success("This version is active: Diagnose uses it. Roll back on the Models page.")
-    elif st.button("Activate", key="activate", type="primary", icon=":material/published_with_changes:",
-                   help="Make this version the one Diagnose uses."):
+    elif st.button(
+        "Activate",
+        key="activate",
+        type="primary",
+        icon=":material/published_with_changes:",
+        help="Make this version the one Diagnose uses.",
+    ):
         try:
             registry.set_active(version)
         except registry.ModelVersionError as error:
@@ -184,13 +221,22 @@ def render_run(info) -> None:
     if info.resumable:
         saved, epochs = read_state(info.path)["epoch"], info.config.get("epochs", "?")
         if saved:
-            st.warning(f"The run stopped after epoch {saved} of {epochs}, which is saved: resuming continues from "
-                       f"epoch {saved + 1}.", icon=":material/pause_circle:")
+            st.warning(
+                f"The run stopped after epoch {saved} of {epochs}, which is saved: resuming continues from "
+                f"epoch {saved + 1}.",
+                icon=":material/pause_circle:",
+            )
         else:
-            st.warning("The run stopped before its first epoch ended: no epoch was saved, so nothing can be resumed. "
-                       "Running it again starts from the beginning with the same settings.", icon=":material/info:")
-        if st.button(f"Resume from epoch {saved + 1}" if saved else "Run again from the start", key="resume",
-                     icon=":material/play_arrow:"):
+            st.warning(
+                "The run stopped before its first epoch ended: no epoch was saved, so nothing can be resumed. "
+                "Running it again starts from the beginning with the same settings.",
+                icon=":material/info:",
+            )
+        if st.button(
+            f"Resume from epoch {saved + 1}" if saved else "Run again from the start",
+            key="resume",
+            icon=":material/play_arrow:",
+        ):
             try:
                 supervisor.resume_run(info.path)
             except (supervisor.RunBusyError, ValueError) as error:
@@ -249,14 +295,21 @@ def choose_dataset(preset):
     root = settings.data_root()
     folders = [str(folder) for folder in datasource.dataset_folders()]
     if not folders:
-        st.warning(f"No dataset folder (class folders or a manifest.csv) under the data folder "
-                   f"({escape(root.name)}; set CXR_DATA_ROOT to change it).")
+        st.warning(
+            f"No dataset folder (class folders or a manifest.csv) under the data folder "
+            f"({escape(root.name)}; set CXR_DATA_ROOT to change it)."
+        )
         return ()
     if "datasets" not in st.session_state:
         st.session_state.datasets = recipes.trained_on(preset, folders) or folders[:1]
-    chosen = st.multiselect("Dataset folders", folders, key="datasets", format_func=lambda f: relative_path(f, root),
-                            help="Folders under the data root (set CXR_DATA_ROOT to change it). Several are merged "
-                            "into one manifest; the patient-level split runs over the union.")
+    chosen = st.multiselect(
+        "Dataset folders",
+        folders,
+        key="datasets",
+        format_func=lambda f: relative_path(f, root),
+        help="Folders under the data root (set CXR_DATA_ROOT to change it). Several are merged "
+        "into one manifest; the patient-level split runs over the union.",
+    )
     return tuple(chosen)
 
 
@@ -265,8 +318,11 @@ def render_summary(folders: tuple):
     try:
         summary = dataset_summary(folders)
     except DatasetError as error:
-        st.error("These folders cannot be used for training." if len(folders) > 1 else
-                 "This folder cannot be used for training.")
+        st.error(
+            "These folders cannot be used for training."
+            if len(folders) > 1
+            else "This folder cannot be used for training."
+        )
         st.code(str(error), language=None)
         return None
     classes, sources = st.columns(2)
@@ -278,11 +334,14 @@ def render_summary(folders: tuple):
         st.session_state[f"checked:{folders}"] = True
     if st.session_state.get(f"checked:{folders}"):
         check = image_check(folders)
-        st.text(f"{len(check['unreadable'])} unreadable file(s); {check['near_duplicates']} near-duplicate(s) "
-                f"(identical 16×16 thumbnails), {check['conflicting_labels']} of them with different labels.")
+        st.text(
+            f"{len(check['unreadable'])} unreadable file(s); {check['near_duplicates']} near-duplicate(s) "
+            f"(identical 16×16 thumbnails), {check['conflicting_labels']} of them with different labels."
+        )
         if check["unreadable"]:
-            st.dataframe([(relative_path(path), problem) for path, problem in check["unreadable"].items()],
-                         hide_index=True)
+            st.dataframe(
+                [(relative_path(path), problem) for path, problem in check["unreadable"].items()], hide_index=True
+            )
         if check["near_duplicates"]:
             st.dataframe(check["duplicate_examples"], hide_index=True)
     return summary
@@ -291,10 +350,16 @@ def render_summary(folders: tuple):
 def recipe(named: dict, folders: tuple, sources: list) -> TrainConfig:
     """The recipe: a named starting point, then every setting adjustable; returns it as a TrainConfig."""
     st.subheader("2 · Recipe")
-    st.selectbox("Start from", list(named), key=PRESET_KEY, on_change=apply_preset, args=(named,),
-                 help="The active version's recipe is what the shipped default was trained with; the paper's is "
-                 "Zhong 2020 (the 63-million-parameter dcnn80 head, paper schedule and class weights: about half "
-                 "the speed here). Choosing one sets every field below.")
+    st.selectbox(
+        "Start from",
+        list(named),
+        key=PRESET_KEY,
+        on_change=apply_preset,
+        args=(named,),
+        help="The active version's recipe is what the shipped default was trained with; the paper's is "
+        "Zhong 2020 (the 63-million-parameter dcnn80 head, paper schedule and class weights: about half "
+        "the speed here). Choosing one sets every field below.",
+    )
     st.caption("Choose on the validation split, never on test.")
     left, middle, right = st.columns(3)
     left.selectbox("Architecture", sorted(ARCHITECTURES), key="arch", help=ARCHITECTURE_HELP)
@@ -302,15 +367,32 @@ def recipe(named: dict, folders: tuple, sources: list) -> TrainConfig:
     right.number_input("Batch size", 1, 1024, key="batch_size", help="Paper: 32.")
     left.number_input("Peak learning rate", 1e-7, 1e-1, step=1e-5, format="%.1e", key="lr", help="Paper: 4e-4.")
     schedule = middle.selectbox("Learning-rate schedule", SCHEDULES, key="lr_schedule", help=SCHEDULE_HELP)
-    right.number_input("Warm-up epochs", 0.0, 100.0, step=0.5, key="warmup_epochs",
-                       disabled=schedule != "warmup-cosine", help="For warmup-cosine only.")
+    right.number_input(
+        "Warm-up epochs",
+        0.0,
+        100.0,
+        step=0.5,
+        key="warmup_epochs",
+        disabled=schedule != "warmup-cosine",
+        help="For warmup-cosine only.",
+    )
     left.number_input("Label smoothing", 0.0, 0.5, step=0.01, key="label_smoothing", help="Paper: 0.12.")
-    middle.number_input("Images per class (quick run)", 0, 1_000_000, key="limit_per_class",
-                        help="0 uses every image; a small number gives a quick trial run.")
+    middle.number_input(
+        "Images per class (quick run)",
+        0,
+        1_000_000,
+        key="limit_per_class",
+        help="0 uses every image; a small number gives a quick trial run.",
+    )
     right.number_input("Seed", 0, 2**31 - 1, key="seed", help="Split, initialisation, augmentation.")
-    mode = st.radio("Class weights", recipes.CLASS_WEIGHT_MODES, horizontal=True, key="class_weights",
-                    help="paper: COVID-19 10, Normal 3, Pneumonia 1. balanced: inverse class frequency on the "
-                    "training split. none: all 1.")
+    mode = st.radio(
+        "Class weights",
+        recipes.CLASS_WEIGHT_MODES,
+        horizontal=True,
+        key="class_weights",
+        help="paper: COVID-19 10, Normal 3, Pneumonia 1. balanced: inverse class frequency on the "
+        "training split. none: all 1.",
+    )
     if mode == "custom":
         for column, name in zip(st.columns(len(CLASS_NAMES)), CLASS_NAMES):
             column.number_input(name, 0.0, 1000.0, key=recipes.weight_key(name))
@@ -319,15 +401,28 @@ def recipe(named: dict, folders: tuple, sources: list) -> TrainConfig:
     left.checkbox("Horizontal flip", key="flip")
     middle.slider("Brightness ±", 0.0, 0.5, key="brightness")
     right.slider("Contrast ±", 0.0, 0.5, key="contrast")
-    st.slider("Random crop side (fraction of the cached image, 1.2 × the input size)", 0.5, 1.0, key="crop",
-              help="Paper: 80/96 (resize to 96, random 80-px crop).")
+    st.slider(
+        "Random crop side (fraction of the cached image, 1.2 × the input size)",
+        0.5,
+        1.0,
+        key="crop",
+        help="Paper: 80/96 (resize to 96, random 80-px crop).",
+    )
     with st.expander("Robustness across hospitals (shared preprocessing, sampling, stronger augmentation)"):
         left, middle, right = st.columns(3)
-        left.selectbox("Intensity normalisation", INTENSITIES, key="intensity",
-                       help="Applied in the one preprocessing path: training and every prediction.")
+        left.selectbox(
+            "Intensity normalisation",
+            INTENSITIES,
+            key="intensity",
+            help="Applied in the one preprocessing path: training and every prediction.",
+        )
         middle.slider("Border crop (each side)", 0.0, 0.2, key="border_crop")
-        right.selectbox("Sampling", SAMPLINGS, key="sampling",
-                        help="class-source: batches balanced over classes, then over sources in a class.")
+        right.selectbox(
+            "Sampling",
+            SAMPLINGS,
+            key="sampling",
+            help="class-source: batches balanced over classes, then over sources in a class.",
+        )
         left.slider("Rotation ± (degrees)", 0.0, 20.0, key="rotation")
         middle.slider("Gamma range", 0.0, 1.0, key="gamma")
         right.slider("Blur σ up to (px)", 0.0, 2.0, key="blur")
@@ -337,8 +432,9 @@ def recipe(named: dict, folders: tuple, sources: list) -> TrainConfig:
         choices = [recipes.NO_SOURCE, *sources]
         if st.session_state.get(recipes.LEAVE_OUT) not in choices:
             st.session_state[recipes.LEAVE_OUT] = recipes.NO_SOURCE
-        st.selectbox("Leave one source out (train without it; test on all of its images)", choices,
-                     key=recipes.LEAVE_OUT)
+        st.selectbox(
+            "Leave one source out (train without it; test on all of its images)", choices, key=recipes.LEAVE_OUT
+        )
     with st.expander("Splits and checkpoint"):
         left, middle, right = st.columns(3)
         left.number_input("Validation fraction", 0.05, 0.4, key="val_fraction")
@@ -353,21 +449,32 @@ def render_plan(config, summary: dict, runs: list) -> None:
     st.subheader("3 · Start")
     training_images = planning.expected_training_images(summary["classes"], config)
     curve = lr_curve(config, training_images)
-    st.plotly_chart(lr_figure(curve, f"Learning rate it will use (~{training_images:,} training images)"),
-                    key="planned-lr")
+    st.plotly_chart(
+        lr_figure(curve, f"Learning rate it will use (~{training_images:,} training images)"), key="planned-lr"
+    )
     hardware = device()
     st.text(f"Device: {hardware['kind']} ({hardware['name']})")
     speed_key = f"speed:{config.arch}:{config.batch_size}"
     speed = planning.measured_speed(config.arch, config.batch_size, runs) or st.session_state.get(speed_key)
-    if speed is None and st.button("Estimate the duration (times a few training steps)", key="measure",
-                                   icon=":material/timer:"):
+    if speed is None and st.button(
+        "Estimate the duration (times a few training steps)", key="measure", icon=":material/timer:"
+    ):
         with st.spinner("Timing a few training steps…"):
             speed = st.session_state[speed_key] = planning.benchmark_speed(config.arch, config.batch_size)
     if speed:
-        st.metric("Estimated training time", duration_text(planning.training_seconds(config, training_images, speed)),
-                  help=f"{speed:.1f} images/s; plus data loading and evaluation (usually a minute or two).")
-    if st.button("Start training", key="start", type="primary", disabled=busy, icon=":material/play_arrow:",
-                 help="Runs in the background: you may leave this page and come back."):
+        st.metric(
+            "Estimated training time",
+            duration_text(planning.training_seconds(config, training_images, speed)),
+            help=f"{speed:.1f} images/s; plus data loading and evaluation (usually a minute or two).",
+        )
+    if st.button(
+        "Start training",
+        key="start",
+        type="primary",
+        disabled=busy,
+        icon=":material/play_arrow:",
+        help="Runs in the background: you may leave this page and come back.",
+    ):
         try:
             st.session_state.selected_run = supervisor.start_run(config).name
         except (supervisor.RunBusyError, DatasetError) as error:
@@ -395,8 +502,10 @@ def render_new_run(runs: list) -> None:
 
 run_through_app(__file__)
 st.title("Retrain")
-st.caption("Train a new model version in the background, compare it with the active one, then publish and "
-           "activate it. Research use only.")
+st.caption(
+    "Train a new model version in the background, compare it with the active one, then publish and "
+    "activate it. Research use only."
+)
 runs = supervisor.list_runs()
 if runs:
     render_runs(runs)

@@ -41,12 +41,20 @@ def small_card(**fields):
     from core import CLASS_NAMES
     from core.card import ModelCard
 
-    return ModelCard(**{"architecture": "dcnn80-compact", "input_size": 80, "class_names": CLASS_NAMES,
-                        "gradcam_layer": "block4_conv3", **fields})
+    return ModelCard(
+        **{
+            "architecture": "dcnn80-compact",
+            "input_size": 80,
+            "class_names": CLASS_NAMES,
+            "gradcam_layer": "block4_conv3",
+            **fields,
+        }
+    )
 
 
-def publish_random_version(root: Path, name: str = "tiny", arch: str = "dcnn80-compact", activate=True, seed=0,
-                           temperature=1.0):
+def publish_random_version(
+    root: Path, name: str = "tiny", arch: str = "dcnn80-compact", activate=True, seed=0, temperature=1.0
+):
     """Publish an untrained (random, seeded) model with a minimal valid card and predictions: for tests that
     need a loadable version, not a good one."""
     import keras
@@ -61,14 +69,27 @@ def publish_random_version(root: Path, name: str = "tiny", arch: str = "dcnn80-c
     staging = registry.new_staging_dir(root)
     model.save(staging / registry.MODEL_FILE)
     rng = np.random.default_rng(seed)
-    rows = pd.DataFrame({"path": [f"img{i}.png" for i in range(60)], "label": [CLASS_NAMES[i % 3] for i in range(60)],
-                         "source": ["a" if i % 2 else "b" for i in range(60)]})
+    rows = pd.DataFrame(
+        {
+            "path": [f"img{i}.png" for i in range(60)],
+            "label": [CLASS_NAMES[i % 3] for i in range(60)],
+            "source": ["a" if i % 2 else "b" for i in range(60)],
+        }
+    )
     for filename in (registry.VAL_PREDICTIONS, registry.TEST_PREDICTIONS):
         write_predictions(staging / filename, rows, rng.dirichlet(np.ones(3), size=60), CLASS_NAMES)
-    ModelCard(version=name, created="2026-01-01T00:00:00+00:00", architecture=arch,
-              input_size=ARCHITECTURES[arch]["input_size"], class_names=CLASS_NAMES, preprocessing=PREPROCESSING,
-              gradcam_layer=ARCHITECTURES[arch]["gradcam_layer"], conv_layers=conv_layer_names(model),
-              temperature=temperature, caveat="Test model with random weights.").save(staging / registry.CARD_FILE)
+    ModelCard(
+        version=name,
+        created="2026-01-01T00:00:00+00:00",
+        architecture=arch,
+        input_size=ARCHITECTURES[arch]["input_size"],
+        class_names=CLASS_NAMES,
+        preprocessing=PREPROCESSING,
+        gradcam_layer=ARCHITECTURES[arch]["gradcam_layer"],
+        conv_layers=conv_layer_names(model),
+        temperature=temperature,
+        caveat="Test model with random weights.",
+    ).save(staging / registry.CARD_FILE)
     registry.publish(staging, name, activate=activate, root=root)
     return name
 

@@ -65,8 +65,9 @@ def test_lxn_binary_variant_has_the_papers_parameter_count():
     assert model.get_layer("probabilities").activation.__name__ == "sigmoid"
 
 
-@pytest.mark.parametrize("arch", [arch if arch in CHEAP else pytest.param(arch, marks=pytest.mark.slow)
-                                  for arch in sorted(ARCHITECTURES)])
+@pytest.mark.parametrize(
+    "arch", [arch if arch in CHEAP else pytest.param(arch, marks=pytest.mark.slow) for arch in sorted(ARCHITECTURES)]
+)
 def test_every_architecture_is_flat_named_and_explainable(arch):
     spec = ARCHITECTURES[arch]
     model = build_model(arch)
@@ -80,8 +81,9 @@ def test_every_architecture_is_flat_named_and_explainable(arch):
     assert model.layers[-1].activation.__name__ == "softmax" and model.layers[-1].dtype == "float32"
     assert all("moving" in weight.name for weight in model.non_trainable_weights), "random: nothing frozen"
 
-    gradient_model = keras.Model(model.inputs, [model.get_layer(spec["gradcam_layer"]).output,
-                                                model.get_layer("logits").output])
+    gradient_model = keras.Model(
+        model.inputs, [model.get_layer(spec["gradcam_layer"]).output, model.get_layer("logits").output]
+    )
     image = tf.random.uniform((1, size, size, 3), seed=0)
     with tf.GradientTape() as tape:
         features, logits = gradient_model(image, training=False)
@@ -138,8 +140,9 @@ def test_initialisation_says_which_weights_were_used(tmp_path):
     assert "nothing is frozen" in initialisation("deep-covid-densenet121")
 
 
-@pytest.mark.parametrize(("arch", "expected"), [("dcnn80", 96), ("dcnn80-compact", 96), ("lxn", 240),
-                                                ("deep-covid-resnet50", 269)])
+@pytest.mark.parametrize(
+    ("arch", "expected"), [("dcnn80", 96), ("dcnn80-compact", 96), ("lxn", 240), ("deep-covid-resnet50", 269)]
+)
 def test_cache_size_follows_the_architecture(arch, expected):
     assert cache_size(TrainConfig(arch=arch), ARCHITECTURES[arch]["input_size"]) == expected
     assert cache_size(TrainConfig(arch=arch, cache_size=300), ARCHITECTURES[arch]["input_size"]) == 300

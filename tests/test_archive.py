@@ -32,7 +32,9 @@ def make_zip(members: dict, symlinks=()) -> bytes:
     return buffer.getvalue()
 
 
-DATASET = {f"xrays/{label}/{i}.png": png_bytes(40 * i) for label in ("COVID19", "NORMAL", "PNEUMONIA") for i in range(2)}
+DATASET = {
+    f"xrays/{label}/{i}.png": png_bytes(40 * i) for label in ("COVID19", "NORMAL", "PNEUMONIA") for i in range(2)
+}
 
 
 def test_a_folder_per_class_zip_unpacks_into_a_scannable_dataset(tmp_path):
@@ -91,19 +93,23 @@ def test_uploads_land_in_the_upload_folder_and_are_listed(tmp_path, monkeypatch)
 
 # ---- SavedModel exports: only under the exports root ----
 
-@pytest.mark.parametrize("name, message", [
-    ("/tmp/evil", "not a path on the server"),
-    ("~/evil", "not a path on the server"),
-    ("C:/evil", "not a path on the server"),
-    ("\\\\server\\share", "not a path on the server"),
-    ("../evil", "'..'"),
-    ("v2/../../evil", "'..'"),
-    (".hidden", "only letters, digits"),
-    ("v2/.ssh", "only letters, digits"),
-    ("v2\\..\\evil", "only letters, digits"),
-    ("a b", "only letters, digits"),
-    ("", "a name"),
-])
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("/tmp/evil", "not a path on the server"),
+        ("~/evil", "not a path on the server"),
+        ("C:/evil", "not a path on the server"),
+        ("\\\\server\\share", "not a path on the server"),
+        ("../evil", "'..'"),
+        ("v2/../../evil", "'..'"),
+        (".hidden", "only letters, digits"),
+        ("v2/.ssh", "only letters, digits"),
+        ("v2\\..\\evil", "only letters, digits"),
+        ("a b", "only letters, digits"),
+        ("", "a name"),
+    ],
+)
 def test_export_names_that_would_write_outside_the_exports_root_are_refused(isolated_folders, name, message):
     with pytest.raises(ExportPathError, match=message) as refused:
         export_saved_model("any", name)

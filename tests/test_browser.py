@@ -86,18 +86,24 @@ def test_viewer_zooms_and_windows_and_the_worklist_exports(app_url):
             for _ in range(5):
                 page.mouse.wheel(0, -200)
                 page.wait_for_timeout(150)
-            page.wait_for_function("""(before) => {
+            page.wait_for_function(
+                """(before) => {
                 const range = document.querySelector('[data-testid="stPlotlyChart"] .js-plotly-plot')
                     ._fullLayout.xaxis.range;
                 return Math.abs(range[1] - range[0]) < 0.9 * Math.abs(before[1] - before[0]);
-            }""", arg=before["x"])
+            }""",
+                arg=before["x"],
+            )
             zoomed = viewer_state(page)
             assert abs(zoomed["x"][1] - zoomed["x"][0]) < abs(before["x"][1] - before["x"][0])
             page.screenshot(path=str(ARTIFACTS / "viewer_after_zoom.png"))
 
             page.get_by_role("radio", name="lung").click()
-            page.wait_for_function("""(film) => document.querySelector('[data-testid="stPlotlyChart"] .js-plotly-plot')
-                ._fullLayout.images[0].source !== film""", arg=before["film"])
+            page.wait_for_function(
+                """(film) => document.querySelector('[data-testid="stPlotlyChart"] .js-plotly-plot')
+                ._fullLayout.images[0].source !== film""",
+                arg=before["film"],
+            )
             page.wait_for_function("""() => {  // the rerun is over: the Width slider shows the lung window's width
                 const width = [...document.querySelectorAll('[data-testid="stSlider"]')]
                     .find(slider => slider.textContent.startsWith('Width'));
@@ -112,8 +118,11 @@ def test_viewer_zooms_and_windows_and_the_worklist_exports(app_url):
             worklist.screenshot(path=str(ARTIFACTS / "worklist.png"))
             grid = worklist.bounding_box()  # the table is a canvas: click the second row's selection cell
             page.mouse.click(grid["x"] + SELECTION_CELL_X, grid["y"] + TABLE_HEADER_PX + 1.5 * TABLE_ROW_PX)
-            page.wait_for_function("""(name) => [...document.querySelectorAll('[data-testid="stMarkdownContainer"] strong')]
-                .some(strong => strong.textContent === name)""", arg=other.name)  # the card of the row clicked
+            page.wait_for_function(
+                """(name) => [...document.querySelectorAll('[data-testid="stMarkdownContainer"] strong')]
+                .some(strong => strong.textContent === name)""",
+                arg=other.name,
+            )  # the card of the row clicked
             page.wait_for_function("""() => document.querySelectorAll('[data-testid="stPlotlyChart"]').length === 2""")
             with page.expect_download() as csv_download:
                 page.get_by_role("button", name="Export CSV").click()

@@ -10,8 +10,12 @@ from core.card import CardError, ModelCard, finite, probability_columns, read_pr
 from core.settings import REPO_ROOT
 
 SHIPPED = sorted((REPO_ROOT / "weights").glob("*/card.json"))
-MINIMAL = {"architecture": "dcnn80-compact", "input_size": 80, "class_names": ["COVID-19", "Normal", "Pneumonia"],
-           "gradcam_layer": "block4_conv3"}
+MINIMAL = {
+    "architecture": "dcnn80-compact",
+    "input_size": 80,
+    "class_names": ["COVID-19", "Normal", "Pneumonia"],
+    "gradcam_layer": "block4_conv3",
+}
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.parent.name for p in SHIPPED])
@@ -26,17 +30,20 @@ def test_every_shipped_card_loads_and_round_trips(path, tmp_path):
     assert {key: value for key, value in again.to_dict().items() if key in original} == original
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"bogus": 1}, "unknown card field"),
-    ({"class_names": None}, "lacks class_names"),
-    ({"class_names": []}, "class_names"),
-    ({"class_names": ["A", "A"]}, "repeat"),
-    ({"input_size": 0}, "input_size"),
-    ({"input_size": "80"}, "input_size"),
-    ({"temperature": -1.0}, "temperature"),
-    ({"conv_layers": ["block1_conv1"]}, "gradcam_layer"),
-    ({"operating_point": {"positive_class": "COVID-19", "threshold": 1.5}}, "threshold"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"bogus": 1}, "unknown card field"),
+        ({"class_names": None}, "lacks class_names"),
+        ({"class_names": []}, "class_names"),
+        ({"class_names": ["A", "A"]}, "repeat"),
+        ({"input_size": 0}, "input_size"),
+        ({"input_size": "80"}, "input_size"),
+        ({"temperature": -1.0}, "temperature"),
+        ({"conv_layers": ["block1_conv1"]}, "gradcam_layer"),
+        ({"operating_point": {"positive_class": "COVID-19", "threshold": 1.5}}, "threshold"),
+    ],
+)
 def test_a_malformed_card_is_refused_with_what_is_wrong(change, message):
     with pytest.raises(CardError, match=message):
         ModelCard.from_dict({**MINIMAL, **change})
@@ -55,8 +62,15 @@ def test_the_operating_point_travels_with_the_card_as_attributes():
 
 
 def test_facts_list_each_labelled_field_that_has_a_value():
-    card = ModelCard.from_dict({**MINIMAL, "version": "v9", "parameters": 4277795, "temperature": 0.7013599538670596,
-                                "training": {"sampling": "class-source", "device": {"kind": "CPU", "name": "x86_64"}}})
+    card = ModelCard.from_dict(
+        {
+            **MINIMAL,
+            "version": "v9",
+            "parameters": 4277795,
+            "temperature": 0.7013599538670596,
+            "training": {"sampling": "class-source", "device": {"kind": "CPU", "name": "x86_64"}},
+        }
+    )
     facts = {label: (value, kind) for label, value, kind in card.facts()}
     assert facts["Version"] == ("v9", "text") and facts["Parameters"] == (4277795, "text")
     assert facts["Temperature (calibration)"] == (0.7013599538670596, "number")
@@ -73,8 +87,15 @@ def test_finite_makes_strict_json():
 
 def test_predictions_round_trip_and_are_checked_against_the_classes(tmp_path):
     names = ("COVID-19", "Normal", "Pneumonia")
-    rows = pd.DataFrame({"path": ["a.png", "b.png"], "label": ["Normal", "COVID-19"], "source": ["s", "s"],
-                         "population": ["adult", "adult"], "split": ["val", "val"]})
+    rows = pd.DataFrame(
+        {
+            "path": ["a.png", "b.png"],
+            "label": ["Normal", "COVID-19"],
+            "source": ["s", "s"],
+            "population": ["adult", "adult"],
+            "split": ["val", "val"],
+        }
+    )
     probabilities = np.array([[0.1, 0.8, 0.1], [0.7, 0.2, 0.1]]) + 1e-9
     write_predictions(tmp_path / "p.csv", rows, probabilities, names)
     frame = read_predictions(tmp_path / "p.csv", names)

@@ -20,16 +20,23 @@ def test_every_recipe_field_is_an_option_with_its_default():
         assert options[item.name].help
     defaults = config_from_arguments(parser.parse_args(["--data", "somewhere"]))
     assert {f.name: getattr(defaults, f.name) for f in fields(TrainConfig) if f.name != "data"} == {
-        f.name: getattr(TrainConfig(), f.name) for f in fields(TrainConfig) if f.name != "data"}
+        f.name: getattr(TrainConfig(), f.name) for f in fields(TrainConfig) if f.name != "data"
+    }
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (["--epochs", "3"], {"epochs": 3}),
-    (["--no-flip"], {"flip": False}),
-    (["--sampling", "class-source", "--class-weights", "none"], {"sampling": "class-source", "class_weights": "none"}),
-    (["--lr", "1e-3", "--border-crop", "0.05"], {"lr": 1e-3, "border_crop": 0.05}),
-    (["--leave-out-source", "nih_cxr14"], {"leave_out_source": "nih_cxr14"}),
-])
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--epochs", "3"], {"epochs": 3}),
+        (["--no-flip"], {"flip": False}),
+        (
+            ["--sampling", "class-source", "--class-weights", "none"],
+            {"sampling": "class-source", "class_weights": "none"},
+        ),
+        (["--lr", "1e-3", "--border-crop", "0.05"], {"lr": 1e-3, "border_crop": 0.05}),
+        (["--leave-out-source", "nih_cxr14"], {"leave_out_source": "nih_cxr14"}),
+    ],
+)
 def test_options_set_their_fields(argv, expected):
     config = config_from_arguments(argument_parser().parse_args(["--data", "a", "b", *argv]))
     assert {key: getattr(config, key) for key in expected} == expected

@@ -23,7 +23,9 @@ def test_predict_json_on_a_folder_with_bad_files(tiny_version, tmp_path):
     for source in sorted(FULLRES.glob("*.jp*g"))[:3]:
         shutil.copy(source, folder / source.name)
     (folder / "notes.txt").write_text("not an image")
-    (folder / "truncated.jpg").write_bytes((FULLRES / sorted(p.name for p in FULLRES.glob("*.jp*g"))[0]).read_bytes()[:500])
+    (folder / "truncated.jpg").write_bytes(
+        (FULLRES / sorted(p.name for p in FULLRES.glob("*.jp*g"))[0]).read_bytes()[:500]
+    )
     (folder / "empty.png").write_bytes(b"")
     result = run_core("predict", "--json", str(folder))
     assert result.returncode == 1, result.stderr

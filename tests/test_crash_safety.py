@@ -66,11 +66,17 @@ def test_kill_9_during_training_then_resume_finishes(tiny_version, isolated_fold
     prepared = (run_dir / "config.json").stat().st_ino
     moments = [
         # the trainer rewrites config.json as it starts reading the data; split.csv is written when it is done
-        ("data loading", lambda: (run_dir / "config.json").stat().st_ino != prepared,
-         lambda: not (run_dir / "split.csv").exists()),
+        (
+            "data loading",
+            lambda: (run_dir / "config.json").stat().st_ino != prepared,
+            lambda: not (run_dir / "split.csv").exists(),
+        ),
         ("mid-epoch", lambda: has_event(run_dir, "step"), lambda: read_state(run_dir)["epoch"] == 0),
-        ("after a checkpoint", lambda: read_state(run_dir)["epoch"] == 1,
-         lambda: (run_dir / read_state(run_dir)["checkpoint"]).is_file()),
+        (
+            "after a checkpoint",
+            lambda: read_state(run_dir)["epoch"] == 1,
+            lambda: (run_dir / read_state(run_dir)["checkpoint"]).is_file(),
+        ),
         ("evaluation", lambda: has_event(run_dir, "evaluating"), lambda: not (run_dir / CANDIDATE).exists()),
     ]
     for moment, reached, killed_in_time in moments:
@@ -101,8 +107,11 @@ def test_kill_9_mid_publish_leaves_only_a_hidden_staging_folder(tiny_version, is
     (run_dir / CANDIDATE / "padding.bin").write_bytes(bytes(PADDING_BYTES))  # a large file: a slow copy
     publisher = subprocess.Popen([sys.executable, "-c", PUBLISH_LOOP, str(run_dir)], cwd=REPO)
     try:
-        wait_for(lambda: any((p / "padding.bin").exists() for p in weights.glob(registry.STAGING_PREFIX + "*")),
-                 "a publish to be copying", timeout=120)
+        wait_for(
+            lambda: any((p / "padding.bin").exists() for p in weights.glob(registry.STAGING_PREFIX + "*")),
+            "a publish to be copying",
+            timeout=120,
+        )
         publisher.kill()
         publisher.wait()
     finally:

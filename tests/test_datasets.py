@@ -20,8 +20,15 @@ def write_png(path, value=128, size=96):
 
 @pytest.mark.parametrize(
     "folder, label",
-    [("COVID19", "COVID-19"), ("COVID-19", "COVID-19"), ("covid", "COVID-19"), ("NORMAL", "Normal"),
-     ("normal", "Normal"), ("PNEUMONIA", "Pneumonia"), ("Pneumonia", "Pneumonia")],
+    [
+        ("COVID19", "COVID-19"),
+        ("COVID-19", "COVID-19"),
+        ("covid", "COVID-19"),
+        ("NORMAL", "Normal"),
+        ("normal", "Normal"),
+        ("PNEUMONIA", "Pneumonia"),
+        ("Pneumonia", "Pneumonia"),
+    ],
 )
 def test_class_aliases(folder, label):
     assert canonical_label(folder) == label
@@ -60,10 +67,12 @@ def test_dataset_errors_name_folders_without_the_servers_path(tmp_path, monkeypa
     monkeypatch.setenv("CXR_UPLOAD_DIR", str(tmp_path / "uploads"))
     for folder in (tmp_path / "data" / "site-a", tmp_path / "uploads" / "site-b"):
         folder.mkdir(parents=True)
-    cases = [(lambda: scan_dataset(tmp_path / "data" / "site-a"), "site-a has no class folders"),
-             (lambda: scan_dataset(tmp_path / "uploads" / "site-b"), "uploads/site-b has no class folders"),
-             (lambda: scan_dataset(tmp_path / "data" / "gone"), "The dataset folder gone does not exist"),
-             (lambda: checked_data_folder(tmp_path / "elsewhere"), "…/elsewhere is outside the data folder")]
+    cases = [
+        (lambda: scan_dataset(tmp_path / "data" / "site-a"), "site-a has no class folders"),
+        (lambda: scan_dataset(tmp_path / "uploads" / "site-b"), "uploads/site-b has no class folders"),
+        (lambda: scan_dataset(tmp_path / "data" / "gone"), "The dataset folder gone does not exist"),
+        (lambda: checked_data_folder(tmp_path / "elsewhere"), "…/elsewhere is outside the data folder"),
+    ]
     for make, message in cases:
         with pytest.raises(DatasetError) as caught:
             make()
@@ -73,12 +82,14 @@ def test_dataset_errors_name_folders_without_the_servers_path(tmp_path, monkeypa
 def test_manifest_labels_patients_and_missing_files(tmp_path, caplog):
     for name in ("COVID19/x.png", "NORMAL/y.png", "PNEUMONIA/z.png"):
         write_png(tmp_path / name)
-    pd.DataFrame({
-        "path": ["COVID19/x.png", "NORMAL/y.png", "PNEUMONIA/z.png", "NORMAL/gone.png"],
-        "label": ["COVID19", "NORMAL", "PNEUMONIA", "NORMAL"],
-        "patient_id": ["p1", "p2", "p3", "p4"],
-        "source": ["s1", "s2", "s2", "s2"],
-    }).to_csv(tmp_path / "manifest.csv", index=False)
+    pd.DataFrame(
+        {
+            "path": ["COVID19/x.png", "NORMAL/y.png", "PNEUMONIA/z.png", "NORMAL/gone.png"],
+            "label": ["COVID19", "NORMAL", "PNEUMONIA", "NORMAL"],
+            "patient_id": ["p1", "p2", "p3", "p4"],
+            "source": ["s1", "s2", "s2", "s2"],
+        }
+    ).to_csv(tmp_path / "manifest.csv", index=False)
     with caplog.at_level(logging.WARNING):
         frame = scan_dataset(tmp_path)
     assert list(frame["label"]) == ["COVID-19", "Normal", "Pneumonia"]
@@ -133,8 +144,9 @@ def write_manifest_folder(root, source, labels, prefix):
         name = f"{label}/{prefix}{index}.png"
         write_png(root / name, value=40 + index)
         rows.append((name, label, f"{source}-p{index}", source, "adult"))
-    pd.DataFrame(rows, columns=["path", "label", "patient_id", "source", "population"]).to_csv(root / "manifest.csv",
-                                                                                            index=False)
+    pd.DataFrame(rows, columns=["path", "label", "patient_id", "source", "population"]).to_csv(
+        root / "manifest.csv", index=False
+    )
 
 
 def test_several_folders_merge_and_a_folder_may_lack_a_class(tmp_path):

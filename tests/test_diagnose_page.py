@@ -41,8 +41,9 @@ def upload(app, *files):
 
 def figures(app) -> dict:
     """The page's plotly figures by key: the viewer and the probability bars."""
-    return {name: json.loads(chart.proto.spec) for name, chart in zip(("viewer", "probabilities"),
-                                                                       app.get("plotly_chart"))}
+    return {
+        name: json.loads(chart.proto.spec) for name, chart in zip(("viewer", "probabilities"), app.get("plotly_chart"))
+    }
 
 
 def heat(trace) -> np.ndarray:
@@ -102,8 +103,9 @@ def test_probabilities_viewer_and_call_appear_and_a_corrupt_file_does_not_stop_t
     probabilities = predictor.probabilities(predictor.preprocess(read_image(CXR).pixels)[np.newaxis])[0]
     np.testing.assert_allclose(shown_probabilities(app), probabilities, atol=PROBABILITY_ATOL)
     call = decide(probabilities, predictor.class_names, predictor.card.operating_point).label
-    assert calls(app) == [f":material/assignment_turned_in: **Called {call}: the most probable class (no operating "
-                          "point saved)**"]
+    assert calls(app) == [
+        f":material/assignment_turned_in: **Called {call}: the most probable class (no operating point saved)**"
+    ]
     bars = figures(app)["probabilities"]["data"][0]
     coloured = [name for name, colour in zip(bars["y"], bars["marker"]["color"]) if colour == "#2b6cb0"]
     assert coloured == [call]  # only the called class in the call's colour
@@ -304,10 +306,12 @@ def test_a_saved_operating_point_changes_the_call_after_a_restart(shipped_versio
         return calls(app)
 
     operating_point.clear_operating_point(shipped_version, reader="Test Reader", reason="test")
-    assert call_on_the_page() == [f":material/assignment_turned_in: **Called {argmax_call}: the most probable class "
-                                  "(no operating point saved)**"]
-    operating_point.save_operating_point(shipped_version, "COVID-19", float(probabilities[0]) - PROBABILITY_ATOL,
-                                         reader="Test Reader", reason="test")
+    assert call_on_the_page() == [
+        f":material/assignment_turned_in: **Called {argmax_call}: the most probable class (no operating point saved)**"
+    ]
+    operating_point.save_operating_point(
+        shipped_version, "COVID-19", float(probabilities[0]) - PROBABILITY_ATOL, reader="Test Reader", reason="test"
+    )
     (sentence,) = call_on_the_page()
     assert f"Called COVID-19: p = {probabilities[0]:.3f}" in sentence and f"although {argmax_call} is more" in sentence
 

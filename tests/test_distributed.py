@@ -33,8 +33,9 @@ def free_ports(count: int) -> list:
 
 
 def tf_config(ports: list, index: int) -> str:
-    return json.dumps({"cluster": {"worker": [f"localhost:{port}" for port in ports]},
-                       "task": {"type": "worker", "index": index}})
+    return json.dumps(
+        {"cluster": {"worker": [f"localhost:{port}" for port in ports]}, "task": {"type": "worker", "index": index}}
+    )
 
 
 def small_real_data():
@@ -54,9 +55,15 @@ def small_real_data():
                 images[split].append(np.round(prepare_grey(read_grey(path), size) * 255).astype(np.uint8))
                 labels[split].append(label)
                 rows.append({"path": str(path), "label": folder, "source": "pool", "split": split})
-    return PreparedData(frame=pd.DataFrame(rows), images={s: np.stack(v) for s, v in images.items()},
-                        labels={s: np.array(v) for s, v in labels.items()}, train_inputs=np.zeros((0,)),
-                        manifest_sha256="", skipped={}, folders=[])
+    return PreparedData(
+        frame=pd.DataFrame(rows),
+        images={s: np.stack(v) for s, v in images.items()},
+        labels={s: np.array(v) for s, v in labels.items()},
+        train_inputs=np.zeros((0,)),
+        manifest_sha256="",
+        skipped={},
+        folders=[],
+    )
 
 
 def worker(run_dir: str, result_file: str) -> None:
@@ -71,14 +78,30 @@ def worker(run_dir: str, result_file: str) -> None:
     from train.progress import read_events
     from train.run import fit
 
-    config = TrainConfig(data=["pool"], arch="dcnn80-compact", epochs=1, batch_size=8, precision="float32",
-                         class_weights="none", lr_schedule="constant", checkpoint="last")
+    config = TrainConfig(
+        data=["pool"],
+        arch="dcnn80-compact",
+        epochs=1,
+        batch_size=8,
+        precision="float32",
+        class_weights="none",
+        lr_schedule="constant",
+        checkpoint="last",
+    )
     model, _, device, _ = fit(config, small_real_data(), Path(run_dir), verbose=False)
     start = next(event for event in read_events(Path(run_dir)) if event["event"] == "start")
     keras.utils.set_random_seed(config.seed)  # as fit does before it builds the model: the initial weights
     initial = build_model(config.arch, 3)
-    Path(result_file).write_text(json.dumps({"replicas": device["replicas"], "start": start["device"],
-                                             "weights": weight_sums(model), "initial": weight_sums(initial)}))
+    Path(result_file).write_text(
+        json.dumps(
+            {
+                "replicas": device["replicas"],
+                "start": start["device"],
+                "weights": weight_sums(model),
+                "initial": weight_sums(initial),
+            }
+        )
+    )
 
 
 def weight_sums(model) -> list:
@@ -95,10 +118,19 @@ def test_two_workers_train_the_real_model_in_lockstep(tmp_path):
         run_dir.mkdir()
         results.append(result)
         code = f"from tests.test_distributed import worker; worker({str(run_dir)!r}, {str(result)!r})"
-        environment = dict(os.environ, TF_CONFIG=tf_config(ports, index), TF_CPP_MIN_LOG_LEVEL="2",
-                           CUDA_VISIBLE_DEVICES="")
-        processes.append(subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=environment,
-                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        environment = dict(
+            os.environ, TF_CONFIG=tf_config(ports, index), TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES=""
+        )
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-c", code],
+                cwd=REPO,
+                env=environment,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     try:
         outputs = [process.communicate(timeout=WORKER_TIMEOUT_S)[0] for process in processes]
     finally:
@@ -113,23 +145,34 @@ def test_two_workers_train_the_real_model_in_lockstep(tmp_path):
     assert not np.allclose(reports[0]["weights"], reports[0]["initial"], rtol=1e-6)  # and it trained
 
 
-@pytest.mark.parametrize("value, workers", [
-    ("", 0),
-    (tf_config([1, 2], 1), 2),
-    (json.dumps({"cluster": {"chief": ["a:1"], "worker": ["b:1", "c:1"]}, "task": {"type": "chief", "index": 0}}), 3),
-])
+@pytest.mark.parametrize(
+    "value, workers",
+    [
+        ("", 0),
+        (tf_config([1, 2], 1), 2),
+        (
+            json.dumps(
+                {"cluster": {"chief": ["a:1"], "worker": ["b:1", "c:1"]}, "task": {"type": "chief", "index": 0}}
+            ),
+            3,
+        ),
+    ],
+)
 def test_tf_config_names_the_cluster(value, workers):
     assert cluster_workers({"TF_CONFIG": value}) == workers
 
 
-@pytest.mark.parametrize("value, message", [
-    ("{not json", "must be JSON"),
-    (json.dumps({"cluster": {"worker": ["a:1"]}}), "must be JSON"),
-    (json.dumps({"cluster": {"worker": []}, "task": {"type": "worker", "index": 0}}), "non-empty list"),
-    (json.dumps({"cluster": {"worker": "a:1"}, "task": {"type": "worker", "index": 0}}), "non-empty list"),
-    (tf_config([1, 2], 2), "index"),
-    (json.dumps({"cluster": {"worker": ["a:1"]}, "task": {"type": "ps", "index": 0}}), "chief or worker"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("{not json", "must be JSON"),
+        (json.dumps({"cluster": {"worker": ["a:1"]}}), "must be JSON"),
+        (json.dumps({"cluster": {"worker": []}, "task": {"type": "worker", "index": 0}}), "non-empty list"),
+        (json.dumps({"cluster": {"worker": "a:1"}, "task": {"type": "worker", "index": 0}}), "non-empty list"),
+        (tf_config([1, 2], 2), "index"),
+        (json.dumps({"cluster": {"worker": ["a:1"]}, "task": {"type": "ps", "index": 0}}), "chief or worker"),
+    ],
+)
 def test_a_malformed_tf_config_is_a_clear_error(value, message):
     with pytest.raises(ClusterConfigError, match=message):
         cluster_workers({"TF_CONFIG": value})

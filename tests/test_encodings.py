@@ -15,8 +15,8 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, JPEGLSLossless, RLELossless
 
 from core import registry
-from core.inference import Predictor
 from core.imaging import read_grey
+from core.inference import Predictor
 from tests.conftest import FULLRES, REPO, needs_shared_data
 from tests.test_imaging import ORIENTATION_TAG, ROTATED_90_CW, dicom_bytes, encode
 
@@ -77,13 +77,14 @@ ENCODINGS = {
     "DICOM 8-bit": lambda g: dicom_bytes(g, **FULL_RANGE_8),
     "DICOM 12-bit": lambda g: dicom_bytes(twelve_bit(g), bits_stored=12, **FULL_RANGE_12),
     "DICOM MONOCHROME1": lambda g: dicom_bytes(255 - g, photometric="MONOCHROME1", **FULL_RANGE_8),
-    "DICOM rescaled": lambda g: dicom_bytes(g.astype(np.uint16) * 4 + 1000, RescaleSlope=0.25, RescaleIntercept=-250,
-                                            **FULL_RANGE_8),
+    "DICOM rescaled": lambda g: dicom_bytes(
+        g.astype(np.uint16) * 4 + 1000, RescaleSlope=0.25, RescaleIntercept=-250, **FULL_RANGE_8
+    ),
     "DICOM RLE": lambda g: dicom_bytes(twelve_bit(g), bits_stored=12, compress_as=RLELossless, **FULL_RANGE_12),
-    "DICOM JPEG-LS": lambda g: dicom_bytes(twelve_bit(g), bits_stored=12, compress_as=JPEGLSLossless,
-                                           **FULL_RANGE_12),
-    "DICOM JPEG 2000": lambda g: dicom_bytes(twelve_bit(g), bits_stored=12, compress_as=JPEG2000Lossless,
-                                             **FULL_RANGE_12),
+    "DICOM JPEG-LS": lambda g: dicom_bytes(twelve_bit(g), bits_stored=12, compress_as=JPEGLSLossless, **FULL_RANGE_12),
+    "DICOM JPEG 2000": lambda g: dicom_bytes(
+        twelve_bit(g), bits_stored=12, compress_as=JPEG2000Lossless, **FULL_RANGE_12
+    ),
     "DICOM JPEG baseline q95": jpeg_baseline_dicom,
 }
 
@@ -98,8 +99,11 @@ def shipped_predictor():
 @pytest.fixture(scope="module")
 def radiographs():
     """8-bit grey versions of real CXRs, IMAGES_PER_CLASS of each class, at most LONG_SIDE_PX on a side."""
-    paths = [path for label in ("COVID19", "NORMAL", "PNEUMONIA")
-             for path in sorted(FULLRES.glob(f"{label}__*"))[:IMAGES_PER_CLASS]]
+    paths = [
+        path
+        for label in ("COVID19", "NORMAL", "PNEUMONIA")
+        for path in sorted(FULLRES.glob(f"{label}__*"))[:IMAGES_PER_CLASS]
+    ]
     greys = []
     for path in paths:
         grey = np.round(read_grey(path) * 255).astype(np.uint8)

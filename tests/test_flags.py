@@ -72,8 +72,9 @@ def test_threshold_interval_brackets_the_threshold_and_narrows_with_more_cases()
 
 def test_a_detector_survives_saving(tmp_path):
     rng = np.random.default_rng(2)
-    detector = FlagDetector(rng.normal(size=(3, 4)), np.eye(4), np.zeros(6), np.ones(6), rng.normal(size=7),
-                            rng.normal(size=7), settings={})
+    detector = FlagDetector(
+        rng.normal(size=(3, 4)), np.eye(4), np.zeros(6), np.ones(6), rng.normal(size=7), rng.normal(size=7), settings={}
+    )
     detector.save(tmp_path)
     settings = {name: {"threshold": 0.5} for name in ("out_of_distribution", "rotated", "inverted", "uncertain")}
     loaded = FlagDetector.load(tmp_path, settings)
@@ -101,8 +102,10 @@ def shipped_files(folder, split: str, count: int):
     """Real radiographs from the shipped version's own split (never used to fit its detector for 'test')."""
     frame = pd.read_csv(folder / f"{split}_predictions.csv")
     rows = frame.sample(min(count, len(frame)), random_state=0) if count else frame
-    return [SHARED_DATA / path if (SHARED_DATA / path.split("/")[0]).is_dir() and "/" in path else CXR_POOL / path
-            for path in rows["path"]]
+    return [
+        SHARED_DATA / path if (SHARED_DATA / path.split("/")[0]).is_dir() and "/" in path else CXR_POOL / path
+        for path in rows["path"]
+    ]
 
 
 def assessed(predictor, greys):
@@ -130,7 +133,9 @@ def test_real_radiographs_with_inverted_greys_are_flagged(shipped):
 @needs_shared_data
 def test_full_resolution_originals_are_in_distribution(shipped):
     predictor, _ = shipped
-    results = list(predictor.assess_files(sorted(p for p in FULLRES.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))))
+    results = list(
+        predictor.assess_files(sorted(p for p in FULLRES.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")))
+    )
     assert len(results) == 14
     flagged = [result.path.name for result in results if result.assessment.flags]
     assert len(flagged) <= 2, flagged

@@ -13,8 +13,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench.fuzz_reader import (BOUNDARY_BYTES, HEADER_BYTES, HEADER_MUTATIONS, build_seeds, delete_range, flip_bits,
-                               header_bytes, overwrite, repeat_range, seed_format, splice, truncate)
+from bench.fuzz_reader import (
+    BOUNDARY_BYTES,
+    HEADER_BYTES,
+    HEADER_MUTATIONS,
+    build_seeds,
+    delete_range,
+    flip_bits,
+    header_bytes,
+    overwrite,
+    repeat_range,
+    seed_format,
+    splice,
+    truncate,
+)
 from core.imaging import UnusableImageError, read_image
 from tests.conftest import needs_shared_data
 
@@ -68,8 +80,13 @@ def read_or_refuse(data: bytes) -> None:
         assert str(error)
 
 
-@settings(max_examples=EXAMPLES, deadline=LIMIT, database=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=EXAMPLES,
+    deadline=LIMIT,
+    database=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(data=mutated_files())
 def test_mutated_real_files_are_read_or_refused_and_never_hang(data):
     read_or_refuse(data)
@@ -83,7 +100,7 @@ def test_every_seed_is_a_readable_radiograph():
 def with_png_chunk_length(data: bytes, kind: bytes, length: int) -> bytes:
     """``data`` with the declared length of its first ``kind`` chunk replaced."""
     at = data.index(kind) - 4
-    return data[:at] + struct.pack(">I", length) + data[at + 4:]
+    return data[:at] + struct.pack(">I", length) + data[at + 4 :]
 
 
 @pytest.mark.parametrize("length", [0x80002000, 0x7FFFFFFF, 0x10000000])

@@ -2,10 +2,10 @@
 the model-randomisation sanity check (Adebayo et al. 2018), the compiled passes living on their Predictor, the
 one-pass reading (``core.diagnosis``) and the full-resolution overlay (``core.overlay``)."""
 
-from dataclasses import replace
 import gc
 import json
 import weakref
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -21,8 +21,13 @@ from tests.conftest import FULLRES, publish_random_version
 SQUARE_IMAGE = 32
 SQUARE_SIDE = 6
 SQUARE_TRAINING_IMAGES = 512
-SQUARE_CARD = ModelCard(version="square", architecture="square test model", class_names=("empty", "square"),
-                        input_size=SQUARE_IMAGE, gradcam_layer="block2_conv1")
+SQUARE_CARD = ModelCard(
+    version="square",
+    architecture="square test model",
+    class_names=("empty", "square"),
+    input_size=SQUARE_IMAGE,
+    gradcam_layer="block2_conv1",
+)
 
 
 @pytest.fixture
@@ -259,8 +264,11 @@ def test_the_display_copy_is_eight_bit_and_at_most_the_display_width():
     display = overlay.display_copy(grey)
     assert display.dtype == np.uint8 and display.shape[1] <= overlay.MAX_DISPLAY_WIDTH
     factor = grey.shape[1] // display.shape[1]
-    expected = cv2.resize(grey[: display.shape[0] * factor, : display.shape[1] * factor],
-                          display.shape[::-1], interpolation=cv2.INTER_AREA)
+    expected = cv2.resize(
+        grey[: display.shape[0] * factor, : display.shape[1] * factor],
+        display.shape[::-1],
+        interpolation=cv2.INTER_AREA,
+    )
     np.testing.assert_allclose(display, expected * 255, atol=1)
 
 

@@ -12,8 +12,14 @@ import pydicom
 import pytest
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import (ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless,
-                         SecondaryCaptureImageStorage, generate_uid)
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    RLELossless,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
 
 from core.imaging import Radiograph, UnusableImageError, dicom_fields_for_display, read_grey, read_image
 from tests.conftest import DICOM_SAMPLE, FULLRES, needs_shared_data
@@ -39,8 +45,7 @@ def encode(image: Image.Image, image_format: str, **options) -> bytes:
     return buffer.getvalue()
 
 
-def dicom_bytes(stored: np.ndarray, photometric="MONOCHROME2", bits_stored=None, compress_as=None,
-                **elements) -> bytes:
+def dicom_bytes(stored: np.ndarray, photometric="MONOCHROME2", bits_stored=None, compress_as=None, **elements) -> bytes:
     """A single-frame (or, with a 3-D ``stored``, multi-frame) DICOM file with ``elements`` set."""
     dataset = Dataset()
     dataset.file_meta = FileMetaDataset()
@@ -63,10 +68,15 @@ def dicom_bytes(stored: np.ndarray, photometric="MONOCHROME2", bits_stored=None,
 
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG that declares ``width`` × ``height`` but carries no image data."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + \
-        chunk(b"IEND", b"")
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        + chunk(b"IEND", b"")
+    )
 
 
 def refusal(data) -> str:
@@ -85,8 +95,10 @@ RAMP_12BIT = (np.arange(HEIGHT * WIDTH).reshape(HEIGHT, WIDTH) * 4095 // (HEIGHT
 
 # ---- raster formats ----
 
-@pytest.mark.parametrize("image_format, options", [
-    ("PNG", {}), ("BMP", {}), ("TIFF", {}), ("WEBP", {"lossless": True}), ("GIF", {})])
+
+@pytest.mark.parametrize(
+    "image_format, options", [("PNG", {}), ("BMP", {}), ("TIFF", {}), ("WEBP", {"lossless": True}), ("GIF", {})]
+)
 def test_lossless_formats_give_the_exact_pixels(image_format, options):
     radiograph = read_image(encode(Image.fromarray(GREY), image_format, **options))
     assert isinstance(radiograph, Radiograph) and radiograph.format == image_format
@@ -136,9 +148,9 @@ def test_transparent_parts_are_composited_onto_black(mode):
     alpha[:10] = 128
     grey_channels = [GREY] * (3 if mode == "RGBA" else 1)
     pixels = read_grey(encode(Image.fromarray(np.dstack(grey_channels + [alpha]), mode), "PNG"))
-    np.testing.assert_allclose(pixels[10:, WIDTH // 2:], GREY_UNIT[10:, WIDTH // 2:], atol=1e-6)
+    np.testing.assert_allclose(pixels[10:, WIDTH // 2 :], GREY_UNIT[10:, WIDTH // 2 :], atol=1e-6)
     assert not pixels[10:, : WIDTH // 2].any()
-    np.testing.assert_allclose(pixels[:10, WIDTH // 2:], GREY_UNIT[:10, WIDTH // 2:] * 128 / 255, atol=1 / 255)
+    np.testing.assert_allclose(pixels[:10, WIDTH // 2 :], GREY_UNIT[:10, WIDTH // 2 :] * 128 / 255, atol=1 / 255)
 
 
 def test_palette_transparency_is_black():
@@ -187,6 +199,7 @@ def test_single_frame_gif_is_accepted():
 
 # ---- DICOM ----
 
+
 def test_monochrome1_is_the_inverse_of_monochrome2():
     monochrome2 = read_grey(dicom_bytes(RAMP_12BIT, "MONOCHROME2", 12))
     monochrome1 = read_grey(dicom_bytes(RAMP_12BIT, "MONOCHROME1", 12))
@@ -212,8 +225,16 @@ def test_voi_lut_is_applied_and_scaled_by_its_output_range():
 
 def test_rescale_is_applied_before_the_window():
     without_rescale = read_grey(dicom_bytes(RAMP_12BIT, bits_stored=12, WindowCenter=2000, WindowWidth=1000))
-    with_rescale = read_grey(dicom_bytes(RAMP_12BIT, bits_stored=12, RescaleSlope=2, RescaleIntercept=-1000,
-                                         WindowCenter=2 * 2000 - 1000, WindowWidth=2 * 1000))
+    with_rescale = read_grey(
+        dicom_bytes(
+            RAMP_12BIT,
+            bits_stored=12,
+            RescaleSlope=2,
+            RescaleIntercept=-1000,
+            WindowCenter=2 * 2000 - 1000,
+            WindowWidth=2 * 1000,
+        )
+    )
     np.testing.assert_allclose(with_rescale, without_rescale, atol=2e-3)
 
 
@@ -260,15 +281,28 @@ def test_dicom_metadata_holds_plain_values():
 
 
 def test_dicom_fields_for_display_are_plain_readable_strings():
-    fields = dicom_fields_for_display({"PatientName": "DOE^JANE^MARIE", "PatientID": "<b>7</b>",
-                                       "StudyDate": "20200315", "PatientSex": "", "Modality": "CR"})
+    fields = dicom_fields_for_display(
+        {
+            "PatientName": "DOE^JANE^MARIE",
+            "PatientID": "<b>7</b>",
+            "StudyDate": "20200315",
+            "PatientSex": "",
+            "Modality": "CR",
+        }
+    )
     assert fields == {"Patient name": "DOE, JANE MARIE", "Patient ID": "<b>7</b>", "Study date": "2020-03-15"}
     assert dicom_fields_for_display({}) == {}
 
 
-@pytest.mark.parametrize("elements, keyword", [
-    ({"ViewPosition": "LL"}, "view"), ({"BodyPartExamined": "HAND"}, "body part"),
-    ({"Modality": "OT"}, "modality"), ({"PresentationIntentType": "FOR PROCESSING"}, "raw")])
+@pytest.mark.parametrize(
+    "elements, keyword",
+    [
+        ({"ViewPosition": "LL"}, "view"),
+        ({"BodyPartExamined": "HAND"}, "body part"),
+        ({"Modality": "OT"}, "modality"),
+        ({"PresentationIntentType": "FOR PROCESSING"}, "raw"),
+    ],
+)
 def test_dicom_out_of_scope_hints(elements, keyword):
     radiograph = read_image(dicom_bytes(RAMP_12BIT, bits_stored=12, **elements))
     assert any(keyword in hint.lower() for hint in radiograph.hints)
@@ -291,8 +325,9 @@ def test_multi_frame_radiograph_uses_the_first_frame():
     assert any("first" in hint for hint in radiograph.hints)
 
 
-@pytest.mark.parametrize("modality, keyword", [("CT", "ct"), ("MR", "mri"), ("US", "ultrasound"), ("PT", "pet"),
-                                               ("NM", "nuclear")])
+@pytest.mark.parametrize(
+    "modality, keyword", [("CT", "ct"), ("MR", "mri"), ("US", "ultrasound"), ("PT", "pet"), ("NM", "nuclear")]
+)
 def test_non_radiograph_modalities_are_refused(modality, keyword):
     message = refusal(dicom_bytes(RAMP_12BIT, bits_stored=12, Modality=modality))
     assert keyword in message and "radiograph" in message
@@ -339,6 +374,7 @@ def test_truncated_dicom_is_refused():
 
 # ---- the same radiograph in every encoding ----
 
+
 @pytest.fixture(scope="module")
 def fullres_jpeg():
     smallest = min(FULLRES.glob("*.jp*g"), key=lambda path: path.stat().st_size)
@@ -365,16 +401,20 @@ def test_jpeg_to_16_bit_png_to_dicom_round_trip(fullres_jpeg):
 
 # ---- unusable files ----
 
+
 def test_missing_file_is_refused(tmp_path):
     assert "could not be opened" in refusal(tmp_path / "absent.dcm")
 
 
-@pytest.mark.parametrize("data, keyword", [
-    (b"", "empty"),
-    (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n", "pdf"),
-    (b"Patient report\nThe lungs are clear.\n", "text"),
-    (np.random.default_rng(0).bytes(5000), "not an image"),
-])
+@pytest.mark.parametrize(
+    "data, keyword",
+    [
+        (b"", "empty"),
+        (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n", "pdf"),
+        (b"Patient report\nThe lungs are clear.\n", "text"),
+        (np.random.default_rng(0).bytes(5000), "not an image"),
+    ],
+)
 def test_non_images_are_refused(data, keyword):
     assert keyword in refusal(data)
 
@@ -407,12 +447,13 @@ def test_declared_huge_png_is_refused_before_decoding(width, height):
 def test_declared_huge_jpeg_is_refused_before_decoding():
     data = encode(Image.fromarray(GREY), "JPEG")
     start_of_frame = data.index(b"\xff\xc0")
-    huge = data[: start_of_frame + 5] + struct.pack(">HH", 60_000, 60_000) + data[start_of_frame + 9:]
+    huge = data[: start_of_frame + 5] + struct.pack(">HH", 60_000, 60_000) + data[start_of_frame + 9 :]
     assert "too large" in refusal(huge)
 
 
-@pytest.mark.parametrize("image_format, options", [
-    ("GIF", {}), ("PNG", {}), ("WEBP", {"lossless": True}), ("TIFF", {})])
+@pytest.mark.parametrize(
+    "image_format, options", [("GIF", {}), ("PNG", {}), ("WEBP", {"lossless": True}), ("TIFF", {})]
+)
 def test_animations_and_stacks_are_refused(image_format, options):
     frames = [Image.fromarray(chest_like(seed=seed)) for seed in range(3)]
     data = encode(frames[0], image_format, save_all=True, append_images=frames[1:], **options)

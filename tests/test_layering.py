@@ -29,14 +29,19 @@ def test_the_entry_point_contract_names_every_library_module():
     config = configparser.ConfigParser()
     config.read(REPO_ROOT / ".importlinter")
     listed = set(config["importlinter:contract:no-entry-points"]["source_modules"].split())
-    modules = {f"{path.parent.name}.{path.stem}" for package in ("core", "train")
-               for path in (REPO_ROOT / package).glob("*.py") if not path.stem.startswith("__")}
+    modules = {
+        f"{path.parent.name}.{path.stem}"
+        for package in ("core", "train")
+        for path in (REPO_ROOT / package).glob("*.py")
+        if not path.stem.startswith("__")
+    }
     assert modules - listed == set()
 
 
 def test_a_broken_contract_is_reported(tmp_path):
     config = tmp_path / "inverted.ini"
-    config.write_text(textwrap.dedent("""
+    config.write_text(
+        textwrap.dedent("""
         [importlinter]
         root_packages =
             core
@@ -48,7 +53,8 @@ def test_a_broken_contract_is_reported(tmp_path):
         layers =
             core
             train
-    """))
+    """)
+    )
     result = lint_imports(config)
     assert result.returncode != 0
     assert "BROKEN" in result.stdout

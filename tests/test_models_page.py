@@ -101,16 +101,20 @@ def test_page_offers_the_card_and_a_savedmodel_zip(two_versions):
 
 def page_text(at: AppTest) -> str:
     """Everything the page shows as text: messages, captions, tables and data frames."""
-    parts = [element.value for kind in ("markdown", "caption", "text", "success", "info", "warning", "error")
-             for element in getattr(at, kind)]
+    parts = [
+        element.value
+        for kind in ("markdown", "caption", "text", "success", "info", "warning", "error")
+        for element in getattr(at, kind)
+    ]
     parts += [element.value.to_string() for element in (*at.table, *at.dataframe)]
     return re.sub(r"\\(.)", r"\1", "\n".join(parts))  # st.table cells are Markdown-escaped
 
 
 @pytest.mark.slow
 def test_the_shipped_card_reads_rounded_without_server_paths_with_its_history(shipped_version):
-    operating_point.save_operating_point(shipped_version, "COVID-19", 0.0612, reader="Dr A. Reader",
-                                         reason="department audit")
+    operating_point.save_operating_point(
+        shipped_version, "COVID-19", 0.0612, reader="Dr A. Reader", reason="department audit"
+    )
     at = models_page()
     text = page_text(at)
     card = registry.load_card(shipped_version)

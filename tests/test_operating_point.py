@@ -12,8 +12,17 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy.stats import binomtest
-from sklearn.metrics import (accuracy_score, average_precision_score, confusion_matrix, f1_score,
-                             precision_recall_curve, precision_score, recall_score, roc_auc_score, roc_curve)
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_curve,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+    roc_curve,
+)
 from statsmodels.stats.proportion import proportion_confint
 
 from core import CLASS_NAMES, registry
@@ -38,8 +47,9 @@ def synthetic():
     boost = np.stack([labels == name for name in CLASS_NAMES], axis=1) * 1.5
     probs = rng.dirichlet(np.ones(3), size=300) + boost
     probs = np.round(probs / probs.sum(axis=1, keepdims=True), 2)
-    frame = pd.DataFrame({"path": [f"{i}.png" for i in range(300)], "label": labels,
-                          "source": rng.choice(["alpha", "beta"], 300)})
+    frame = pd.DataFrame(
+        {"path": [f"{i}.png" for i in range(300)], "label": labels, "source": rng.choice(["alpha", "beta"], 300)}
+    )
     for index, name in enumerate(CLASS_NAMES):
         frame[f"p_{name}"] = probs[:, index]
     return frame
@@ -127,7 +137,9 @@ def test_table_picks_the_highest_threshold_reaching_each_target(synthetic, posit
         higher = scores[scores > threshold]
         if len(higher):
             assert recall_score(truth, scores >= higher.min()) < target
-        assert row["specificity"]["value"] == pytest.approx(recall_score(truth, scores >= threshold, pos_label=False), abs=EXACT)
+        assert row["specificity"]["value"] == pytest.approx(
+            recall_score(truth, scores >= threshold, pos_label=False), abs=EXACT
+        )
     assert op.threshold_for_sensitivity(np.zeros(3, bool), np.ones(3), 0.9) is None
 
 
@@ -202,7 +214,8 @@ def test_figures_match_sklearn_on_the_version(version):
         for threshold in (0.1, 0.5, *observed_thresholds(scores, 3)):
             assert_figures_match_sklearn(truth, scores, threshold)
         assert op.roc(truth, scores, resamples=FEW_RESAMPLES)["auc"]["value"] == pytest.approx(
-            roc_auc_score(truth, scores), abs=EXACT)
+            roc_auc_score(truth, scores), abs=EXACT
+        )
         for row in op.sensitivity_table(truth, scores):
             matrix = op.decision_matrix(frame, CLASS_NAMES, positive, row["threshold"])
             assert op.collapse(matrix, CLASS_NAMES, positive) == {k: row[k] for k in ("tp", "fp", "tn", "fn")}
@@ -222,7 +235,8 @@ def test_save_reload_and_clear(version):
     assert card.operating_point["threshold"] == threshold
     scores, truth = op.scores_and_truth(op.load_predictions(version), "COVID-19")
     assert card.operating_point["figures"]["sensitivity"]["value"] == pytest.approx(
-        recall_score(truth, scores >= threshold), abs=EXACT)
+        recall_score(truth, scores >= threshold), abs=EXACT
+    )
     assert op.decide([threshold, 0.9, 0.1], card.class_names, card.operating_point).label == "COVID-19"
     json.loads((registry.version_dir(version) / registry.CARD_FILE).read_text(), parse_constant=pytest.fail)
     op.clear_operating_point(version, reader="Dr B", reason="back to argmax")
@@ -233,12 +247,15 @@ def test_save_reload_and_clear(version):
     assert len(registry.load_card(version).operating_point_history) == len(history_before) + 2
 
 
-@pytest.mark.parametrize("positive, threshold, note", [
-    ("Normal", 0.5, {"reader": "A", "reason": "r"}),
-    ("COVID-19", 1.5, {"reader": "A", "reason": "r"}),
-    ("COVID-19", 0.5, {"reader": "  ", "reason": "r"}),
-    ("COVID-19", 0.5, {"reader": "A", "reason": ""}),
-])
+@pytest.mark.parametrize(
+    "positive, threshold, note",
+    [
+        ("Normal", 0.5, {"reader": "A", "reason": "r"}),
+        ("COVID-19", 1.5, {"reader": "A", "reason": "r"}),
+        ("COVID-19", 0.5, {"reader": "  ", "reason": "r"}),
+        ("COVID-19", 0.5, {"reader": "A", "reason": ""}),
+    ],
+)
 def test_save_rejects_a_bad_point_or_a_missing_name_or_reason(tiny_version, positive, threshold, note):
     before = (registry.version_dir(tiny_version) / registry.CARD_FILE).read_bytes()
     with pytest.raises(ValueError):
@@ -247,10 +264,18 @@ def test_save_rejects_a_bad_point_or_a_missing_name_or_reason(tiny_version, posi
 
 
 def test_history_entry_records_who_when_what_and_why():
-    old, new = {"positive_class": "COVID-19", "threshold": 0.29, "figures": {}}, {"positive_class": "abnormal", "threshold": 0.5}
+    old, new = (
+        {"positive_class": "COVID-19", "threshold": 0.29, "figures": {}},
+        {"positive_class": "abnormal", "threshold": 0.5},
+    )
     entry = op.history_entry(old, new, "  Dr   Who ", "audit\nof May", when="2026-01-02T03:04:05+00:00")
-    assert entry == {"time": "2026-01-02T03:04:05+00:00", "reader": "Dr Who", "reason": "audit of May",
-                     "old": {"positive_class": "COVID-19", "threshold": 0.29}, "new": new}
+    assert entry == {
+        "time": "2026-01-02T03:04:05+00:00",
+        "reader": "Dr Who",
+        "reason": "audit of May",
+        "old": {"positive_class": "COVID-19", "threshold": 0.29},
+        "new": new,
+    }
     assert op.history_entry(None, None, "a", "b")["time"].endswith("+00:00")
     for reader, reason in (("", "b"), ("a", None), ("a", " \t ")):
         with pytest.raises(ValueError, match="name|reason"):
@@ -291,8 +316,15 @@ def test_two_processes_saving_at_once_lose_nothing(tiny_version, tmp_path):
     the card at the end and the card is strict JSON (without the lock, most appends are lost)."""
     appends, saves = 150, 2
     go = tmp_path / "go"
-    workers = [subprocess.Popen([sys.executable, "-c", CONCURRENT_WORKER, name, tiny_version, str(appends), str(saves),
-                                 str(go)], cwd=REPO, stderr=subprocess.PIPE, text=True) for name in ("A", "B")]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", CONCURRENT_WORKER, name, tiny_version, str(appends), str(saves), str(go)],
+            cwd=REPO,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("A", "B")
+    ]
     time.sleep(1.0)  # both are importing; start them together
     go.touch()
     for worker in workers:
@@ -301,8 +333,11 @@ def test_two_processes_saving_at_once_lose_nothing(tiny_version, tmp_path):
     notes = [(entry["reader"], entry["reason"]) for entry in card["operating_point_history"]]
     for name in ("A", "B"):
         assert sorted(r for w, r in notes if w == f"worker {name}" and r.startswith("append")) == sorted(
-            f"append {i}" for i in range(appends))
-        assert [r for w, r in notes if w == f"worker {name}" and r.startswith("save")] == [f"save {i}" for i in range(saves)]
+            f"append {i}" for i in range(appends)
+        )
+        assert [r for w, r in notes if w == f"worker {name}" and r.startswith("save")] == [
+            f"save {i}" for i in range(saves)
+        ]
     assert card["operating_point"]["threshold"] == pytest.approx(0.2 + (saves - 1) / 100, abs=EXACT)
 
 

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from statsmodels.stats.proportion import proportion_confint
 
-from core import registry
 from core import operating_point as op
+from core import registry
 from tests.conftest import NO_POINT_NOTE, REPO
 
 PAGE = "pages/operating_point.py"
@@ -56,10 +56,16 @@ def independent_figures(frame: pd.DataFrame, positive: str, threshold: float) ->
     called = scores >= threshold
     tp, fp = np.sum(truth & called), np.sum(~truth & called)
     tn, fn = np.sum(~truth & ~called), np.sum(truth & ~called)
-    pairs = {"Sensitivity (recall)": (tp, tp + fn), "Specificity": (tn, tn + fp), "PPV (precision)": (tp, tp + fp),
-             "NPV": (tn, tn + fn), "Accuracy": (tp + tn, len(frame))}
-    return {name: (k / n, *proportion_confint(k, n, method="wilson"), f"{k:,}/{n:,}")
-            for name, (k, n) in pairs.items() if n}
+    pairs = {
+        "Sensitivity (recall)": (tp, tp + fn),
+        "Specificity": (tn, tn + fp),
+        "PPV (precision)": (tp, tp + fp),
+        "NPV": (tn, tn + fn),
+        "Accuracy": (tp + tn, len(frame)),
+    }
+    return {
+        name: (k / n, *proportion_confint(k, n, method="wilson"), f"{k:,}/{n:,}") for name, (k, n) in pairs.items() if n
+    }
 
 
 def assert_page_shows(app, frame, positive, threshold, table_index=0):
@@ -182,8 +188,10 @@ def test_page_two_confirmed_saves_make_two_history_entries(tiny_version):
     assert history[1]["old"] == history[0]["new"]
     assert history[1]["new"]["threshold"] == pytest.approx(0.42, abs=EXACT)
     shown = [plain(cell) for cell in app.table[-1].value["Change"]]  # the history table, newest first
-    assert shown[:2] == ["COVID-19 when p(COVID-19) ≥ 0.3000 → COVID-19 when p(COVID-19) ≥ 0.4200",
-                         "most probable class (no operating point) → COVID-19 when p(COVID-19) ≥ 0.3000"]
+    assert shown[:2] == [
+        "COVID-19 when p(COVID-19) ≥ 0.3000 → COVID-19 when p(COVID-19) ≥ 0.4200",
+        "most probable class (no operating point) → COVID-19 when p(COVID-19) ≥ 0.3000",
+    ]
     assert [plain(cell) for cell in app.table[-1].value["Reader"]][:2] == ["Dr B", "Dr A"]
 
 

@@ -8,8 +8,9 @@ from core.preprocess import resize_grey, to_model_input
 from tests.conftest import small_card
 
 
-@pytest.mark.parametrize("shape", [(3368, 2800), (2000, 2000), (1791, 2276), (928, 1478), (400, 401), (299, 299),
-                                   (80, 500), (64, 90)])
+@pytest.mark.parametrize(
+    "shape", [(3368, 2800), (2000, 2000), (1791, 2276), (928, 1478), (400, 401), (299, 299), (80, 500), (64, 90)]
+)
 @pytest.mark.parametrize("size", [80, 224])
 def test_resize_equals_one_pass_area_interpolation(shape, size):
     grey = np.random.default_rng(shape[0]).random(shape, dtype=np.float32)
@@ -59,7 +60,7 @@ def test_intensity_normalisation_removes_an_exposure_difference(method, reductio
     rng = np.random.default_rng(0)
     film = cv2.GaussianBlur(rng.random((400, 360), dtype=np.float32), (0, 0), 8)
     film = (film - film.min()) / (film.max() - film.min())
-    dark, bright = film ** 1.6, film ** 0.6
+    dark, bright = film**1.6, film**0.6
     plain = np.abs(prepare_grey(dark, 80) - prepare_grey(bright, 80)).mean()
     settings = Preprocessing(method)
     equalised = np.abs(prepare_grey(dark, 80, settings) - prepare_grey(bright, 80, settings)).mean()

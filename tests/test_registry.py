@@ -130,6 +130,7 @@ def _slowed(function):
         result = function(*args, **kwargs)
         time.sleep(CHECK_DELAY_S)
         return result
+
     return slow
 
 

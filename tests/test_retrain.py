@@ -177,12 +177,38 @@ def test_run_status_from_events_and_process(isolated_folders):
 def test_progress_and_curves_from_events(isolated_folders):
     events = [
         {"event": "start", "time": 1.0, "epochs": 2, "initial_epoch": 0, "device": {"kind": "CPU"}, "n": {}},
-        {"event": "step", "time": 2.0, "epoch": 0, "step": 2, "steps": 4, "lr": 4e-4, "loss": 1.0, "eta_s": 30.0,
-         "images_per_s": 10.0},
-        {"event": "epoch", "time": 3.0, "epoch": 0, "lr": 4e-4, "loss": 0.9, "val_loss": 1.1, "eta_s": 20.0,
-         "images_per_s": 11.0},
-        {"event": "step", "time": 4.0, "epoch": 1, "step": 1, "steps": 4, "lr": 2e-4, "loss": 0.8, "eta_s": 15.0,
-         "images_per_s": 12.0},
+        {
+            "event": "step",
+            "time": 2.0,
+            "epoch": 0,
+            "step": 2,
+            "steps": 4,
+            "lr": 4e-4,
+            "loss": 1.0,
+            "eta_s": 30.0,
+            "images_per_s": 10.0,
+        },
+        {
+            "event": "epoch",
+            "time": 3.0,
+            "epoch": 0,
+            "lr": 4e-4,
+            "loss": 0.9,
+            "val_loss": 1.1,
+            "eta_s": 20.0,
+            "images_per_s": 11.0,
+        },
+        {
+            "event": "step",
+            "time": 4.0,
+            "epoch": 1,
+            "step": 1,
+            "steps": 4,
+            "lr": 2e-4,
+            "loss": 0.8,
+            "eta_s": 15.0,
+            "images_per_s": 12.0,
+        },
     ]
     info = supervisor.RunInfo(isolated_folders, "running", {}, events, pid=1, launched=0.5)
     state = supervisor.progress(info)
@@ -191,7 +217,10 @@ def test_progress_and_curves_from_events(isolated_folders):
     curves = supervisor.training_curves(events)
     assert curves["epoch"].tolist() == pytest.approx([0.5, 1.0, 1.25], abs=1e-12)
     assert curves["val_loss"].notna().tolist() == [False, True, False]
-    assert supervisor.progress(supervisor.RunInfo(isolated_folders, "running", {}, events, launched=5.0))["phase"] == "loading data"
+    assert (
+        supervisor.progress(supervisor.RunInfo(isolated_folders, "running", {}, events, launched=5.0))["phase"]
+        == "loading data"
+    )
 
 
 def test_data_root_refuses_folders_outside_it_even_through_symlinks(tmp_path, monkeypatch):
@@ -290,8 +319,9 @@ def test_comparison_on_the_same_split_and_flagged_when_not(isolated_folders):
 
 
 def test_publish_refuses_bad_names(isolated_folders):
-    run_dir = fake_finished_run(isolated_folders / "weights", publish_random_version(isolated_folders / "weights"),
-                                isolated_folders)
+    run_dir = fake_finished_run(
+        isolated_folders / "weights", publish_random_version(isolated_folders / "weights"), isolated_folders
+    )
     for name in ("", "../x", "a b", ".hidden", "x" * 65):
         with pytest.raises(registry.ModelVersionError):
             supervisor.publish_run(run_dir, name)
@@ -331,16 +361,37 @@ def test_duration_estimate_from_earlier_runs_or_a_timing(isolated_folders):
 
 
 def test_a_recipe_survives_the_form_round_trip_and_the_card_recipe_drops_the_trainers_additions():
-    for config in (TrainConfig(), TrainConfig(arch="dcnn80-compact", sampling="class-source", class_weights="none",
-                                              lr_schedule="warmup-cosine", crop_scale_min=0.75, crop_scale_max=1.0,
-                                              leave_out_source="nih_cxr14", precision="float32", cache_size=96),
-                   TrainConfig(class_weights="COVID-19=5,Normal=2,Pneumonia=1")):
+    for config in (
+        TrainConfig(),
+        TrainConfig(
+            arch="dcnn80-compact",
+            sampling="class-source",
+            class_weights="none",
+            lr_schedule="warmup-cosine",
+            crop_scale_min=0.75,
+            crop_scale_max=1.0,
+            leave_out_source="nih_cxr14",
+            precision="float32",
+            cache_size=96,
+        ),
+        TrainConfig(class_weights="COVID-19=5,Normal=2,Pneumonia=1"),
+    ):
         values = recipes.form_values(config)
         assert recipes.config_from_form(config, values, config.data) == config
     custom = recipes.form_values(TrainConfig(class_weights="COVID-19=5,Normal=2,Pneumonia=1"))
     assert (custom["class_weights"], custom["weight:COVID-19"], custom["weight:Normal"]) == ("custom", 5.0, 2.0)
-    card = small_card(version="v9", training={"arch": "dcnn80-compact", "epochs": 3, "rotation": 0, "seconds": 12.5,
-                                              "device": {"kind": "CPU"}, "class_weight_values": {}, "chosen_epoch": 2})
+    card = small_card(
+        version="v9",
+        training={
+            "arch": "dcnn80-compact",
+            "epochs": 3,
+            "rotation": 0,
+            "seconds": 12.5,
+            "device": {"kind": "CPU"},
+            "class_weight_values": {},
+            "chosen_epoch": 2,
+        },
+    )
     recipe = recipes.recipe_from_card(card)
     assert (recipe.arch, recipe.epochs, recipe.lr_schedule) == ("dcnn80-compact", 3, TrainConfig().lr_schedule)
     assert isinstance(recipes.form_values(recipe)["rotation"], float)  # a slider over floats needs a float
@@ -349,8 +400,10 @@ def test_a_recipe_survives_the_form_round_trip_and_the_card_recipe_drops_the_tra
     assert recipes.recipe_from_card(None) is None
 
 
-@pytest.mark.parametrize("epochs, images, speed, expected", [
-    (12, 8483, 47.0, 12 * 8483 / 47.0), (1, 100, 50.0, 2.0), (3, 10, 0.0, None), (3, 10, None, None)])
+@pytest.mark.parametrize(
+    "epochs, images, speed, expected",
+    [(12, 8483, 47.0, 12 * 8483 / 47.0), (1, 100, 50.0, 2.0), (3, 10, 0.0, None), (3, 10, None, None)],
+)
 def test_training_time_estimate(epochs, images, speed, expected):
     found = planning.training_seconds(TrainConfig(epochs=epochs), images, speed)
     assert found == (None if expected is None else pytest.approx(expected, rel=1e-12))
@@ -376,15 +429,21 @@ def test_page_starts_from_the_active_versions_recipe_and_offers_the_papers(shipp
         assert at.session_state[key] == trained[key], key
     assert at.radio(key="class_weights").value == trained["class_weights"] == "none"
     assert at.slider(key="crop").value == (trained["crop_scale_min"], trained["crop_scale_max"]) == (0.75, 1.0)
-    expected_folders = [str(datasource.checked_data_folder(settings.local_data_path(folder))) for folder in trained["data"]]
+    expected_folders = [
+        str(datasource.checked_data_folder(settings.local_data_path(folder))) for folder in trained["data"]
+    ]
     assert at.multiselect(key="datasets").value == expected_folders and len(expected_folders) == 2
     assert not any(str(settings.data_root()) in str(option) for option in at.multiselect(key="datasets").options)
 
     at.selectbox(key="recipe_preset").select(recipes.PAPER).run()
     assert_no_exception(at)
     paper = TrainConfig()
-    assert (at.selectbox(key="arch").value, at.radio(key="class_weights").value, at.selectbox(key="sampling").value,
-            at.selectbox(key="lr_schedule").value) == (paper.arch, "paper", "shuffle", "paper")
+    assert (
+        at.selectbox(key="arch").value,
+        at.radio(key="class_weights").value,
+        at.selectbox(key="sampling").value,
+        at.selectbox(key="lr_schedule").value,
+    ) == (paper.arch, "paper", "shuffle", "paper")
     assert at.slider(key="crop").value == pytest.approx((80 / 96, 80 / 96), abs=1e-12)
 
 

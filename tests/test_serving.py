@@ -16,7 +16,6 @@ from tests.conftest import CXR_POOL, REPO, needs_shared_data, publish_random_ver
 from tests.test_models_page import models_page
 from train.archive import SERVING_INPUT, SERVING_OUTPUT, export_saved_model, savedmodel_zip
 
-
 TOLERANCE = 1e-5
 slow_export = pytest.mark.slow  # exporting and loading a SavedModel takes seconds
 IMAGES_PER_CLASS = 2
@@ -24,8 +23,11 @@ IMAGES_PER_CLASS = 2
 
 def real_batch(predictor: Predictor) -> np.ndarray:
     """A few real pool radiographs, preprocessed the way a TF Serving client must (``to_model_input``)."""
-    paths = [path for label in ("COVID19", "NORMAL", "PNEUMONIA")
-             for path in sorted((CXR_POOL / label).glob("*.jpg"))[:IMAGES_PER_CLASS]]
+    paths = [
+        path
+        for label in ("COVID19", "NORMAL", "PNEUMONIA")
+        for path in sorted((CXR_POOL / label).glob("*.jpg"))[:IMAGES_PER_CLASS]
+    ]
     return np.stack([predictor.preprocess(read_grey(path)) for path in paths])
 
 
@@ -64,8 +66,9 @@ def test_the_zip_download_holds_the_same_servable_model(isolated_folders, tmp_pa
     assert not (isolated_folders / "exports").exists()  # a download leaves nothing on the server
     predictor = Predictor("zipped")
     batch = real_batch(predictor)
-    np.testing.assert_allclose(serving_probabilities(tmp_path / "zipped", batch), predictor.probabilities(batch),
-                               atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(
+        serving_probabilities(tmp_path / "zipped", batch), predictor.probabilities(batch), atol=TOLERANCE, rtol=0
+    )
 
 
 @slow_export

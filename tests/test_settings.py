@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from core import settings
-from train import recipes
 from tests.conftest import small_card
+from train import recipes
 
 
 @pytest.fixture
@@ -26,12 +26,15 @@ def test_a_folder_under_the_data_root_is_recorded_relative_to_it(data_root, tmp_
     assert settings.portable_data_path(outside) == str(outside.resolve())
 
 
-@pytest.mark.parametrize("recorded, expected", [
-    ("cxr", "cxr"),                                    # recorded relative: under this data root
-    ("hospital/site-a", "hospital/site-a"),
-    ("/other-machine/shared/data/cxr-nih-adult", "cxr-nih-adult"),  # an absolute record from another machine
-    ("/srv/old/data/hospital/site-a", "hospital/site-a"),  # the longest tail that exists here wins
-])
+@pytest.mark.parametrize(
+    "recorded, expected",
+    [
+        ("cxr", "cxr"),  # recorded relative: under this data root
+        ("hospital/site-a", "hospital/site-a"),
+        ("/other-machine/shared/data/cxr-nih-adult", "cxr-nih-adult"),  # an absolute record from another machine
+        ("/srv/old/data/hospital/site-a", "hospital/site-a"),  # the longest tail that exists here wins
+    ],
+)
 def test_a_record_names_the_folder_under_this_machines_data_root(data_root, recorded, expected):
     assert settings.local_data_path(recorded) == data_root / expected
 
@@ -50,6 +53,9 @@ def test_a_round_trip_through_the_card_gives_the_same_folder(data_root):
 
 def test_the_active_versions_recipe_reads_its_folders_on_a_machine_with_the_data_elsewhere(data_root):
     """The CI clone's data root is not the one the shipped v1 and v2 were trained under."""
-    for recorded in (["cxr", "cxr-nih-adult"], ["/other-machine/shared/data/cxr", "/other-machine/shared/data/cxr-nih-adult"]):
+    for recorded in (
+        ["cxr", "cxr-nih-adult"],
+        ["/other-machine/shared/data/cxr", "/other-machine/shared/data/cxr-nih-adult"],
+    ):
         card = small_card(training={"arch": "dcnn80-compact", "epochs": 12, "data": recorded})
         assert recipes.recipe_from_card(card).data == [str(data_root / "cxr"), str(data_root / "cxr-nih-adult")]

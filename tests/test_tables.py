@@ -8,9 +8,14 @@ from core.metrics import classification_report, per_source_reports
 from core.tables import cross_hospital_table, flags_table, lever_table, markdown_report
 from tests.conftest import small_card
 
-SHIFT = {"n": 40, "macro_auc_present": 0.61234, "non_covid_called_covid": {"value": 0.25, "k": 10, "n": 40},
-         "normal_called_normal": {"value": 0.5, "k": 10, "n": 20}, "wrong_confident": None,
-         "per_population": {"adult": {"n": 40, "macro_auc_present": None}}}
+SHIFT = {
+    "n": 40,
+    "macro_auc_present": 0.61234,
+    "non_covid_called_covid": {"value": 0.25, "k": 10, "n": 40},
+    "normal_called_normal": {"value": 0.5, "k": 10, "n": 20},
+    "wrong_confident": None,
+    "per_population": {"adult": {"n": 40, "macro_auc_present": None}},
+}
 
 
 def test_report_renders_every_split_class_and_source():
@@ -21,7 +26,9 @@ def test_report_renders_every_split_class_and_source():
     metrics = {}
     for split in ("validation", "test"):
         report = classification_report(labels, probs, CLASS_NAMES, resamples=20)
-        report.update(ece_uncalibrated=0.2, per_source=per_source_reports(labels, probs, sources, CLASS_NAMES, resamples=5))
+        report.update(
+            ece_uncalibrated=0.2, per_source=per_source_reports(labels, probs, sources, CLASS_NAMES, resamples=5)
+        )
         metrics[split] = report
     card = small_card(version="v1", parameters=10, temperature=1.5, metrics=metrics)
     text = markdown_report(card)
@@ -34,8 +41,13 @@ def test_report_renders_every_split_class_and_source():
 
 
 def test_the_cross_hospital_and_lever_tables_show_each_fold_and_population():
-    fold = {"held_out_source": "nih", "run": "r1", "epochs": 3, "shift": SHIFT,
-            "validation": {"accuracy": {"value": 0.9, "k": 90, "n": 100}, "macro_auc": {"value": 0.97}}}
+    fold = {
+        "held_out_source": "nih",
+        "run": "r1",
+        "epochs": 3,
+        "shift": SHIFT,
+        "validation": {"accuracy": {"value": 0.9, "k": 90, "n": 100}, "macro_auc": {"value": 0.97}},
+    }
     lines = cross_hospital_table([fold]).splitlines()
     assert lines[0].startswith("| held out | run | epochs | population | n | macro AUC (classes present) |")
     assert lines[2].startswith("| nih | r1 | 3 | all | 40 | 0.612 | 25.0 (10/40) | 50.0 (10/20) |")

@@ -39,14 +39,46 @@ def tiny_dataset(tmp_path):
 def test_train_publish_and_card(tiny_dataset, isolated_folders, monkeypatch):
     monkeypatch.setenv("CXR_DATA_ROOT", str(tiny_dataset.parent))
     run_dir = isolated_folders / "runs" / "r1"
-    code = main(["--data", str(tiny_dataset), "--arch", "dcnn80-compact", "--epochs", "2", "--batch-size", "8",
-                 "--lr-schedule", "warmup-cosine", "--class-weights", "balanced", "--run-dir", str(run_dir),
-                 "--publish", "v-test", "--activate", "--quiet"])
+    code = main(
+        [
+            "--data",
+            str(tiny_dataset),
+            "--arch",
+            "dcnn80-compact",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--lr-schedule",
+            "warmup-cosine",
+            "--class-weights",
+            "balanced",
+            "--run-dir",
+            str(run_dir),
+            "--publish",
+            "v-test",
+            "--activate",
+            "--quiet",
+        ]
+    )
     assert code == 0
     assert registry.active_version() == "v-test"
     card = registry.load_card()
-    for key in ("version", "architecture", "input_size", "class_names", "preprocessing", "training", "seed", "data",
-                "libraries", "temperature", "gradcam_layer", "metrics", "caveat"):
+    for key in (
+        "version",
+        "architecture",
+        "input_size",
+        "class_names",
+        "preprocessing",
+        "training",
+        "seed",
+        "data",
+        "libraries",
+        "temperature",
+        "gradcam_layer",
+        "metrics",
+        "caveat",
+    ):
         assert getattr(card, key) not in (None, "", {}, []), key
     assert card.class_names == ("COVID-19", "Normal", "Pneumonia")
     # the folders as named under the data root, so the recipe means the same data on another machine
@@ -59,8 +91,15 @@ def test_train_publish_and_card(tiny_dataset, isolated_folders, monkeypatch):
     assert {"accuracy", "per_class", "confusion_matrix", "ece", "ece_uncalibrated", "per_source"} <= set(test)
     assert set(test["per_source"]) <= {"synthetic", "other"}
     predictions = pd.read_csv(registry.version_dir("v-test") / registry.VAL_PREDICTIONS)
-    assert list(predictions.columns) == ["path", "label", "source", "population", "p_COVID-19", "p_Normal",
-                                         "p_Pneumonia"]
+    assert list(predictions.columns) == [
+        "path",
+        "label",
+        "source",
+        "population",
+        "p_COVID-19",
+        "p_Normal",
+        "p_Pneumonia",
+    ]
     assert len(predictions) == split_sizes["val"]
     assert np.allclose(predictions.filter(like="p_").sum(axis=1), 1.0, atol=1e-4)
     events = [e["event"] for e in read_events(run_dir)]
@@ -90,8 +129,9 @@ def second_hospital(tmp_path):
             name = f"{label}/h_{index}.png"
             Image.fromarray(image).save(root / name)
             rows.append((name, label, f"h-{label}-{index}", "hospital", "adult"))
-    pd.DataFrame(rows, columns=["path", "label", "patient_id", "source", "population"]).to_csv(root / "manifest.csv",
-                                                                                            index=False)
+    pd.DataFrame(rows, columns=["path", "label", "patient_id", "source", "population"]).to_csv(
+        root / "manifest.csv", index=False
+    )
     return root
 
 
@@ -99,15 +139,41 @@ def test_two_folders_leave_one_source_out_and_the_table(tiny_dataset, second_hos
     from train.crosshospital import main as table
 
     run_dir = isolated_folders / "runs" / "loso"
-    code = main(["--data", str(tiny_dataset), str(second_hospital), "--leave-out-source", "hospital", "--arch",
-                 "dcnn80-compact", "--epochs", "1", "--batch-size", "8", "--sampling", "class-source",
-                 "--class-weights", "none", "--intensity", "clahe", "--rotation", "5", "--jpeg-quality", "70",
-                 "--run-dir", str(run_dir), "--quiet"])
+    code = main(
+        [
+            "--data",
+            str(tiny_dataset),
+            str(second_hospital),
+            "--leave-out-source",
+            "hospital",
+            "--arch",
+            "dcnn80-compact",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--sampling",
+            "class-source",
+            "--class-weights",
+            "none",
+            "--intensity",
+            "clahe",
+            "--rotation",
+            "5",
+            "--jpeg-quality",
+            "70",
+            "--run-dir",
+            str(run_dir),
+            "--quiet",
+        ]
+    )
     assert code == 0
     card = ModelCard.load(run_dir / "candidate" / registry.CARD_FILE)
     assert sorted(f["images"] for f in card.data["folders"]) == [3 * PER_CLASS, 60]
-    assert all(len(f["manifest_sha256"]) == 64 and f["manifest_sha256"] != card.data["manifest_sha256"]
-               for f in card.data["folders"])
+    assert all(
+        len(f["manifest_sha256"]) == 64 and f["manifest_sha256"] != card.data["manifest_sha256"]
+        for f in card.data["folders"]
+    )
     assert card.data["split_sizes"]["external"] == 60 and card.data["held_out_source"] == "hospital"
     assert card.preprocessing["intensity"] == "clahe"
     shift = card.metrics["external"]["shift"]
@@ -125,8 +191,24 @@ def test_two_folders_leave_one_source_out_and_the_table(tiny_dataset, second_hos
 
 def test_resume_continues_from_the_last_checkpoint(tiny_dataset, isolated_folders):
     run_dir = isolated_folders / "runs" / "r2"
-    assert main(["--data", str(tiny_dataset), "--arch", "dcnn80-compact", "--epochs", "1", "--batch-size", "8",
-                 "--run-dir", str(run_dir), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "--data",
+                str(tiny_dataset),
+                "--arch",
+                "dcnn80-compact",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--run-dir",
+                str(run_dir),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     config = json.loads((run_dir / "config.json").read_text())
     config["epochs"] = 2  # as if the run had been interrupted after its first of two epochs
     (run_dir / "config.json").write_text(json.dumps(config))

@@ -51,8 +51,15 @@ def test_the_record_and_its_csv_row():
     assessment = Assessment()
     assessment.add("borderline")
     card = small_card(version="v9", operating_point={"positive_class": "COVID-19", "threshold": 0.29031})
-    entry = worklist.record("a.png", [0.4, 0.5, 0.1], ["COVID-19", "Normal", "Pneumonia"], "COVID-19", assessment,
-                            card, "2026-01-01T00:00:00Z")
+    entry = worklist.record(
+        "a.png",
+        [0.4, 0.5, 0.1],
+        ["COVID-19", "Normal", "Pneumonia"],
+        "COVID-19",
+        assessment,
+        card,
+        "2026-01-01T00:00:00Z",
+    )
     assert entry["operating_point"] == "COVID-19 at p ≥ 0.2903" and entry["trust"] == "ok"
     (row,) = csv.DictReader(io.StringIO(worklist.to_csv([entry]).decode()))
     assert row["p_COVID-19"] == "0.400000" and row["flags"] == "borderline" and row["model_version"] == "v9"

@@ -24,6 +24,7 @@ from train.datasets import DatasetError  # noqa: E402
 from train.progress import CANCEL_REQUESTED, write_event  # noqa: E402
 from train.run import new_run_dir, publish_candidate, run  # noqa: E402
 
+
 def _stop_on_sigterm(signum, frame):
     CANCEL_REQUESTED.set()
     raise KeyboardInterrupt("cancelled")
@@ -66,7 +67,9 @@ def main(argv=None) -> int:
     except supervisor.RunBusyError as error:
         print(f"error: {error}", file=sys.stderr)
         return 3
-    atomic.write_json(run_dir / supervisor.PROCESS_FILE, {"pid": os.getpid(), "started": psutil.Process().create_time()})
+    atomic.write_json(
+        run_dir / supervisor.PROCESS_FILE, {"pid": os.getpid(), "started": psutil.Process().create_time()}
+    )
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         candidate = run(config, run_dir, verbose=not args.quiet)

@@ -9,10 +9,10 @@ model card says which initialisation was used (``initialisation``).
 """
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import keras
 from keras import layers
@@ -20,8 +20,19 @@ from keras import layers
 from core import settings
 from core.settings import IMAGENET_WEIGHTS_ENV
 
-__all__ = ["Backbone", "dcnn80", "dcnn80_compact", "lxn", "imagenet_weights", "deep_covid", "xception_resnet50v2",
-           "fusion", "build_model", "initialisation", "conv_layer_names"]
+__all__ = [
+    "Backbone",
+    "dcnn80",
+    "dcnn80_compact",
+    "lxn",
+    "imagenet_weights",
+    "deep_covid",
+    "xception_resnet50v2",
+    "fusion",
+    "build_model",
+    "initialisation",
+    "conv_layer_names",
+]
 
 log = logging.getLogger(__name__)
 
@@ -64,15 +75,24 @@ class Backbone:
 # "tf" scaling ([-1, 1]) for Xception and ResNet50V2; "torch" for DenseNet; "caffe" for ResNet50, whose RGB→BGR
 # swap changes nothing here (the three channels are one grey value) beyond listing the means in BGR order.
 BACKBONES = {
-    "resnet50": Backbone(keras.applications.ResNet50, 255.0, tuple(-m for m in CAFFE_BGR_MEAN),
-                         "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    "resnet50v2": Backbone(keras.applications.ResNet50V2, 2.0, -1.0,
-                           "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    "densenet121": Backbone(keras.applications.DenseNet121, tuple(1 / s for s in TORCH_STD),
-                            tuple(-m / s for m, s in zip(TORCH_MEAN, TORCH_STD)),
-                            "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    "xception": Backbone(keras.applications.Xception, 2.0, -1.0,
-                         "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    "resnet50": Backbone(
+        keras.applications.ResNet50,
+        255.0,
+        tuple(-m for m in CAFFE_BGR_MEAN),
+        "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    ),
+    "resnet50v2": Backbone(
+        keras.applications.ResNet50V2, 2.0, -1.0, "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    ),
+    "densenet121": Backbone(
+        keras.applications.DenseNet121,
+        tuple(1 / s for s in TORCH_STD),
+        tuple(-m / s for m, s in zip(TORCH_MEAN, TORCH_STD)),
+        "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    ),
+    "xception": Backbone(
+        keras.applications.Xception, 2.0, -1.0, "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    ),
 }
 
 
@@ -135,8 +155,9 @@ def imagenet_weights(backbone: str, weights_dir=None):
         return None
     path = Path(folder) / BACKBONES[backbone].weights_file
     if not path.is_file():
-        log.warning("No ImageNet weights for %s in %s (expected %s): random initialisation.", backbone, folder,
-                    path.name)
+        log.warning(
+            "No ImageNet weights for %s in %s (expected %s): random initialisation.", backbone, folder, path.name
+        )
         return None
     return str(path)
 
@@ -189,8 +210,10 @@ def fusion(input_size=224, num_classes=3, backbones=FUSION_BACKBONES, weights_di
     names such as ``conv1_conv``); backbones with ImageNet weights are frozen (fused fixed features, trained head),
     random ones are trained."""
     inputs = _image_input(input_size)
-    pooled = [_join_backbone(backbone, inputs, weights_dir, pooling="avg", prefix=f"{backbone}_",
-                             freeze_pretrained=True) for backbone in backbones]
+    pooled = [
+        _join_backbone(backbone, inputs, weights_dir, pooling="avg", prefix=f"{backbone}_", freeze_pretrained=True)
+        for backbone in backbones
+    ]
     x = layers.Concatenate(name="fused_features")(pooled)
     x = layers.Dropout(FUSION_DROPOUT, name="dropout")(x)
     return keras.Model(inputs, _classifier(x, num_classes), name="fusion")
@@ -202,13 +225,17 @@ IMAGENET_NOTE = (
 )
 
 DEEP_COVID_NOTE = IMAGENET_NOTE + (
-    " With them the backbone is frozen and only the last layer is trained (the paper); without them nothing is "
-    "frozen."
+    " With them the backbone is frozen and only the last layer is trained (the paper); without them nothing is frozen."
 )
 
 ARCHITECTURES = {
-    "dcnn80": {"build": dcnn80, "input_size": 80, "gradcam_layer": "block4_conv3", "reference": "Zhong 2020",
-               "initialisation": RANDOM_INITIALISATION},
+    "dcnn80": {
+        "build": dcnn80,
+        "input_size": 80,
+        "gradcam_layer": "block4_conv3",
+        "reference": "Zhong 2020",
+        "initialisation": RANDOM_INITIALISATION,
+    },
     "dcnn80-compact": {
         "build": dcnn80_compact,
         "input_size": 80,
@@ -221,7 +248,7 @@ ARCHITECTURES = {
         "input_size": 200,
         "gradcam_layer": "block4_conv2",
         "reference": "Umer et al. LxN (200 px, eight 3×3 valid convs, Dense 512); a 3-class softmax head here, "
-                     "where the paper's is binary COVID vs not with one sigmoid unit",
+        "where the paper's is binary COVID vs not with one sigmoid unit",
         "initialisation": RANDOM_INITIALISATION,
     },
     "deep-covid-resnet50": {
@@ -229,7 +256,7 @@ ARCHITECTURES = {
         "input_size": 224,
         "gradcam_layer": "conv5_block3_3_conv",
         "reference": "Minaee et al. Deep-COVID, ResNet50 (avg-pooled) + a new last layer; 3 classes here, where "
-                     "the paper's is COVID vs not (its ResNet18 and SqueezeNet are not in keras.applications)",
+        "the paper's is COVID vs not (its ResNet18 and SqueezeNet are not in keras.applications)",
         "initialisation": DEEP_COVID_NOTE,
         "backbones": ("resnet50",),
     },
@@ -238,7 +265,7 @@ ARCHITECTURES = {
         "input_size": 224,
         "gradcam_layer": "conv5_block16_2_conv",
         "reference": "Minaee et al. Deep-COVID, DenseNet-121 (avg-pooled) + a new last layer; 3 classes here, "
-                     "where the paper's is COVID vs not",
+        "where the paper's is COVID vs not",
         "initialisation": DEEP_COVID_NOTE,
         "backbones": ("densenet121",),
     },
@@ -247,7 +274,7 @@ ARCHITECTURES = {
         "input_size": 224,
         "gradcam_layer": "concat_conv",
         "reference": "Rahimzadeh & Attar: Xception + ResNet50V2 maps concatenated, 1×1 conv, global average pool, "
-                     "dropout, classifier; 224 px here for CPU (paper: 300), pooling where their code flattens",
+        "dropout, classifier; 224 px here for CPU (paper: 300), pooling where their code flattens",
         "initialisation": IMAGENET_NOTE + " All layers are trained (the paper).",
         "backbones": ("xception", "resnet50v2"),
     },
@@ -256,10 +283,10 @@ ARCHITECTURES = {
         "input_size": 224,
         "gradcam_layer": "resnet50_conv5_block3_3_conv",
         "reference": "Ji et al. feature fusion: ResNet50 + DenseNet121 + Xception global-average features "
-                     "concatenated, dropout, classifier (the paper also fuses InceptionV3, VGG19, NASNetLarge and "
-                     "InceptionResNetV2)",
+        "concatenated, dropout, classifier (the paper also fuses InceptionV3, VGG19, NASNetLarge and "
+        "InceptionResNetV2)",
         "initialisation": IMAGENET_NOTE + " Pretrained backbones are frozen (only the head is trained); random "
-                                          "ones are trained.",
+        "ones are trained.",
         "backbones": FUSION_BACKBONES,
     },
 }
@@ -275,8 +302,10 @@ def initialisation(architecture: str, weights_dir=None) -> str:
     loaded), then the architecture's note."""
     spec = ARCHITECTURES[architecture]
     found = [(name, imagenet_weights(name, weights_dir)) for name in spec.get("backbones", ())]
-    used = [f"{name}: ImageNet weights from {path}" if path else f"{name}: random (no ImageNet weights)"
-            for name, path in found]
+    used = [
+        f"{name}: ImageNet weights from {path}" if path else f"{name}: random (no ImageNet weights)"
+        for name, path in found
+    ]
     return "; ".join(used + [spec["initialisation"]])
 
 

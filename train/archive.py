@@ -20,8 +20,18 @@ from pathlib import Path, PurePosixPath
 from core import registry
 from core.settings import export_dir
 
-__all__ = ["ArchiveError", "ExportPathError", "checked_members", "dataset_folder", "extract_dataset_zip",
-           "zip_folder", "export_target", "export_saved_model", "savedmodel_zip", "write_saved_model"]
+__all__ = [
+    "ArchiveError",
+    "ExportPathError",
+    "checked_members",
+    "dataset_folder",
+    "extract_dataset_zip",
+    "zip_folder",
+    "export_target",
+    "export_saved_model",
+    "savedmodel_zip",
+    "write_saved_model",
+]
 
 MAX_TOTAL_BYTES = 4 * 1024**3
 MAX_FILES = 50_000
@@ -72,7 +82,9 @@ def checked_members(archive: zipfile.ZipFile, max_bytes=MAX_TOTAL_BYTES, max_fil
         raise ArchiveError(f"The archive holds {len(members):,} files; at most {max_files:,} are accepted.")
     total = sum(info.file_size for info in members)
     if total > max_bytes:
-        raise ArchiveError(f"The archive unpacks to {total / 1e9:.2f} GB; at most {max_bytes / 1e9:.2f} GB is accepted.")
+        raise ArchiveError(
+            f"The archive unpacks to {total / 1e9:.2f} GB; at most {max_bytes / 1e9:.2f} GB is accepted."
+        )
     if not members:
         raise ArchiveError("The archive is empty.")
     return members
@@ -149,16 +161,18 @@ def export_target(name) -> Path:
         raise ExportPathError("Give a folder name inside the exports folder (e.g. v2/1), not a path on the server.")
     parts = text.split("/")
     if ".." in parts:
-        raise ExportPathError("The export folder name may not contain '..'; give a folder inside the exports "
-                              "folder.")
+        raise ExportPathError("The export folder name may not contain '..'; give a folder inside the exports folder.")
     if not all(EXPORT_NAME_PART.fullmatch(part) for part in parts):
-        raise ExportPathError("The export folder name may hold only letters, digits, '-', '_' and '.' (not at the "
-                              "start), with '/' between sub-folders (e.g. v2/1).")
+        raise ExportPathError(
+            "The export folder name may hold only letters, digits, '-', '_' and '.' (not at the "
+            "start), with '/' between sub-folders (e.g. v2/1)."
+        )
     base = export_dir()
     target = (base / text).resolve()
     if not target.is_relative_to(base):
-        raise ExportPathError("That name leads outside the exports folder (through a symbolic link); choose "
-                              "another name.")
+        raise ExportPathError(
+            "That name leads outside the exports folder (through a symbolic link); choose another name."
+        )
     return target
 
 
@@ -178,8 +192,9 @@ def export_saved_model(version: str, name, root=None) -> Path:
         try:
             os.rename(partial / "model", target)  # onto a missing or empty folder only: never clobbers
         except OSError as error:
-            raise ArchiveError(f"The export folder '{name}' was filled by someone else meanwhile; choose a "
-                               "new name.") from error
+            raise ArchiveError(
+                f"The export folder '{name}' was filled by someone else meanwhile; choose a new name."
+            ) from error
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return target

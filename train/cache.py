@@ -12,8 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from core import atomic
-from core import settings
+from core import atomic, settings
 from core.imaging import UnusableImageError, read_grey
 from core.preprocess import NO_PREPROCESSING, Preprocessing, prepare_grey
 
@@ -72,7 +71,9 @@ def load_resized(paths, sizes, use_cache=True, preprocessing: Preprocessing = NO
         if use_cache:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
             with atomic.atomic_path(cache_file, suffix=".npz") as temporary:
-                np.savez(temporary, readable=readable, errors=json.dumps(errors), **{f"x{s}": a for s, a in arrays.items()})
+                np.savez(
+                    temporary, readable=readable, errors=json.dumps(errors), **{f"x{s}": a for s, a in arrays.items()}
+                )
     if errors:
         listed = "; ".join(f"{path}: {message}" for path, message in list(errors.items())[:20])
         more = f" (and {len(errors) - 20} more)" if len(errors) > 20 else ""

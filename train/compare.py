@@ -51,8 +51,17 @@ def paired_differences(labels, active, candidate, class_names=()) -> pd.DataFram
         if not (math.isfinite(before) and math.isfinite(after)):  # e.g. the macro AUC with a class absent
             continue
         low, high = bootstrap_ci(lambda y, a, c, m=metric: m(y, c) - m(y, a), (labels, active, candidate))
-        rows.append({"metric": name, "active": before, "candidate": after, "difference": after - before,
-                     "ci95_low": low, "ci95_high": high, "n": len(labels)})
+        rows.append(
+            {
+                "metric": name,
+                "active": before,
+                "candidate": after,
+                "difference": after - before,
+                "ci95_low": low,
+                "ci95_high": high,
+                "n": len(labels),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -82,10 +91,14 @@ def compare_with_version(run_dir, version=None, root=None) -> dict:
         return {"version": name, "comparable": False, "reasons": reasons, "splits": {}, "cards": cards}
     hashes = {key: value.get("manifest_sha256") for key, value in data.items()}
     if not hashes["active"] or hashes["active"] != hashes["candidate"]:
-        reasons.append("The two models were not trained on the same data (their manifest hashes differ or are missing).")
+        reasons.append(
+            "The two models were not trained on the same data (their manifest hashes differ or are missing)."
+        )
     if data["candidate"].get("split_sizes") != data["active"].get("split_sizes"):
-        reasons.append(f"Their split sizes differ: {data['active'].get('split_sizes')} (published) "
-                       f"vs {data['candidate'].get('split_sizes')} (candidate).")
+        reasons.append(
+            f"Their split sizes differ: {data['active'].get('split_sizes')} (published) "
+            f"vs {data['candidate'].get('split_sizes')} (candidate)."
+        )
     splits = {}
     for split, filename in (("validation", registry.VAL_PREDICTIONS), ("test", registry.TEST_PREDICTIONS)):
         try:
@@ -100,7 +113,7 @@ def compare_with_version(run_dir, version=None, root=None) -> dict:
             splits[split] = pd.DataFrame()
             continue
         labels = label_indices(common["label"], class_names)
-        splits[split] = paired_differences(labels, _probabilities(common, class_names, "_active"),
-                                           _probabilities(common, class_names, ""), class_names)
+        splits[split] = paired_differences(
+            labels, _probabilities(common, class_names, "_active"), _probabilities(common, class_names, ""), class_names
+        )
     return {"version": name, "comparable": not reasons, "reasons": reasons, "splits": splits, "cards": cards}
-

@@ -33,10 +33,17 @@ class TrainConfig:
     """One training run's recipe; every field is also a ``python -m train`` option (``--field-name``)."""
 
     data: list = _setting(list, "dataset folder(s): one folder per class, optional manifest.csv; several are merged")
-    leave_out_source: str = _setting("", "train without this source (a manifest source, e.g. nih_cxr14) and "
-                                     "report every one of its images as an external test")
-    arch: str = _setting("dcnn80", "the architecture; " + "; ".join(
-        f"{name}: {spec['reference']}" for name, spec in sorted(ARCHITECTURES.items())), choices=tuple(sorted(ARCHITECTURES)))
+    leave_out_source: str = _setting(
+        "",
+        "train without this source (a manifest source, e.g. nih_cxr14) and "
+        "report every one of its images as an external test",
+    )
+    arch: str = _setting(
+        "dcnn80",
+        "the architecture; "
+        + "; ".join(f"{name}: {spec['reference']}" for name, spec in sorted(ARCHITECTURES.items())),
+        choices=tuple(sorted(ARCHITECTURES)),
+    )
     epochs: int = _setting(12, "epochs to train")
     batch_size: int = _setting(32, "images per batch")
     lr: float = _setting(4e-4, "peak learning rate (paper: 4e-4)")
@@ -55,18 +62,24 @@ class TrainConfig:
     noise: float = _setting(0.0, "max standard deviation of added Gaussian noise")
     jpeg_quality: int = _setting(0, "re-compress as JPEG at a random quality >= this (0: off)")
     mixup: float = _setting(0.0, "mixup Beta(a, a) (Zhang et al. 2018); 0: off")
-    sampling: str = _setting("shuffle", "class-source: batches balanced over classes and, within a class, over "
-                             "sources", choices=SAMPLINGS)
-    intensity: str = _setting("none", "intensity normalisation in the shared preprocessing (training and "
-                              "inference)", choices=INTENSITIES)
+    sampling: str = _setting(
+        "shuffle", "class-source: batches balanced over classes and, within a class, over sources", choices=SAMPLINGS
+    )
+    intensity: str = _setting(
+        "none", "intensity normalisation in the shared preprocessing (training and inference)", choices=INTENSITIES
+    )
     border_crop: float = _setting(0.0, "fraction cut from each side in the shared preprocessing")
-    precision: str = _setting("auto", "auto: mixed_float16 on a GPU, mixed_bfloat16 on a CPU with bf16 units, "
-                              "else float32", choices=PRECISIONS)
+    precision: str = _setting(
+        "auto",
+        "auto: mixed_float16 on a GPU, mixed_bfloat16 on a CPU with bf16 units, else float32",
+        choices=PRECISIONS,
+    )
     cache_size: int = _setting(0, "side of the cached training images; 0: round(1.2 x input size), 96 for 80 px")
     val_fraction: float = _setting(0.15, "fraction of patients for validation")
     test_fraction: float = _setting(0.15, "fraction of patients for test")
-    checkpoint: str = _setting("best", "publish the epoch with the lowest validation loss, or the last one",
-                               choices=CHECKPOINTS)
+    checkpoint: str = _setting(
+        "best", "publish the epoch with the lowest validation loss, or the last one", choices=CHECKPOINTS
+    )
     seed: int = _setting(0, "random seed (split, initialisation, augmentation)")
     limit_per_class: int = _setting(0, "use at most N images per class (quick runs); 0: all")
 
@@ -132,16 +145,21 @@ def argument_parser() -> argparse.ArgumentParser:
         elif item.type is bool:
             parser.add_argument(f"--no-{item.name}", dest=item.name, action="store_false", help=f"no {help_text}")
         else:
-            parser.add_argument(option, type=item.type, default=item.default, choices=choices,
-                                help=f"{help_text} (default: {item.default:.4g})" if item.type is float
-                                else f"{help_text} (default: {item.default})")
+            parser.add_argument(
+                option,
+                type=item.type,
+                default=item.default,
+                choices=choices,
+                help=f"{help_text} (default: {item.default:.4g})"
+                if item.type is float
+                else f"{help_text} (default: {item.default})",
+            )
     parser.add_argument("--run-dir", help="where the run's files go (default: runs/<time>-<arch>)")
     parser.add_argument("--resume", metavar="RUN", help="continue an interrupted run (its folder)")
     parser.add_argument("--publish", metavar="NAME", help="publish the trained model as version NAME")
     parser.add_argument("--activate", action="store_true", help="make the published version active")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
-
 
 
 def config_from_arguments(args: argparse.Namespace) -> TrainConfig:

@@ -24,12 +24,21 @@ from core.operating_point import decide, figures, threshold_for_sensitivity
 from core.registry import CARD_FILE
 from core.tables import cross_hospital_table, lever_table
 
-__all__ = ["automatic_operating_point", "calls", "present_macro_auc", "shift_figures", "fold_row", "recipe_summary",
-           "main"]
+__all__ = [
+    "automatic_operating_point",
+    "calls",
+    "present_macro_auc",
+    "shift_figures",
+    "fold_row",
+    "recipe_summary",
+    "main",
+]
 
 POSITIVE = "COVID-19"
 TARGET_SENSITIVITY = 0.975  # Deep-COVID's convention, as for the shipped default
 CONFIDENT = 0.9  # a wrong call whose called class has at least this probability is a confident error
+
+
 def automatic_operating_point(labels, probs, positive: str = POSITIVE, target: float = TARGET_SENSITIVITY):
     """The candidate's operating point: ``positive`` when its probability reaches the highest threshold giving
     ``target`` sensitivity on *validation*; None without validation positives."""
@@ -39,22 +48,30 @@ def automatic_operating_point(labels, probs, positive: str = POSITIVE, target: f
     if threshold is None:
         return None
     found = finite(figures(truth, scores, threshold))
-    return {"positive_class": positive, "threshold": round(threshold, 6), "chosen_on": "validation",
-            "target_sensitivity": target, "figures": found,
-            "saved": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    return {
+        "positive_class": positive,
+        "threshold": round(threshold, 6),
+        "chosen_on": "validation",
+        "target_sensitivity": target,
+        "figures": found,
+        "saved": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
 
 
 def calls(probs, operating_point) -> np.ndarray:
     """Class indices called by ``core.operating_point.decide`` at ``operating_point`` (argmax when None)."""
-    return np.array([CLASS_NAMES.index(decide(row, CLASS_NAMES, operating_point).label) for row in np.asarray(probs)],
-                    dtype=int)
+    return np.array(
+        [CLASS_NAMES.index(decide(row, CLASS_NAMES, operating_point).label) for row in np.asarray(probs)], dtype=int
+    )
 
 
 def present_macro_auc(labels, probs):
     """Mean one-vs-rest AUC over the classes that have both positives and negatives here (an external source
     often lacks a class: NIH has no COVID-19); None when no class qualifies."""
     labels, probs = np.asarray(labels), np.asarray(probs)
-    aucs = [roc_auc_score(labels == i, probs[:, i]) for i in range(probs.shape[1]) if 0 < (labels == i).sum() < len(labels)]
+    aucs = [
+        roc_auc_score(labels == i, probs[:, i]) for i in range(probs.shape[1]) if 0 < (labels == i).sum() < len(labels)
+    ]
     return float(np.mean(aucs)) if aucs else None
 
 
@@ -69,19 +86,27 @@ def shift_figures(labels, probs, operating_point, populations=None, flagged=None
     wrong_confident = (called != labels) & (probs[np.arange(len(labels)), called] >= CONFIDENT)
     result = {
         "n": int(len(labels)),
-        "operating_point": None if operating_point is None else {
-            "positive_class": operating_point["positive_class"], "threshold": operating_point["threshold"]},
+        "operating_point": None
+        if operating_point is None
+        else {"positive_class": operating_point["positive_class"], "threshold": operating_point["threshold"]},
         "accuracy": proportion(int((called == labels).sum()), len(labels)),
         "macro_auc_present": present_macro_auc(labels, probs),
-        "non_covid_called_covid": proportion(int(((called == covid) & (labels != covid)).sum()), int((labels != covid).sum())),
-        "normal_called_normal": proportion(int(((called == normal) & (labels == normal)).sum()), int((labels == normal).sum())),
-        "abnormal_not_called_normal": proportion(int(((called != normal) & (labels != normal)).sum()),
-                                                 int((labels != normal).sum())),
+        "non_covid_called_covid": proportion(
+            int(((called == covid) & (labels != covid)).sum()), int((labels != covid).sum())
+        ),
+        "normal_called_normal": proportion(
+            int(((called == normal) & (labels == normal)).sum()), int((labels == normal).sum())
+        ),
+        "abnormal_not_called_normal": proportion(
+            int(((called != normal) & (labels != normal)).sum()), int((labels != normal).sum())
+        ),
         "wrong_confident": proportion(int(wrong_confident.sum()), len(labels)),
         "called": {name: int((called == i).sum()) for i, name in enumerate(CLASS_NAMES)},
     }
     for index, name in enumerate(CLASS_NAMES):
-        result[f"recall_{name}"] = proportion(int(((called == index) & (labels == index)).sum()), int((labels == index).sum()))
+        result[f"recall_{name}"] = proportion(
+            int(((called == index) & (labels == index)).sum()), int((labels == index).sum())
+        )
     if flagged is not None:
         flagged = np.asarray(flagged, dtype=bool)
         result["flagged"] = proportion(int(flagged.sum()), len(labels))
@@ -89,8 +114,13 @@ def shift_figures(labels, probs, operating_point, populations=None, flagged=None
     if populations is not None:
         populations = np.asarray(populations)
         result["per_population"] = {
-            str(group): shift_figures(labels[populations == group], probs[populations == group], operating_point,
-                                      None, None if flagged is None else flagged[populations == group])
+            str(group): shift_figures(
+                labels[populations == group],
+                probs[populations == group],
+                operating_point,
+                None,
+                None if flagged is None else flagged[populations == group],
+            )
             for group in sorted(set(populations.tolist()))
         }
     return result
@@ -103,20 +133,34 @@ def fold_row(card: ModelCard, run: str) -> dict:
     """One row of the table from a leave-one-source-out candidate's card."""
     training = card.training
     external = card.metrics["external"]
-    return {"held_out_source": card.data["held_out_source"], "run": run,
-            "epochs": training.get("epochs_trained"), "recipe": recipe_summary(training),
-            "trained_on": {s: n for s, n in card.data["split_sizes"].items() if s != "external"},
-            "validation": {"accuracy": card.metrics["validation"]["accuracy"],
-                           "macro_auc": card.metrics["validation"].get("macro_auc")},
-            "shift": external["shift"]}
+    return {
+        "held_out_source": card.data["held_out_source"],
+        "run": run,
+        "epochs": training.get("epochs_trained"),
+        "recipe": recipe_summary(training),
+        "trained_on": {s: n for s, n in card.data["split_sizes"].items() if s != "external"},
+        "validation": {
+            "accuracy": card.metrics["validation"]["accuracy"],
+            "macro_auc": card.metrics["validation"].get("macro_auc"),
+        },
+        "shift": external["shift"],
+    }
 
 
 def recipe_summary(training: dict) -> str:
     """The levers a run used, in a few words (defaults left out)."""
     parts = []
-    for key, label in (("intensity", "intensity"), ("border_crop", "border crop"), ("sampling", "sampling"),
-                       ("rotation", "rotation°"), ("gamma", "gamma"), ("blur", "blur σ"), ("noise", "noise σ"),
-                       ("jpeg_quality", "JPEG q≥"), ("mixup", "mixup α")):
+    for key, label in (
+        ("intensity", "intensity"),
+        ("border_crop", "border crop"),
+        ("sampling", "sampling"),
+        ("rotation", "rotation°"),
+        ("gamma", "gamma"),
+        ("blur", "blur σ"),
+        ("noise", "noise σ"),
+        ("jpeg_quality", "JPEG q≥"),
+        ("mixup", "mixup α"),
+    ):
         value = training.get(key)
         if value not in (None, 0, 0.0, "none", "shuffle", ""):
             parts.append(f"{label} {value}")
@@ -135,8 +179,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.crosshospital", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="*", help="leave-one-source-out run folders (or their card.json files)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of Markdown")
-    parser.add_argument("--levers", action="store_true",
-                        help="one line per run: its recipe, validation figures and the external figures (all images)")
+    parser.add_argument(
+        "--levers",
+        action="store_true",
+        help="one line per run: its recipe, validation figures and the external figures (all images)",
+    )
     parser.add_argument("--into-card", metavar="CARD", help="also add the rows to this card's 'cross_hospital'")
     parser.add_argument("--evaluate", metavar="VERSION_DIR", help="evaluate a version folder on --data instead")
     parser.add_argument("--data", nargs="+", help="with --evaluate: dataset folder(s) the version never saw")
@@ -148,9 +195,15 @@ def main(argv=None) -> int:
         card = ModelCard.load(folder / CARD_FILE)
         shift = evaluate_version_on(folder, args.data)
         sources = sorted(set(shift.pop("sources")))
-        rows = [{"held_out_source": ", ".join(sources), "run": f"{folder.name} (never trained on it)",
-                 "epochs": card.training.get("epochs_trained"), "recipe": recipe_summary(card.training),
-                 "shift": shift}]
+        rows = [
+            {
+                "held_out_source": ", ".join(sources),
+                "run": f"{folder.name} (never trained on it)",
+                "epochs": card.training.get("epochs_trained"),
+                "recipe": recipe_summary(card.training),
+                "shift": shift,
+            }
+        ]
     else:
         rows = []
         for run in args.runs:

@@ -15,8 +15,18 @@ from sklearn.model_selection import StratifiedGroupKFold
 from core import CLASS_NAMES
 from core.report import relative_path
 
-__all__ = ["DatasetError", "canonical_label", "accepted_names", "scan_folders", "read_manifest", "scan_dataset",
-           "scan_datasets", "manifest_hash", "split_by_patient", "label_indices"]
+__all__ = [
+    "DatasetError",
+    "canonical_label",
+    "accepted_names",
+    "scan_folders",
+    "read_manifest",
+    "scan_dataset",
+    "scan_datasets",
+    "manifest_hash",
+    "split_by_patient",
+    "label_indices",
+]
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +59,9 @@ def accepted_names() -> str:
 
 
 def _visible_files(folder: Path):
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not any(s.startswith(".") for s in p.relative_to(folder).parts))
+    return sorted(
+        p for p in folder.rglob("*") if p.is_file() and not any(s.startswith(".") for s in p.relative_to(folder).parts)
+    )
 
 
 def scan_folders(root: Path) -> pd.DataFrame:
@@ -57,7 +69,9 @@ def scan_folders(root: Path) -> pd.DataFrame:
     rows = []
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
-        raise DatasetError(f"{relative_path(root)} has no class folders. Expected one folder per class: {accepted_names()}.")
+        raise DatasetError(
+            f"{relative_path(root)} has no class folders. Expected one folder per class: {accepted_names()}."
+        )
     for folder in class_dirs:
         label = canonical_label(folder.name)
         files = _visible_files(folder)
@@ -73,7 +87,9 @@ def read_manifest(root: Path) -> pd.DataFrame:
     frame = pd.read_csv(root / MANIFEST, dtype=str, keep_default_na=False)
     missing = {"path", "patient_id"} - set(frame.columns)
     if missing:
-        raise DatasetError(f"{relative_path(root / MANIFEST)} lacks the column(s) {sorted(missing)}; expected {COLUMNS}.")
+        raise DatasetError(
+            f"{relative_path(root / MANIFEST)} lacks the column(s) {sorted(missing)}; expected {COLUMNS}."
+        )
     if "label" not in frame.columns or (frame["label"] == "").any():
         frame["label"] = [p.replace("\\", "/").split("/")[0] for p in frame["path"]]
     frame["label"] = [canonical_label(label) for label in frame["label"]]
@@ -84,8 +100,11 @@ def read_manifest(root: Path) -> pd.DataFrame:
     frame["patient_id"] = [pid or f"file:{path}" for pid, path in zip(frame["patient_id"], frame["path"])]
     exists = np.array([(root / p).is_file() for p in frame["path"]])
     if not exists.all():
-        log.warning("%d file(s) listed in the manifest are missing and were skipped: %s", (~exists).sum(),
-                    ", ".join(frame["path"][~exists].head(10)))
+        log.warning(
+            "%d file(s) listed in the manifest are missing and were skipped: %s",
+            (~exists).sum(),
+            ", ".join(frame["path"][~exists].head(10)),
+        )
     frame = frame[exists].copy()
     frame["path"] = [str(root / p) for p in frame["path"]]
     return frame[COLUMNS].reset_index(drop=True)

@@ -28,8 +28,10 @@ def checked_data_folder(folder) -> Path:
     """``folder`` with symlinks resolved; ``DatasetError`` when that lies outside the data root and uploads."""
     path = Path(folder).resolve()
     if not any(path.is_relative_to(root) for root in (settings.data_root(), settings.upload_dir())):
-        raise DatasetError(f"{relative_path(path)} is outside the data folder ({settings.data_root().name}; set "
-                           f"{settings.DATA_ROOT_ENV} to change it) and the uploads; datasets must be placed there.")
+        raise DatasetError(
+            f"{relative_path(path)} is outside the data folder ({settings.data_root().name}; set "
+            f"{settings.DATA_ROOT_ENV} to change it) and the uploads; datasets must be placed there."
+        )
     return path
 
 
@@ -74,7 +76,9 @@ def summarize_dataset(folders) -> dict:
     warnings = []
     ratio = classes["images"].max() / max(1, classes["images"].min())
     if ratio >= IMBALANCE_RATIO:
-        warnings.append(f"Classes are imbalanced (largest / smallest = {ratio:.1f}); consider 'balanced' class weights.")
+        warnings.append(
+            f"Classes are imbalanced (largest / smallest = {ratio:.1f}); consider 'balanced' class weights."
+        )
     small = [name for name, n in classes["images"].items() if n < MIN_CLASS_IMAGES]
     if small:
         warnings.append(f"Few images (< {MIN_CLASS_IMAGES}) in {', '.join(small)}: the figures will be very uncertain.")
@@ -91,8 +95,13 @@ def summarize_dataset(folders) -> dict:
             warnings.append(
                 f"Source '{source}' holds only {present[0]} images: the model can learn the source instead of the disease."
             )
-    return {"roots": [str(root) for root in roots], "frame": frame, "classes": classes, "sources": sources,
-            "warnings": warnings}
+    return {
+        "roots": [str(root) for root in roots],
+        "frame": frame,
+        "classes": classes,
+        "sources": sources,
+        "warnings": warnings,
+    }
 
 
 def check_images(frame: pd.DataFrame) -> dict:

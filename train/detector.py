@@ -23,8 +23,16 @@ from core.flags import BORDERLINE_CONFIDENCE, FlagDetector
 from core.inference import embedding_model, softmax
 from core.operating_point import threshold_interval
 
-__all__ = ["transformed", "model_outputs", "fit_detector", "fit_flags", "fit_for_version", "main", "assess_images",
-           "flag_rates"]
+__all__ = [
+    "transformed",
+    "model_outputs",
+    "fit_detector",
+    "fit_flags",
+    "fit_for_version",
+    "main",
+    "assess_images",
+    "flag_rates",
+]
 
 OOD_QUANTILE = 0.99  # validation images above this distance are flagged: ~1 % of in-distribution images
 ORIENTATION_FALSE_FLAGS = 0.01  # rotated / inverted thresholds flag at most this share of upright validation images
@@ -57,8 +65,9 @@ def _logistic(features, targets, mean, scale):
     return np.concatenate([head.coef_[0], head.intercept_])
 
 
-def fit_detector(model, temperature: float, train_images, train_labels, val_images, val_labels,
-                 operating_point=None, seed: int = 0):
+def fit_detector(
+    model, temperature: float, train_images, train_labels, val_images, val_labels, operating_point=None, seed: int = 0
+):
     """(FlagDetector, card ``flags`` entry, the operating point with its ``threshold_interval``) from uint8
     images at the input size. The orientation heads learn from copies turned by 0/90/180/270° and inverted,
     so their labels are free."""
@@ -89,30 +98,52 @@ def fit_detector(model, temperature: float, train_images, train_labels, val_imag
     turned = model_outputs(model, transformed(val_images, 1, False), temperature)["features"]
     negative = model_outputs(model, transformed(val_images, 0, True), temperature)["features"]
     settings = {
-        "out_of_distribution": _quantile_flag(upright["mahalanobis"], OOD_QUANTILE,
-                                              "squared Mahalanobis distance of the penultimate embedding to the nearest "
-                                              "training class mean (shared Ledoit-Wolf covariance)"),
-        "uncertain": _quantile_flag(upright["disagreement"], UNCERTAIN_QUANTILE,
-                                    "largest change of a class probability between the image and its mirror image"),
+        "out_of_distribution": _quantile_flag(
+            upright["mahalanobis"],
+            OOD_QUANTILE,
+            "squared Mahalanobis distance of the penultimate embedding to the nearest "
+            "training class mean (shared Ledoit-Wolf covariance)",
+        ),
+        "uncertain": _quantile_flag(
+            upright["disagreement"],
+            UNCERTAIN_QUANTILE,
+            "largest change of a class probability between the image and its mirror image",
+        ),
     }
-    for name, scores, shifted in (("rotated", upright["rotated"], detector.orientation_probability(turned, rotated_weights)),
-                                  ("inverted", upright["inverted"], detector.orientation_probability(negative, inverted_weights))):
+    for name, scores, shifted in (
+        ("rotated", upright["rotated"], detector.orientation_probability(turned, rotated_weights)),
+        ("inverted", upright["inverted"], detector.orientation_probability(negative, inverted_weights)),
+    ):
         threshold = max(0.5, float(np.quantile(scores, 1 - ORIENTATION_FALSE_FLAGS)))
-        settings[name] = {"threshold": threshold, "validation_rate": float((scores > threshold).mean()),
-                          "validation_detected": float((shifted > threshold).mean()),
-                          "score": f"logistic head on the model's features; detected = share of validation images "
-                                   f"{'turned 90°' if name == 'rotated' else 'with inverted greys'} flagged"}
+        settings[name] = {
+            "threshold": threshold,
+            "validation_rate": float((scores > threshold).mean()),
+            "validation_detected": float((shifted > threshold).mean()),
+            "score": f"logistic head on the model's features; detected = share of validation images "
+            f"{'turned 90°' if name == 'rotated' else 'with inverted greys'} flagged",
+        }
     if operating_point:
-        index = CLASS_NAMES.index(operating_point["positive_class"]) if operating_point["positive_class"] in CLASS_NAMES else None
+        index = (
+            CLASS_NAMES.index(operating_point["positive_class"])
+            if operating_point["positive_class"] in CLASS_NAMES
+            else None
+        )
         if index is not None:
             truth, score = np.asarray(val_labels) == index, val["probabilities"][:, index]
-            operating_point = {**operating_point,
-                               "threshold_interval": threshold_interval(truth, score, operating_point["threshold"],
-                                                                        confidence=BORDERLINE_CONFIDENCE)}
+            operating_point = {
+                **operating_point,
+                "threshold_interval": threshold_interval(
+                    truth, score, operating_point["threshold"], confidence=BORDERLINE_CONFIDENCE
+                ),
+            }
     detector = FlagDetector(means, precision, mean, scale, rotated_weights, inverted_weights, settings)
     any_flag = np.zeros(len(val_images), bool)
-    for name, key in (("out_of_distribution", "mahalanobis"), ("uncertain", "disagreement"), ("rotated", "rotated"),
-                      ("inverted", "inverted")):
+    for name, key in (
+        ("out_of_distribution", "mahalanobis"),
+        ("uncertain", "disagreement"),
+        ("rotated", "rotated"),
+        ("inverted", "inverted"),
+    ):
         any_flag |= upright[key] > settings[name]["threshold"]
     settings["validation_any_model_flag"] = float(any_flag.mean())
     settings["fitted_on"] = {"train_images": int(len(train_images)), "validation_images": int(len(val_images))}
@@ -121,8 +152,12 @@ def fit_detector(model, temperature: float, train_images, train_labels, val_imag
 
 def _quantile_flag(scores, quantile: float, description: str) -> dict:
     threshold = float(np.quantile(scores, quantile))
-    return {"threshold": threshold, "validation_rate": float((scores > threshold).mean()), "quantile": quantile,
-            "score": description}
+    return {
+        "threshold": threshold,
+        "validation_rate": float((scores > threshold).mean()),
+        "quantile": quantile,
+        "score": description,
+    }
 
 
 def fit_flags(model, data, evaluation: dict) -> None:
@@ -131,18 +166,30 @@ def fit_flags(model, data, evaluation: dict) -> None:
     from train.crosshospital import shift_figures
     from train.run import EXTERNAL, SPLIT_NAMES
 
-    detector, settings, point = fit_detector(model, evaluation["temperature"], data.train_inputs, data.labels["train"],
-                                             data.images["val"], data.labels["val"], evaluation["operating_point"])
+    detector, settings, point = fit_detector(
+        model,
+        evaluation["temperature"],
+        data.train_inputs,
+        data.labels["train"],
+        data.images["val"],
+        data.labels["val"],
+        evaluation["operating_point"],
+    )
     settings["rates"] = {}
     for split in [s for s in data.splits if s in ("test", EXTERNAL)]:
-        _, assessments = assess_images(model, evaluation["temperature"], detector, CLASS_NAMES, point,
-                                       data.images[split])
+        _, assessments = assess_images(
+            model, evaluation["temperature"], detector, CLASS_NAMES, point, data.images[split]
+        )
         settings["rates"][SPLIT_NAMES[split]] = flag_rates(assessments)
         if split == EXTERNAL:
             rows = data.frame["split"] == EXTERNAL
             evaluation["metrics"][EXTERNAL]["shift"] = shift_figures(
-                data.labels[EXTERNAL], evaluation["probabilities"][EXTERNAL], point,
-                data.frame.loc[rows, "population"].to_numpy(), [a.out_of_depth for a in assessments])
+                data.labels[EXTERNAL],
+                evaluation["probabilities"][EXTERNAL],
+                point,
+                data.frame.loc[rows, "population"].to_numpy(),
+                [a.out_of_depth for a in assessments],
+            )
     evaluation.update(operating_point=point, flags=settings, detector=detector)
 
 
@@ -159,12 +206,20 @@ def fit_for_version(folder: Path, data_folders, split_file: Path = None) -> dict
     data = prepare_data(config, int(card.input_size), split_file=split_file)
     expected = card.data["manifest_sha256"]
     if data.manifest_sha256 != expected:
-        raise ValueError(f"The data given is not the data {folder.name} was trained on (manifest hash "
-                         f"{data.manifest_sha256[:12]}…, the card says {expected[:12]}…).")
+        raise ValueError(
+            f"The data given is not the data {folder.name} was trained on (manifest hash "
+            f"{data.manifest_sha256[:12]}…, the card says {expected[:12]}…)."
+        )
     model = keras.saving.load_model(folder / registry.MODEL_FILE, compile=False)
-    detector, settings, point = fit_detector(model, float(card.temperature), data.train_inputs,
-                                             data.labels["train"], data.images["val"], data.labels["val"],
-                                             card.operating_point)
+    detector, settings, point = fit_detector(
+        model,
+        float(card.temperature),
+        data.train_inputs,
+        data.labels["train"],
+        data.images["val"],
+        data.labels["val"],
+        card.operating_point,
+    )
     detector.save(folder)
     card.flags = settings
     card.operating_point = point
@@ -195,8 +250,9 @@ def assess_images(model, temperature: float, detector: FlagDetector, class_names
     model = embedding_model(model)
     outputs = model_outputs(model, images_uint8, temperature)
     mirrored = model_outputs(model, images_uint8[:, :, ::-1], temperature)
-    scores = detector.scores(outputs["embeddings"], outputs["features"], outputs["probabilities"],
-                             mirrored["probabilities"])
+    scores = detector.scores(
+        outputs["embeddings"], outputs["features"], outputs["probabilities"], mirrored["probabilities"]
+    )
     assessments = [Assessment() for _ in images_uint8]
     add_model_flags(assessments, outputs["probabilities"], class_names, point, detector, scores)
     return outputs["probabilities"], assessments
@@ -207,8 +263,16 @@ def flag_rates(assessments) -> dict:
     from core.flags import FLAGS
 
     n = max(1, len(assessments))
-    rates = {"n": len(assessments), "any": sum(bool(a.flags) for a in assessments) / n,
-             "out_of_depth": sum(a.out_of_depth for a in assessments) / n}
-    rates.update({code: sum(code in a.flags for a in assessments) / n for code in FLAGS
-                  if any(code in a.flags for a in assessments)})
+    rates = {
+        "n": len(assessments),
+        "any": sum(bool(a.flags) for a in assessments) / n,
+        "out_of_depth": sum(a.out_of_depth for a in assessments) / n,
+    }
+    rates.update(
+        {
+            code: sum(code in a.flags for a in assessments) / n
+            for code in FLAGS
+            if any(code in a.flags for a in assessments)
+        }
+    )
     return rates

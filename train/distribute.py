@@ -36,13 +36,16 @@ def cluster_workers(environ=os.environ) -> int:
         members = {kind: cluster.get(kind) or [] for kind in CLUSTER_ROLES}
         role, index = task["type"], int(task["index"])
     except (ValueError, KeyError, TypeError, AttributeError) as error:
-        raise ClusterConfigError(f"{TF_CONFIG_ENV} must be JSON with cluster.worker (a list of host:port) and "
-                                 f"task (type and index): {error}") from error
+        raise ClusterConfigError(
+            f"{TF_CONFIG_ENV} must be JSON with cluster.worker (a list of host:port) and task (type and index): {error}"
+        ) from error
     if not members["worker"] or not all(isinstance(names, list) for names in members.values()):
         raise ClusterConfigError(f"{TF_CONFIG_ENV}'s cluster.worker must be a non-empty list of host:port.")
     if role not in CLUSTER_ROLES or not 0 <= index < len(members[role]):
-        raise ClusterConfigError(f"{TF_CONFIG_ENV}'s task must name a {' or '.join(CLUSTER_ROLES)} of the cluster "
-                                 f"by its index (got {role} {index}).")
+        raise ClusterConfigError(
+            f"{TF_CONFIG_ENV}'s task must name a {' or '.join(CLUSTER_ROLES)} of the cluster "
+            f"by its index (got {role} {index})."
+        )
     return sum(len(names) for names in members.values())
 
 

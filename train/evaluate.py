@@ -35,10 +35,8 @@ def evaluate_version_on(folder: Path, data_folders) -> dict:
     if detector is None:
         probs = softmax(predict_logits(model, images), temperature)
     else:
-        probs, assessments = assess_images(model, temperature, detector, card.class_names, card.operating_point,
-                                           images)
+        probs, assessments = assess_images(model, temperature, detector, card.class_names, card.operating_point, images)
         flagged = [assessment.out_of_depth for assessment in assessments]
     labels = label_indices(frame["label"], card.class_names)
-    shift = shift_figures(labels, probs, card.operating_point,
-                          frame["population"].to_numpy(), flagged)
+    shift = shift_figures(labels, probs, card.operating_point, frame["population"].to_numpy(), flagged)
     return {**shift, "sources": frame["source"].tolist()}

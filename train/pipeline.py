@@ -13,8 +13,16 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["Augmentation", "rotate", "gaussian_blur", "augment_batch", "mixup", "balanced_draw_weights",
-           "training_dataset", "evaluation_dataset"]
+__all__ = [
+    "Augmentation",
+    "rotate",
+    "gaussian_blur",
+    "augment_batch",
+    "mixup",
+    "balanced_draw_weights",
+    "training_dataset",
+    "evaluation_dataset",
+]
 
 AUTOTUNE = tf.data.AUTOTUNE
 BLUR_TAPS = 7  # Gaussian kernels of 7 taps cover sigma up to ~1.5 px
@@ -46,8 +54,13 @@ def rotate(images, angles):
     zeros = tf.zeros_like(angles)
     transforms = tf.stack([cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy, zeros, zeros], 1)
     return tf.raw_ops.ImageProjectiveTransformV3(
-        images=images, transforms=transforms, output_shape=tf.shape(images)[1:3], fill_value=0.0,
-        interpolation="BILINEAR", fill_mode="REFLECT")
+        images=images,
+        transforms=transforms,
+        output_shape=tf.shape(images)[1:3],
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="REFLECT",
+    )
 
 
 def gaussian_blur(images, sigmas):
@@ -100,9 +113,11 @@ def mixup(images, onehot, weights, alpha: float, seed=None):
     first, second = tf.random.gamma([batch], alpha, seed=seed), tf.random.gamma([batch], alpha, seed=seed)
     lam = first / (first + second)
     mix = lambda value, other, shape: lam[shape] * value + (1 - lam[shape]) * other
-    return (mix(images, tf.reverse(images, [0]), (slice(None), None, None, None)),
-            mix(onehot, tf.reverse(onehot, [0]), (slice(None), None)),
-            mix(weights, tf.reverse(weights, [0]), slice(None)))
+    return (
+        mix(images, tf.reverse(images, [0]), (slice(None), None, None, None)),
+        mix(onehot, tf.reverse(onehot, [0]), (slice(None), None)),
+        mix(weights, tf.reverse(weights, [0]), slice(None)),
+    )
 
 
 def _to_float(images_uint8):
@@ -134,7 +149,9 @@ def training_dataset(images, onehot, weights, size, batch_size, augmentation: Au
     reshuffled pass over the images, or with ``sources`` draws balanced over (class, source)."""
     tensors = (images, onehot.astype(np.float32), weights.astype(np.float32))
     if sources is None:
-        data = tf.data.Dataset.from_tensor_slices(tensors).shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+        data = tf.data.Dataset.from_tensor_slices(tensors).shuffle(
+            len(images), seed=seed, reshuffle_each_iteration=True
+        )
         data = data.repeat()
     else:
         labels = onehot.argmax(axis=1)
@@ -148,7 +165,8 @@ def training_dataset(images, onehot, weights, size, batch_size, augmentation: Au
     if augmentation.jpeg_quality:
         data = data.map(lambda x, y, w: _recompress(x, y, w, augmentation.jpeg_quality), num_parallel_calls=AUTOTUNE)
     data = data.batch(batch_size).map(
-        lambda x, y, w: (augment_batch(_to_float(x), size, augmentation), y, w), num_parallel_calls=AUTOTUNE)
+        lambda x, y, w: (augment_batch(_to_float(x), size, augmentation), y, w), num_parallel_calls=AUTOTUNE
+    )
     if augmentation.mixup:
         data = data.map(lambda x, y, w: mixup(x, y, w, augmentation.mixup), num_parallel_calls=AUTOTUNE)
     return data.map(lambda x, y, w: (_three_channels(x), y, w), num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)

@@ -32,7 +32,9 @@ def planned_lr(config: TrainConfig, training_images: int) -> pd.DataFrame:
     schedule = make_schedule(config.lr_schedule, steps_per_epoch, config.epochs, config.lr, config.warmup_epochs)
     boundaries = np.arange(config.epochs + 1) * steps_per_epoch
     total = config.epochs * steps_per_epoch
-    steps = np.unique(np.concatenate([np.linspace(0, total - 1, LR_CURVE_POINTS).round(), boundaries[:-1], boundaries[1:] - 1]))
+    steps = np.unique(
+        np.concatenate([np.linspace(0, total - 1, LR_CURVE_POINTS).round(), boundaries[:-1], boundaries[1:] - 1])
+    )
     rates = [float(schedule(int(step))) if callable(schedule) else float(schedule) for step in steps]
     return pd.DataFrame({"epoch": steps / steps_per_epoch, "lr": rates})
 

@@ -80,15 +80,31 @@ class ProgressEvents(keras.callbacks.Callback):
         self.rate = images / (now - self.rate_start)
         if now - self.last_event >= STEP_EVENT_SECONDS:
             self.last_event = now
-            write_event(self.run_dir, "step", epoch=self.epoch, step=batch + 1, steps=self.steps,
-                        lr=current_lr(self.model), images_per_s=self.rate, eta_s=self._eta(batch + 1),
-                        **{k: float(v) for k, v in (logs or {}).items()})
+            write_event(
+                self.run_dir,
+                "step",
+                epoch=self.epoch,
+                step=batch + 1,
+                steps=self.steps,
+                lr=current_lr(self.model),
+                images_per_s=self.rate,
+                eta_s=self._eta(batch + 1),
+                **{k: float(v) for k, v in (logs or {}).items()},
+            )
 
     def on_epoch_end(self, epoch, logs=None):
         seconds = time.perf_counter() - self.epoch_start
-        write_event(self.run_dir, "epoch", epoch=epoch, epochs=self.epochs, seconds=seconds,
-                    lr=current_lr(self.model), images_per_s=self.rate, eta_s=self._eta(self.steps),
-                    **{k: float(v) for k, v in (logs or {}).items()})
+        write_event(
+            self.run_dir,
+            "epoch",
+            epoch=epoch,
+            epochs=self.epochs,
+            seconds=seconds,
+            lr=current_lr(self.model),
+            images_per_s=self.rate,
+            eta_s=self._eta(self.steps),
+            **{k: float(v) for k, v in (logs or {}).items()},
+        )
 
     def _eta(self, step_in_epoch):
         if not self.rate:

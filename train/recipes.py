@@ -13,17 +13,48 @@ from pathlib import Path
 from core import CLASS_NAMES, settings
 from train.config import PAPER_CLASS_WEIGHTS, TrainConfig, parse_class_weights
 
-__all__ = ["PAPER", "NO_SOURCE", "CLASS_WEIGHT_MODES", "recipe_from_card", "presets", "trained_on", "form_values",
-           "config_from_form", "weight_key"]
+__all__ = [
+    "PAPER",
+    "NO_SOURCE",
+    "CLASS_WEIGHT_MODES",
+    "recipe_from_card",
+    "presets",
+    "trained_on",
+    "form_values",
+    "config_from_form",
+    "weight_key",
+]
 
 PAPER = "Zhong 2020 (the paper's recipe)"
 DEFAULTS = TrainConfig()
 NO_SOURCE = "(none)"
 CLASS_WEIGHT_MODES = ("paper", "balanced", "none", "custom")
-FORM_FIELDS = ("arch", "epochs", "batch_size", "lr", "lr_schedule", "warmup_epochs", "label_smoothing",
-               "limit_per_class", "seed", "flip", "brightness", "contrast", "intensity", "border_crop", "sampling",
-               "rotation", "gamma", "blur", "noise", "jpeg_quality", "mixup", "val_fraction", "test_fraction",
-               "checkpoint")
+FORM_FIELDS = (
+    "arch",
+    "epochs",
+    "batch_size",
+    "lr",
+    "lr_schedule",
+    "warmup_epochs",
+    "label_smoothing",
+    "limit_per_class",
+    "seed",
+    "flip",
+    "brightness",
+    "contrast",
+    "intensity",
+    "border_crop",
+    "sampling",
+    "rotation",
+    "gamma",
+    "blur",
+    "noise",
+    "jpeg_quality",
+    "mixup",
+    "val_fraction",
+    "test_fraction",
+    "checkpoint",
+)
 CROP = "crop"  # the form's one range slider for crop_scale_min / crop_scale_max
 CLASS_WEIGHTS = "class_weights"
 LEAVE_OUT = "leave_out_source"
@@ -74,8 +105,13 @@ def form_values(config: TrainConfig) -> dict:
     pair; the class weights as a mode (paper, balanced, none, custom) and one weight per class for custom."""
     values = {name: type(getattr(DEFAULTS, name))(getattr(config, name)) for name in FORM_FIELDS}  # 0 → 0.0 for sliders
     mode, weights = _weights_mode(config.class_weights)
-    values.update({CROP: (float(config.crop_scale_min), float(config.crop_scale_max)), CLASS_WEIGHTS: mode,
-                   LEAVE_OUT: config.leave_out_source or NO_SOURCE})
+    values.update(
+        {
+            CROP: (float(config.crop_scale_min), float(config.crop_scale_max)),
+            CLASS_WEIGHTS: mode,
+            LEAVE_OUT: config.leave_out_source or NO_SOURCE,
+        }
+    )
     values.update({weight_key(name): float(weight) for name, weight in weights.items()})
     return values
 
@@ -89,5 +125,12 @@ def config_from_form(base: TrainConfig, values: dict, data) -> TrainConfig:
     if mode == "custom":
         mode = ",".join(f"{name}={float(values[weight_key(name)]):g}" for name in CLASS_NAMES)
     leave_out = values.get(LEAVE_OUT, base.leave_out_source or NO_SOURCE)
-    return replace(base, **chosen, data=list(data), crop_scale_min=float(low), crop_scale_max=float(high),
-                   class_weights=mode, leave_out_source="" if leave_out == NO_SOURCE else leave_out)
+    return replace(
+        base,
+        **chosen,
+        data=list(data),
+        crop_scale_min=float(low),
+        crop_scale_max=float(high),
+        class_weights=mode,
+        leave_out_source="" if leave_out == NO_SOURCE else leave_out,
+    )

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from core import CLASS_NAMES, atomic, registry, settings
-from core.card import ModelCard, write_predictions
 from core.calibration import expected_calibration_error, fit_temperature, reliability_bins
+from core.card import ModelCard, write_predictions
 from core.inference import softmax
 from core.metrics import classification_report, per_source_reports
 from train.checkpoints import EpochCheckpoint, read_state
@@ -26,9 +26,25 @@ from train.config import TrainConfig, parse_class_weights
 from train.datasets import DatasetError, label_indices, manifest_hash, scan_datasets, split_by_patient
 from train.progress import CANCEL_REQUESTED, ProgressEvents, StopWhenCancelled, write_event
 
-__all__ = ["PreparedData", "cache_size", "prepare_data", "assign_splits", "device_description",
-           "training_precision", "distribution_strategy", "compile_model", "fit", "float32_copy", "predict_logits",
-           "evaluate", "library_versions", "write_candidate", "publish_candidate", "new_run_dir", "run"]
+__all__ = [
+    "PreparedData",
+    "cache_size",
+    "prepare_data",
+    "assign_splits",
+    "device_description",
+    "training_precision",
+    "distribution_strategy",
+    "compile_model",
+    "fit",
+    "float32_copy",
+    "predict_logits",
+    "evaluate",
+    "library_versions",
+    "write_candidate",
+    "publish_candidate",
+    "new_run_dir",
+    "run",
+]
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +118,10 @@ def prepare_data(config: TrainConfig, input_size: int, split_file: Path = None) 
         rows = (frame["split"] == split).to_numpy()
         images[split] = arrays[train_size if split == "train" else input_size][rows]
         labels[split] = label_indices(frame.loc[rows, "label"])
-    folders = [{"root": root, "manifest_sha256": manifest_hash(part), "images": int(len(part))}
-               for root, part in frame.groupby("root", sort=True)]
+    folders = [
+        {"root": root, "manifest_sha256": manifest_hash(part), "images": int(len(part))}
+        for root, part in frame.groupby("root", sort=True)
+    ]
     train_inputs = arrays[input_size][(frame["split"] == "train").to_numpy()]
     return PreparedData(frame, images, labels, train_inputs, manifest_hash(frame), skipped, folders)
 
@@ -117,16 +135,20 @@ def assign_splits(frame: pd.DataFrame, config: TrainConfig) -> np.ndarray:
         kept = (frame["source"] != config.leave_out_source).to_numpy()
         known = sorted(set(frame["source"]))
         if kept.all():
-            raise DatasetError(f"No images of source '{config.leave_out_source}' to leave out; the sources are "
-                               f"{', '.join(known)}.")
+            raise DatasetError(
+                f"No images of source '{config.leave_out_source}' to leave out; the sources are {', '.join(known)}."
+            )
         if (~kept).sum() < MIN_EXTERNAL_IMAGES:
-            raise DatasetError(f"Source '{config.leave_out_source}' has only {(~kept).sum()} images; at least "
-                               f"{MIN_EXTERNAL_IMAGES} are needed for an external test.")
+            raise DatasetError(
+                f"Source '{config.leave_out_source}' has only {(~kept).sum()} images; at least "
+                f"{MIN_EXTERNAL_IMAGES} are needed for an external test."
+            )
     rest = frame[kept].reset_index(drop=True)
     missing = [name for name in CLASS_NAMES if name not in set(rest["label"])]
     if missing:
-        raise DatasetError(f"Without source '{config.leave_out_source}' no images of {', '.join(missing)} are left "
-                           "to train on.")
+        raise DatasetError(
+            f"Without source '{config.leave_out_source}' no images of {', '.join(missing)} are left to train on."
+        )
     split[kept] = split_by_patient(rest, config.val_fraction, config.test_fraction, config.seed).to_numpy()
     return split
 
@@ -201,14 +223,32 @@ def fit(config: TrainConfig, data: PreparedData, run_dir: Path, verbose: bool = 
     class_weights = parse_class_weights(config.class_weights, CLASS_NAMES, train_counts)
     onehot = np.eye(len(CLASS_NAMES), dtype=np.float32)
     weights = np.array([class_weights[name] for name in CLASS_NAMES], np.float32)[data.labels["train"]]
-    augmentation = Augmentation(config.flip, config.brightness, config.contrast, config.crop_scale_min,
-                                config.crop_scale_max, config.rotation, config.gamma, config.blur, config.noise,
-                                config.jpeg_quality, config.mixup)
+    augmentation = Augmentation(
+        config.flip,
+        config.brightness,
+        config.contrast,
+        config.crop_scale_min,
+        config.crop_scale_max,
+        config.rotation,
+        config.gamma,
+        config.blur,
+        config.noise,
+        config.jpeg_quality,
+        config.mixup,
+    )
     sources = None
     if config.sampling == "class-source":
         sources = data.frame.loc[data.frame["split"] == "train", "source"].to_numpy()
-    train_data = training_dataset(data.images["train"], onehot[data.labels["train"]], weights, input_size,
-                                  config.batch_size, augmentation, config.seed, sources)
+    train_data = training_dataset(
+        data.images["train"],
+        onehot[data.labels["train"]],
+        weights,
+        input_size,
+        config.batch_size,
+        augmentation,
+        config.seed,
+        sources,
+    )
     val_data = evaluation_dataset(data.images["val"], onehot[data.labels["val"]])
     steps = int(np.ceil(len(data.labels["train"]) / config.batch_size))
 
@@ -218,16 +258,34 @@ def fit(config: TrainConfig, data: PreparedData, run_dir: Path, verbose: bool = 
     if state.get("checkpoint"):
         model.optimizer.build(model.trainable_variables)
         model.load_weights(run_dir / state["checkpoint"])
-    write_event(run_dir, "start", device=device, epochs=config.epochs, initial_epoch=state["epoch"],
-                steps_per_epoch=steps, n=({s: int(len(data.labels[s])) for s in SPLITS}),
-                class_weights=class_weights, parameters=int(model.count_params()))
-    callbacks = [StopWhenCancelled(), ProgressEvents(run_dir, config.epochs, steps, config.batch_size,
-                                                     len(data.labels["train"])), EpochCheckpoint(run_dir)]
+    write_event(
+        run_dir,
+        "start",
+        device=device,
+        epochs=config.epochs,
+        initial_epoch=state["epoch"],
+        steps_per_epoch=steps,
+        n=({s: int(len(data.labels[s])) for s in SPLITS}),
+        class_weights=class_weights,
+        parameters=int(model.count_params()),
+    )
+    callbacks = [
+        StopWhenCancelled(),
+        ProgressEvents(run_dir, config.epochs, steps, config.batch_size, len(data.labels["train"])),
+        EpochCheckpoint(run_dir),
+    ]
     if CANCEL_REQUESTED.is_set():
         raise KeyboardInterrupt("cancelled")
     if state["epoch"] < config.epochs:
-        model.fit(train_data, epochs=config.epochs, initial_epoch=state["epoch"], steps_per_epoch=steps,
-                  validation_data=val_data, callbacks=callbacks, verbose=1 if verbose else 0)
+        model.fit(
+            train_data,
+            epochs=config.epochs,
+            initial_epoch=state["epoch"],
+            steps_per_epoch=steps,
+            validation_data=val_data,
+            callbacks=callbacks,
+            verbose=1 if verbose else 0,
+        )
     state = read_state(run_dir)
     chosen = state["best"] if config.checkpoint == "best" and state.get("best") else state["checkpoint"]
     model.load_weights(run_dir / chosen)
@@ -275,8 +333,9 @@ def evaluate(model, data: PreparedData) -> dict:
         report["ece_uncalibrated"] = expected_calibration_error(labels, raw)
         report["reliability"] = reliability_bins(labels, calibrated)
         for column in ("source", "population"):
-            report[f"per_{column}"] = per_source_reports(labels, calibrated, data.frame.loc[rows, column].to_numpy(),
-                                                         CLASS_NAMES)
+            report[f"per_{column}"] = per_source_reports(
+                labels, calibrated, data.frame.loc[rows, column].to_numpy(), CLASS_NAMES
+            )
         result["metrics"][SPLIT_NAMES[split]] = report
         result["probabilities"][split] = calibrated
     result["operating_point"] = automatic_operating_point(data.labels["val"], result["probabilities"]["val"])
@@ -289,8 +348,14 @@ def library_versions() -> dict:
     import sklearn
     import tensorflow as tf
 
-    return {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
-            "numpy": np.__version__, "opencv": cv2.__version__, "scikit-learn": sklearn.__version__}
+    return {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "opencv": cv2.__version__,
+        "scikit-learn": sklearn.__version__,
+    }
 
 
 def write_candidate(model, config, data, evaluation, class_weights, device, state, run_dir: Path) -> Path:
@@ -309,8 +374,9 @@ def write_candidate(model, config, data, evaluation, class_weights, device, stat
         rows = data.frame[data.frame["split"] == split]
         named = len(data.folders) > 1
         paths = [_relative(path, root, named) for path, root in zip(rows["path"], rows["root"])]
-        write_predictions(partial / files[split], rows.assign(path=paths), evaluation["probabilities"][split],
-                          CLASS_NAMES)
+        write_predictions(
+            partial / files[split], rows.assign(path=paths), evaluation["probabilities"][split], CLASS_NAMES
+        )
     card = ModelCard(
         architecture=config.arch,
         architecture_reference=spec["reference"],
@@ -324,12 +390,18 @@ def write_candidate(model, config, data, evaluation, class_weights, device, stat
         temperature=evaluation["temperature"],
         operating_point=evaluation["operating_point"],
         flags=evaluation["flags"],
-        training={**asdict(config), "data": [settings.portable_data_path(folder) for folder in config.data],
-                  "cache_size": cache_size(config, spec["input_size"]),
-                  "class_weight_values": class_weights, "device": device, "epochs_trained": state["epoch"],
-                  "chosen_epoch": state.get("best_epoch") if config.checkpoint == "best" else state["epoch"],
-                  "best_val_loss": state.get("best_val_loss"), "run": run_dir.name,
-                  "seconds": _training_seconds(run_dir)},
+        training={
+            **asdict(config),
+            "data": [settings.portable_data_path(folder) for folder in config.data],
+            "cache_size": cache_size(config, spec["input_size"]),
+            "class_weight_values": class_weights,
+            "device": device,
+            "epochs_trained": state["epoch"],
+            "chosen_epoch": state.get("best_epoch") if config.checkpoint == "best" else state["epoch"],
+            "best_val_loss": state.get("best_val_loss"),
+            "run": run_dir.name,
+            "seconds": _training_seconds(run_dir),
+        },
         seed=config.seed,
         data=_data_facts(config, data),
         libraries=library_versions(),
@@ -349,7 +421,8 @@ def _data_facts(config: TrainConfig, data: PreparedData) -> dict:
     return {
         "root": settings.portable_data_path(config.data[0]) if len(config.data) == 1 else None,
         "folders": [{**folder, "root": settings.portable_data_path(folder["root"])} for folder in data.folders],
-        "manifest_sha256": data.manifest_sha256, "held_out_source": config.leave_out_source or None,
+        "manifest_sha256": data.manifest_sha256,
+        "held_out_source": config.leave_out_source or None,
         "split": "patient-level, stratified by class (sklearn StratifiedGroupKFold)",
         "split_sizes": {s: int(len(data.labels[s])) for s in splits},
         "class_counts": {s: {n: int((data.labels[s] == i).sum()) for i, n in enumerate(CLASS_NAMES)} for s in splits},
@@ -387,7 +460,7 @@ def publish_candidate(run_dir: Path, version: str, activate: bool = False, root=
             shutil.copy2(item, staging / item.name)
         card = ModelCard.load(staging / registry.CARD_FILE)
         card.version = version
-        card.created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        card.created = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         card.save(staging / registry.CARD_FILE)
         target = registry.publish(staging, version, activate=activate, root=root)
     except BaseException:
@@ -427,7 +500,13 @@ def run(config: TrainConfig, run_dir: Path, verbose: bool = True) -> Path:
     fit_flags(model, data, evaluation)
     candidate = write_candidate(model, config, data, evaluation, class_weights, device, state, run_dir)
     test = evaluation["metrics"]["test"]
-    write_event(run_dir, "done", candidate=str(candidate), temperature=evaluation["temperature"],
-                val_accuracy=evaluation["metrics"]["validation"]["accuracy"]["value"],
-                test_accuracy=test["accuracy"]["value"], test_macro_auc=(test["macro_auc"] or {}).get("value"))
+    write_event(
+        run_dir,
+        "done",
+        candidate=str(candidate),
+        temperature=evaluation["temperature"],
+        val_accuracy=evaluation["metrics"]["validation"]["accuracy"]["value"],
+        test_accuracy=test["accuracy"]["value"],
+        test_macro_auc=(test["macro_auc"] or {}).get("value"),
+    )
     return candidate

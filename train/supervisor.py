@@ -32,9 +32,24 @@ from train.progress import read_events, write_event
 from train.run import CONFIG_FILE, new_run_dir, publish_candidate
 
 __all__ = [
-    "RunBusyError", "RunInfo", "process_alive", "lock_holder", "take_lock", "release_lock", "run_info",
-    "list_runs", "start_run", "resume_run", "cancel_run", "log_tail", "progress", "training_curves", "publish_run",
-    "PROCESS_FILE", "CONFIG_FILE", "LOCK_FILE",
+    "RunBusyError",
+    "RunInfo",
+    "process_alive",
+    "lock_holder",
+    "take_lock",
+    "release_lock",
+    "run_info",
+    "list_runs",
+    "start_run",
+    "resume_run",
+    "cancel_run",
+    "log_tail",
+    "progress",
+    "training_curves",
+    "publish_run",
+    "PROCESS_FILE",
+    "CONFIG_FILE",
+    "LOCK_FILE",
 ]
 
 LOG_FILE = "log.txt"
@@ -157,8 +172,9 @@ def _exclusively(root: Path):
 
 
 def _busy(holder: dict) -> RunBusyError:
-    return RunBusyError(f"Run {Path(holder['run']).name} is training (process {holder['pid']}); wait for it to end "
-                        "or cancel it.")
+    return RunBusyError(
+        f"Run {Path(holder['run']).name} is training (process {holder['pid']}); wait for it to end or cancel it."
+    )
 
 
 def _refuse_if_busy(root: Path) -> None:
@@ -178,8 +194,10 @@ def take_lock(run_dir) -> None:
             if int(holder["pid"]) == os.getpid():
                 return
             raise _busy(holder)
-        atomic.write_json(root / LOCK_FILE, {"pid": os.getpid(), "started": psutil.Process().create_time(),
-                                             "run": str(Path(run_dir).resolve())})
+        atomic.write_json(
+            root / LOCK_FILE,
+            {"pid": os.getpid(), "started": psutil.Process().create_time(), "run": str(Path(run_dir).resolve())},
+        )
 
 
 def release_lock() -> None:
@@ -197,8 +215,17 @@ def _launch(run_dir: Path) -> None:
         process = subprocess.Popen(
             # At a lower CPU priority, so the app's other pages stay responsive while a run trains (`nice` execs
             # the trainer in place, so the pid the lock records is the trainer's).
-            ["nice", "-n", str(TRAINER_NICENESS), sys.executable, "-m", "train", "--resume", str(run_dir.resolve()),
-             "--quiet"],
+            [
+                "nice",
+                "-n",
+                str(TRAINER_NICENESS),
+                sys.executable,
+                "-m",
+                "train",
+                "--resume",
+                str(run_dir.resolve()),
+                "--quiet",
+            ],
             cwd=settings.REPO_ROOT,
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -207,7 +234,9 @@ def _launch(run_dir: Path) -> None:
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
     _children.append(process)
-    atomic.write_json(run_dir.parent / LOCK_FILE, {"pid": process.pid, "started": time.time(), "run": str(run_dir.resolve())})
+    atomic.write_json(
+        run_dir.parent / LOCK_FILE, {"pid": process.pid, "started": time.time(), "run": str(run_dir.resolve())}
+    )
 
 
 def start_run(config: TrainConfig) -> Path:
