@@ -55,7 +55,7 @@ def load_predictor() -> Predictor:
     """The active version, else a random-weight model with a minimal card."""
     if registry.active_version():
         return Predictor()
-    from train.architectures import ARCHITECTURES, build_model, conv_layer_names
+    from train.trainer.architectures import ARCHITECTURES, build_model, conv_layer_names
 
     model = build_model(RANDOM_ARCHITECTURE)
     spec = ARCHITECTURES[RANDOM_ARCHITECTURE]

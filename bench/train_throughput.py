@@ -1,6 +1,6 @@
 """Training throughput (images/s) of the same model fed three ways, measured side by side, interleaved:
 
-- cached:  our pipeline — every image decoded and resized once (train.cache), then tf.data augmentation;
+- cached:  our pipeline — every image decoded and resized once (train.trainer.cache), then tf.data augmentation;
 - published: Zhong 2020's own input pipeline, which decodes every file every epoch (tf.data map over
            read_file → decode_jpeg(channels=3) → flip/brightness/contrast/saturation at full size → resize 96 →
            crop 80 → resize 80, parallel, prefetching), labels from our list instead of its path regex;
@@ -30,10 +30,10 @@ import tensorflow as tf  # noqa: E402
 
 from core.imaging import read_grey  # noqa: E402
 from core.preprocess import resize_grey  # noqa: E402
-from train.cache import load_resized  # noqa: E402
-from train.config import TrainConfig  # noqa: E402
-from train.pipeline import AUTOTUNE, Augmentation, augment_batch, training_dataset  # noqa: E402
-from train.run import compile_model  # noqa: E402
+from train.trainer.cache import load_resized  # noqa: E402
+from train.trainer.config import TrainConfig  # noqa: E402
+from train.trainer.pipeline import AUTOTUNE, Augmentation, augment_batch, training_dataset  # noqa: E402
+from train.trainer.run import compile_model  # noqa: E402
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 CACHE_SIZE, INPUT_SIZE, BATCH = 96, 80, 32

@@ -1,7 +1,7 @@
 """CXR Triage library: image reading, the shared preprocessing, the model card and registry, inference, the
 flags on every call, Grad-CAM, operating points, metrics and reports.
 
-Nothing in this package imports streamlit, ``train`` or ``pages`` (the import contract in ``.importlinter``), so
+Nothing in this package imports streamlit, ``train`` or ``pages`` (the import contracts in ``pyproject.toml``), so
 it can be used from the CLI, the trainer and tests. Every path and environment variable is in ``core.settings``.
 """
 

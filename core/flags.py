@@ -1,6 +1,6 @@
 """Flags on every call: machine-readable codes and the reader's warnings, saying when not to trust the model.
 
-Each model version carries its own detectors, fitted by ``train.detector`` on that version's training and
+Each model version carries its own detectors, fitted by ``train.trainer.flags`` on that version's training and
 validation images and stored beside its weights (``detector.npz``, thresholds in the card's ``flags``):
 
 - ``out_of_distribution``: the Mahalanobis distance (Lee et al. 2018) of the image's penultimate-layer embedding

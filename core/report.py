@@ -305,7 +305,7 @@ def change_rows(positive: str, prevalence: float, before: dict, after: dict, old
 
 
 def difference_rows(table: pd.DataFrame) -> list:
-    """``train.compare.paired_differences`` as text: each figure for both models and candidate − active with its
+    """``train.evaluation.compare.paired_differences`` as text: each figure for both models and candidate − active with its
     95 % paired bootstrap interval, signed ("+0.012 (−0.004 to +0.031)")."""
 
     def signed(value):
@@ -363,7 +363,7 @@ def shift_cell(shift: dict, key: str) -> str:
 
 
 def cross_hospital_cells(rows: list):
-    """(header, cells) of the leave-one-source-out table (rows of ``train.crosshospital.fold_row``): one line
+    """(header, cells) of the leave-one-source-out table (rows of ``train.evaluation.crosshospital.fold_row``): one line
     per fold and population, all images first; every figure at the fold's own validation operating point."""
     header = ["held out", "run", "epochs", "population", "n"] + [title for _, title in SHIFT_FIGURES]
     cells = []

@@ -21,7 +21,7 @@ from core.report import (
 )
 from core.tables import flags_table
 from pages.common import escape_markdown, reader_timezone, run_through_app, text_table
-from train.archive import ArchiveError, export_saved_model, savedmodel_zip
+from train.jobs.archive import ArchiveError, export_saved_model, savedmodel_zip
 
 
 def overview(versions, active, timezone) -> pd.DataFrame:

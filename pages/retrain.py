@@ -1,7 +1,7 @@
 """Retrain: choose the data, start from a named recipe (the active version's own, or the paper's) and adjust it,
 train in the background, follow the run, compare its model with the active version, then publish and activate it
-as separate steps. The logic lives in ``train.datasource``, ``train.planning``, ``train.recipes``,
-``train.supervisor`` and ``train.compare``; the text of every figure in ``core.report``."""
+as separate steps. The logic lives in ``train.jobs.datasource``, ``train.jobs.planning``, ``train.jobs.recipes``,
+``train.jobs.supervisor`` and ``train.evaluation.compare``; the text of every figure in ``core.report``."""
 
 import plotly.graph_objects as go
 import streamlit as st
@@ -18,14 +18,15 @@ from core.report import (
 )
 from pages.common import CHART_HEIGHT, CHART_MARGIN, confusion_figure, run_through_app, text_table
 from pages.common import escape_markdown as escape
-from train import compare, datasource, planning, recipes, supervisor
-from train.architectures import ARCHITECTURES
-from train.archive import ArchiveError
-from train.checkpoints import read_state
-from train.config import CHECKPOINTS, INTENSITIES, SAMPLINGS, TrainConfig
-from train.datasets import DatasetError
-from train.run import device_description
-from train.schedules import SCHEDULES
+from train.evaluation import compare
+from train.jobs import datasource, planning, recipes, supervisor
+from train.jobs.archive import ArchiveError
+from train.trainer.architectures import ARCHITECTURES
+from train.trainer.checkpoints import read_state
+from train.trainer.config import CHECKPOINTS, INTENSITIES, SAMPLINGS, TrainConfig
+from train.trainer.datasets import DatasetError
+from train.trainer.run import device_description
+from train.trainer.schedules import SCHEDULES
 
 REFRESH_SECONDS = 2
 CURVES = (("loss", "Loss"), ("accuracy", "Accuracy"), ("auc", "AUC"))

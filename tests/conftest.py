@@ -62,7 +62,7 @@ def publish_random_version(
     from core import CLASS_NAMES
     from core.card import ModelCard, write_predictions
     from core.preprocess import PREPROCESSING
-    from train.architectures import ARCHITECTURES, build_model, conv_layer_names
+    from train.trainer.architectures import ARCHITECTURES, build_model, conv_layer_names
 
     keras.utils.set_random_seed(seed)
     model = build_model(arch)

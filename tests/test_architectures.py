@@ -1,4 +1,4 @@
-"""train.architectures: the published models' sizes and layer names, flat graphs that Grad-CAM can reach, the
+"""train.trainer.architectures: the published models' sizes and layer names, flat graphs that Grad-CAM can reach, the
 ImageNet-weights path, and the trainer's wiring (cache size, --arch help). Each model is built once and only the
 small ones take a training step: this file must stay cheap on a shared 2-core CPU."""
 
@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 from keras.src.legacy.saving import legacy_h5_format
 
-from train.architectures import (
+from train.trainer.architectures import (
     ARCHITECTURES,
     BACKBONES,
     IMAGENET_WEIGHTS_ENV,
@@ -20,8 +20,8 @@ from train.architectures import (
     initialisation,
     xception_resnet50v2,
 )
-from train.config import TrainConfig, argument_parser
-from train.run import cache_size
+from train.trainer.config import TrainConfig, argument_parser
+from train.trainer.run import cache_size
 
 CHEAP = ("dcnn80-compact", "lxn")
 LXN_PAPER_PARAMETERS = 9_561_889

@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
-from train import datasource
-from train.archive import ArchiveError, ExportPathError, export_saved_model, export_target, extract_dataset_zip
-from train.datasets import scan_dataset
+from train.jobs import datasource
+from train.jobs.archive import ArchiveError, ExportPathError, export_saved_model, export_target, extract_dataset_zip
+from train.trainer.datasets import scan_dataset
 
 
 def png_bytes(value: int) -> bytes:

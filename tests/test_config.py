@@ -1,10 +1,10 @@
-"""train.config: the recipe's JSON form refuses unknown settings, and the CLI is generated from its fields."""
+"""train.trainer.config: the recipe's JSON form refuses unknown settings, and the CLI is generated from its fields."""
 
 from dataclasses import fields
 
 import pytest
 
-from train.config import TrainConfig, argument_parser, config_from_arguments
+from train.trainer.config import TrainConfig, argument_parser, config_from_arguments
 
 
 def test_loading_a_recipe_with_an_unknown_setting_names_it():

@@ -13,11 +13,11 @@ import pytest
 
 from core import registry
 from tests.conftest import CXR_POOL, REPO, needs_shared_data
-from train import supervisor
-from train.checkpoints import read_state
-from train.config import TrainConfig
-from train.progress import read_events
-from train.run import CANDIDATE
+from train.jobs import supervisor
+from train.trainer.checkpoints import read_state
+from train.trainer.config import TrainConfig
+from train.trainer.progress import read_events
+from train.trainer.run import CANDIDATE
 
 QUICK = {"arch": "dcnn80-compact", "epochs": 2, "limit_per_class": 40, "batch_size": 16}
 POLL_SECONDS = 0.02
@@ -26,7 +26,7 @@ PADDING_BYTES = 64 * 1024 * 1024
 pytestmark = pytest.mark.slow  # real trainer processes killed and resumed
 
 PUBLISH_LOOP = (
-    "import sys; from pathlib import Path; from train.run import publish_candidate\n"
+    "import sys; from pathlib import Path; from train.trainer.run import publish_candidate\n"
     "for i in range(1000): publish_candidate(Path(sys.argv[1]), f'copy{i}')"
 )
 

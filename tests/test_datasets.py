@@ -1,4 +1,4 @@
-"""train.datasets: labels from class folders or the manifest, patient-level stratified splits."""
+"""train.trainer.datasets: labels from class folders or the manifest, patient-level stratified splits."""
 
 import json
 import logging
@@ -10,7 +10,7 @@ from PIL import Image
 
 from core.settings import REPO_ROOT
 from tests.conftest import CXR_POOL, needs_shared_data
-from train.datasets import DatasetError, canonical_label, manifest_hash, scan_dataset, split_by_patient
+from train.trainer.datasets import DatasetError, canonical_label, manifest_hash, scan_dataset, split_by_patient
 
 
 def write_png(path, value=128, size=96):
@@ -61,7 +61,7 @@ def test_empty_class_folder_is_a_clear_error(tmp_path):
 def test_dataset_errors_name_folders_without_the_servers_path(tmp_path, monkeypatch):
     """The Retrain page shows these messages: a folder reads as under the data root or the uploads, never as the
     server's absolute path."""
-    from train.datasource import checked_data_folder
+    from train.jobs.datasource import checked_data_folder
 
     monkeypatch.setenv("CXR_DATA_ROOT", str(tmp_path / "data"))
     monkeypatch.setenv("CXR_UPLOAD_DIR", str(tmp_path / "uploads"))
@@ -150,7 +150,7 @@ def write_manifest_folder(root, source, labels, prefix):
 
 
 def test_several_folders_merge_and_a_folder_may_lack_a_class(tmp_path):
-    from train.datasets import scan_datasets
+    from train.trainer.datasets import scan_datasets
 
     write_manifest_folder(tmp_path / "pool", "pool_src", ["COVID19", "NORMAL", "PNEUMONIA"] * 2, "a")
     write_manifest_folder(tmp_path / "adult", "hospital", ["NORMAL", "PNEUMONIA"] * 2, "b")
@@ -166,9 +166,9 @@ def test_several_folders_merge_and_a_folder_may_lack_a_class(tmp_path):
 
 
 def test_leave_one_source_out_holds_out_every_image_of_it(tmp_path):
-    from train.config import TrainConfig
-    from train.datasets import scan_datasets
-    from train.run import EXTERNAL, assign_splits
+    from train.trainer.config import TrainConfig
+    from train.trainer.datasets import EXTERNAL, scan_datasets
+    from train.trainer.run import assign_splits
 
     write_manifest_folder(tmp_path / "pool", "pool_src", ["COVID19", "NORMAL", "PNEUMONIA"] * 30, "a")
     write_manifest_folder(tmp_path / "adult", "hospital", ["NORMAL", "PNEUMONIA"] * 30, "b")
@@ -186,7 +186,7 @@ def test_leave_one_source_out_holds_out_every_image_of_it(tmp_path):
 @pytest.mark.slow  # scans the real pool
 @needs_shared_data
 def test_the_adult_folder_joins_the_pool_with_its_own_patients():
-    from train.datasets import scan_datasets
+    from train.trainer.datasets import scan_datasets
 
     adult = CXR_POOL.parent / "cxr-nih-adult"
     frame = scan_datasets([CXR_POOL, adult])

@@ -1,4 +1,4 @@
-"""Training on several machines: with ``TF_CONFIG`` naming two workers, the trainer's own ``train.run.fit``
+"""Training on several machines: with ``TF_CONFIG`` naming two workers, the trainer's own ``train.trainer.run.fit``
 trains under ``MultiWorkerMirroredStrategy``. Two real worker processes on localhost (free ports) train the
 real compact DCNN a few steps on real pool radiographs, in lockstep: both report two replicas, and end with
 the same weights, which differ from the initial ones. ``TF_CONFIG`` itself is checked before TensorFlow starts."""
@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import CXR_POOL, REPO, needs_shared_data
-from train.distribute import ClusterConfigError, cluster_workers
+from train.trainer.distribute import ClusterConfigError, cluster_workers
 
 WORKERS = 2
 IMAGES_PER_CLASS = {"train": 8, "val": 2, "test": 1}
@@ -39,11 +39,11 @@ def tf_config(ports: list, index: int) -> str:
 
 
 def small_real_data():
-    """A ``train.run.PreparedData`` of a few real pool radiographs per class: train at the cache size (96 px),
-    validation and test at the input size (80 px), as ``train.run.prepare_data`` makes them."""
+    """A ``train.trainer.run.PreparedData`` of a few real pool radiographs per class: train at the cache size (96 px),
+    validation and test at the input size (80 px), as ``train.trainer.run.prepare_data`` makes them."""
     from core.imaging import read_grey
     from core.preprocess import prepare_grey
-    from train.run import PreparedData
+    from train.trainer.run import PreparedData
 
     rows, images, labels = [], {split: [] for split in IMAGES_PER_CLASS}, {split: [] for split in IMAGES_PER_CLASS}
     for label, folder in enumerate(CLASS_FOLDERS):
@@ -73,10 +73,10 @@ def worker(run_dir: str, result_file: str) -> None:
 
     import keras
 
-    from train.architectures import build_model
-    from train.config import TrainConfig
-    from train.progress import read_events
-    from train.run import fit
+    from train.trainer.architectures import build_model
+    from train.trainer.config import TrainConfig
+    from train.trainer.progress import read_events
+    from train.trainer.run import fit
 
     config = TrainConfig(
         data=["pool"],

@@ -1,4 +1,4 @@
-"""core.flags and the detectors of ``train.detector``: flags on every call, measured on real radiographs with the
+"""core.flags and the detectors of ``train.trainer.flags``: flags on every call, measured on real radiographs with the
 shipped version's own detector."""
 
 import io

@@ -15,7 +15,7 @@ from core import operating_point, registry, settings
 from core.card import ModelCard
 from core.inference import Predictor
 from tests.conftest import REPO, publish_random_version
-from train.archive import ArchiveError, export_saved_model
+from train.jobs.archive import ArchiveError, export_saved_model
 
 HOSTILE_CAVEAT = "**bold** [click](javascript:alert(1)) <script>x</script>"
 

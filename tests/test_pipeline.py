@@ -1,4 +1,4 @@
-"""train.cache and train.pipeline: decode once, augment per image, evaluate exactly as core.preprocess."""
+"""train.trainer.cache and train.trainer.pipeline: decode once, augment per image, evaluate exactly as core.preprocess."""
 
 import numpy as np
 import pytest
@@ -6,8 +6,8 @@ from PIL import Image
 
 from core.imaging import read_grey
 from core.preprocess import to_model_input
-from train import cache
-from train.pipeline import NO_AUGMENTATION, Augmentation, augment_batch, evaluation_dataset, training_dataset
+from train.trainer import cache
+from train.trainer.pipeline import NO_AUGMENTATION, Augmentation, augment_batch, evaluation_dataset, training_dataset
 
 
 @pytest.fixture
@@ -86,7 +86,7 @@ def test_extra_augmentations_keep_shape_and_range():
 
 
 def test_rotation_turns_and_blur_smooths():
-    from train.pipeline import gaussian_blur, rotate
+    from train.trainer.pipeline import gaussian_blur, rotate
 
     bar = np.zeros((1, 41, 41, 1), np.float32)
     bar[0, :, 20] = 1.0  # a vertical line
@@ -99,7 +99,7 @@ def test_rotation_turns_and_blur_smooths():
 
 
 def test_mixup_mixes_images_labels_and_weights_alike():
-    from train.pipeline import mixup
+    from train.trainer.pipeline import mixup
 
     images = np.stack([np.zeros((8, 8, 1)), np.ones((8, 8, 1))]).astype(np.float32)
     onehot = np.eye(3, dtype=np.float32)[[0, 2]]
@@ -111,7 +111,7 @@ def test_mixup_mixes_images_labels_and_weights_alike():
 
 
 def test_class_source_draws_balance_classes_then_sources():
-    from train.pipeline import balanced_draw_weights
+    from train.trainer.pipeline import balanced_draw_weights
 
     labels = np.array([0] * 90 + [0] * 10 + [1] * 500 + [2] * 50 + [2] * 5)
     sources = np.array(["a"] * 90 + ["b"] * 10 + ["a"] * 500 + ["c"] * 50 + ["d"] * 5)

@@ -93,7 +93,7 @@ def _publish_rounds(root, marker, barrier, results):
             registry.publish(staging, f"race-{round_}", root=root)
             results.put((round_, marker, "published", ""))
         except Exception as error:  # the test wants to see anything that escapes, not only the expected error
-            shutil.rmtree(staging, ignore_errors=True)  # what train.run.publish_candidate does
+            shutil.rmtree(staging, ignore_errors=True)  # what train.trainer.run.publish_candidate does
             results.put((round_, marker, type(error).__name__, str(error)))
 
 

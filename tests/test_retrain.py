@@ -1,5 +1,5 @@
 """The Retrain page end to end (AppTest, a real 1-epoch background run on a small real subset), and the run
-management of ``train.supervisor``, ``train.datasource``, ``train.planning`` and ``train.compare``: lock,
+management of ``train.jobs.supervisor``, ``train.jobs.datasource``, ``train.jobs.planning`` and ``train.evaluation.compare``: lock,
 status, cancel, data root, dataset summary, comparison, schedules."""
 
 import json
@@ -19,12 +19,13 @@ from core import CLASS_NAMES, registry, settings
 from core.card import ModelCard
 from core.inference import Predictor
 from tests.conftest import CXR_POOL, REPO, needs_shared_data, publish_random_version, small_card
-from train import compare, datasource, planning, recipes, supervisor
-from train.checkpoints import STATE_FILE
-from train.config import TrainConfig
-from train.datasets import DatasetError, scan_dataset
-from train.progress import write_event
-from train.run import CANDIDATE
+from train.evaluation import compare
+from train.jobs import datasource, planning, recipes, supervisor
+from train.trainer.checkpoints import STATE_FILE
+from train.trainer.config import TrainConfig, recipe_from_card
+from train.trainer.datasets import DatasetError, scan_dataset
+from train.trainer.progress import write_event
+from train.trainer.run import CANDIDATE
 
 RUN_TIMEOUT = 300
 QUICK = {"arch": "dcnn80-compact", "epochs": 2, "limit_per_class": 40}
@@ -392,12 +393,12 @@ def test_a_recipe_survives_the_form_round_trip_and_the_card_recipe_drops_the_tra
             "chosen_epoch": 2,
         },
     )
-    recipe = recipes.recipe_from_card(card)
+    recipe = recipe_from_card(card)
     assert (recipe.arch, recipe.epochs, recipe.lr_schedule) == ("dcnn80-compact", 3, TrainConfig().lr_schedule)
     assert isinstance(recipes.form_values(recipe)["rotation"], float)  # a slider over floats needs a float
     assert list(recipes.presets(card)) == ["v9 (the active version's recipe)", recipes.PAPER]
     assert list(recipes.presets(small_card(version="bare"))) == [recipes.PAPER]
-    assert recipes.recipe_from_card(None) is None
+    assert recipe_from_card(None) is None
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,8 @@
-"""train.schedules: the paper's three stages and linear warmup + cosine decay."""
+"""train.trainer.schedules: the paper's three stages and linear warmup + cosine decay."""
 
 import pytest
 
-from train.schedules import make_schedule, schedule_curve
+from train.trainer.schedules import make_schedule, schedule_curve
 
 
 def test_paper_stages_by_epoch():

@@ -14,7 +14,7 @@ from core.imaging import read_grey
 from core.inference import Predictor
 from tests.conftest import CXR_POOL, REPO, needs_shared_data, publish_random_version
 from tests.test_models_page import models_page
-from train.archive import SERVING_INPUT, SERVING_OUTPUT, export_saved_model, savedmodel_zip
+from train.jobs.archive import SERVING_INPUT, SERVING_OUTPUT, export_saved_model, savedmodel_zip
 
 TOLERANCE = 1e-5
 slow_export = pytest.mark.slow  # exporting and loading a SavedModel takes seconds

@@ -6,7 +6,7 @@ import pytest
 
 from core import settings
 from tests.conftest import small_card
-from train import recipes
+from train.trainer.config import recipe_from_card
 
 
 @pytest.fixture
@@ -58,4 +58,4 @@ def test_the_active_versions_recipe_reads_its_folders_on_a_machine_with_the_data
         ["/other-machine/shared/data/cxr", "/other-machine/shared/data/cxr-nih-adult"],
     ):
         card = small_card(training={"arch": "dcnn80-compact", "epochs": 12, "data": recorded})
-        assert recipes.recipe_from_card(card).data == [str(data_root / "cxr"), str(data_root / "cxr-nih-adult")]
+        assert recipe_from_card(card).data == [str(data_root / "cxr"), str(data_root / "cxr-nih-adult")]

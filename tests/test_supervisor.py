@@ -1,4 +1,4 @@
-"""train.supervisor: one run at a time whoever starts it (the CLI takes the app's lock), and a cancel that is
+"""train.jobs.supervisor: one run at a time whoever starts it (the CLI takes the app's lock), and a cancel that is
 robust to a trainer that already ended. Real processes, no training."""
 
 import json
@@ -11,7 +11,7 @@ import pytest
 
 from core import settings
 from tests.conftest import REPO
-from train import supervisor
+from train.jobs import supervisor
 
 HOLD_SECONDS = 60
 
@@ -20,7 +20,7 @@ def hold_the_lock(run_dir) -> subprocess.Popen:
     """Another process that takes the run lock as a CLI trainer does, then waits."""
     code = textwrap.dedent(f"""
         import sys, time
-        from train import supervisor
+        from train.jobs import supervisor
         supervisor.take_lock({str(run_dir)!r})
         print("locked", flush=True)
         time.sleep({HOLD_SECONDS})

@@ -10,8 +10,8 @@ from PIL import Image
 from core import registry
 from core.card import ModelCard
 from train.__main__ import main
-from train.checkpoints import read_state
-from train.progress import read_events
+from train.trainer.checkpoints import read_state
+from train.trainer.progress import read_events
 
 pytestmark = pytest.mark.slow  # trains end to end
 
@@ -136,7 +136,7 @@ def second_hospital(tmp_path):
 
 
 def test_two_folders_leave_one_source_out_and_the_table(tiny_dataset, second_hospital, isolated_folders, capsys):
-    from train.crosshospital import main as table
+    from train.evaluation.crosshospital import main as table
 
     run_dir = isolated_folders / "runs" / "loso"
     code = main(

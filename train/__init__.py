@@ -1,6 +1,5 @@
-"""``python -m train``: datasets and patient-level splits, the cached input pipeline, architectures,
-learning-rate schedules, the fit loop with progress events, evaluation and publishing; and, for the Retrain
-page, where data may come from (``datasource``), what a run will take (``planning``), runs as processes
-(``supervisor``) and a candidate against a published version (``compare``)."""
+"""``python -m train``: the trainer (``train.trainer``), the evaluation of finished versions
+(``train.evaluation``) and what the Retrain page drives (``train.jobs``). Each sub-package imports only those
+listed after it here, and ``core``."""
 
-__all__ = ["datasource", "planning", "supervisor", "compare"]
+__all__ = ["jobs", "evaluation", "trainer"]

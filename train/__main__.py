@@ -18,11 +18,11 @@ import psutil  # noqa: E402
 
 from core import atomic, registry  # noqa: E402
 from core.card import ModelCard  # noqa: E402
-from train import supervisor  # noqa: E402
-from train.config import TrainConfig, argument_parser, config_from_arguments  # noqa: E402
-from train.datasets import DatasetError  # noqa: E402
-from train.progress import CANCEL_REQUESTED, write_event  # noqa: E402
-from train.run import new_run_dir, publish_candidate, run  # noqa: E402
+from train.jobs import supervisor  # noqa: E402
+from train.trainer.config import TrainConfig, argument_parser, config_from_arguments  # noqa: E402
+from train.trainer.datasets import DatasetError  # noqa: E402
+from train.trainer.progress import CANCEL_REQUESTED, write_event  # noqa: E402
+from train.trainer.run import new_run_dir, publish_candidate, run  # noqa: E402
 
 
 def _stop_on_sigterm(signum, frame):

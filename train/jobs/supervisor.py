@@ -26,10 +26,10 @@ import pandas as pd
 import psutil
 
 from core import atomic, registry, settings
-from train.config import TrainConfig
-from train.datasource import checked_data_folder
-from train.progress import read_events, write_event
-from train.run import CONFIG_FILE, new_run_dir, publish_candidate
+from train.jobs.datasource import checked_data_folder
+from train.trainer.config import TrainConfig
+from train.trainer.progress import read_events, write_event
+from train.trainer.run import CONFIG_FILE, new_run_dir, publish_candidate
 
 __all__ = [
     "RunBusyError",

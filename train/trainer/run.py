@@ -21,10 +21,21 @@ from core.calibration import expected_calibration_error, fit_temperature, reliab
 from core.card import ModelCard, write_predictions
 from core.inference import softmax
 from core.metrics import classification_report, per_source_reports
-from train.checkpoints import EpochCheckpoint, read_state
-from train.config import TrainConfig, parse_class_weights
-from train.datasets import DatasetError, label_indices, manifest_hash, scan_datasets, split_by_patient
-from train.progress import CANCEL_REQUESTED, ProgressEvents, StopWhenCancelled, write_event
+from train.trainer.checkpoints import EpochCheckpoint, read_state
+from train.trainer.config import TrainConfig, parse_class_weights
+from train.trainer.datasets import (
+    EXTERNAL,
+    SPLIT_NAMES,
+    SPLITS,
+    DatasetError,
+    label_indices,
+    manifest_hash,
+    scan_datasets,
+    split_by_patient,
+)
+from train.trainer.flags import fit_flags
+from train.trainer.progress import CANCEL_REQUESTED, ProgressEvents, StopWhenCancelled, write_event
+from train.trainer.shift import automatic_operating_point
 
 __all__ = [
     "PreparedData",
@@ -52,9 +63,6 @@ CANDIDATE = "candidate"
 CONFIG_FILE = "config.json"  # the run's recipe
 SPLIT_FILE = "split.csv"  # the run's patient-level split, reused on resume
 CACHE_SCALE = 1.2  # training images are cached this much larger than the input, then randomly cropped back
-SPLITS = ("train", "val", "test")
-SPLIT_NAMES = {"val": "validation", "test": "test", "external": "external"}
-EXTERNAL = "external"  # every image of the left-out source: never trained on, never used to choose
 EXTERNAL_PREDICTIONS = "external_predictions.csv"
 MIN_EXTERNAL_IMAGES = 50
 CAVEAT = (
@@ -93,7 +101,7 @@ def cache_size(config: TrainConfig, input_size: int) -> int:
 def prepare_data(config: TrainConfig, input_size: int, split_file: Path = None) -> PreparedData:
     """Scan and merge the dataset folders, decode once (cached), drop unreadable files, hold out
     ``config.leave_out_source`` as the external split, and split the rest by patient (or reuse a run's split)."""
-    from train.cache import load_resized
+    from train.trainer.cache import load_resized
 
     if split_file is not None and split_file.is_file():
         frame = pd.read_csv(split_file, dtype=str, keep_default_na=False)
@@ -183,8 +191,8 @@ def _cpu_has_bfloat16() -> bool:
 
 
 def distribution_strategy(device: dict):
-    """Several machines (TF_CONFIG), several GPUs or one device: ``train.distribute.training_strategy``."""
-    from train.distribute import training_strategy
+    """Several machines (TF_CONFIG), several GPUs or one device: ``train.trainer.distribute.training_strategy``."""
+    from train.trainer.distribute import training_strategy
 
     return training_strategy(device["count"] if device["kind"] == "GPU" else 0)
 
@@ -192,8 +200,8 @@ def distribution_strategy(device: dict):
 def compile_model(config: TrainConfig, steps_per_epoch: int):
     import keras
 
-    from train.architectures import build_model
-    from train.schedules import make_schedule
+    from train.trainer.architectures import build_model
+    from train.trainer.schedules import make_schedule
 
     model = build_model(config.arch, len(CLASS_NAMES))
     schedule = make_schedule(config.lr_schedule, steps_per_epoch, config.epochs, config.lr, config.warmup_epochs)
@@ -209,8 +217,8 @@ def fit(config: TrainConfig, data: PreparedData, run_dir: Path, verbose: bool = 
     """Train (or continue training) and return the model holding the weights chosen by ``config.checkpoint``."""
     import keras
 
-    from train.architectures import ARCHITECTURES
-    from train.pipeline import Augmentation, evaluation_dataset, training_dataset
+    from train.trainer.architectures import ARCHITECTURES
+    from train.trainer.pipeline import Augmentation, evaluation_dataset, training_dataset
 
     device = device_description()
     strategy = distribution_strategy(device)  # first: a multi-worker strategy must precede every TensorFlow op
@@ -296,7 +304,7 @@ def fit(config: TrainConfig, data: PreparedData, run_dir: Path, verbose: bool = 
 def float32_copy(model, arch: str):
     """The model rebuilt in float32 with the trained weights: what is published, so evaluation, calibration,
     thresholds and detectors are measured on exactly what the app runs, whatever precision trained it."""
-    from train.architectures import build_model
+    from train.trainer.architectures import build_model
 
     copy = build_model(arch, len(CLASS_NAMES))
     copy.set_weights(model.get_weights())
@@ -308,7 +316,7 @@ def predict_logits(model, images_uint8: np.ndarray, batch_size: int = 256) -> np
     import tensorflow as tf
 
     from core.inference import logits_model
-    from train.pipeline import evaluation_dataset
+    from train.trainer.pipeline import evaluation_dataset
 
     forward = tf.function(lambda x: logits_model(model)(x, training=False))
     outputs = [forward(batch).numpy() for batch in evaluation_dataset(images_uint8, batch_size=batch_size)]
@@ -318,9 +326,7 @@ def predict_logits(model, images_uint8: np.ndarray, batch_size: int = 256) -> np
 def evaluate(model, data: PreparedData) -> dict:
     """Temperature fitted on validation; the COVID-19 operating point at 97.5 % validation sensitivity; figures
     for validation and test (overall, per source and per population) and for the external split when a source
-    was left out (``train.detector.fit_flags`` adds its shift figures)."""
-    from train.crosshospital import automatic_operating_point
-
+    was left out (``train.trainer.flags.fit_flags`` adds its shift figures)."""
     splits = [split for split in data.splits if split != "train"]
     logits = {split: predict_logits(model, data.images[split]) for split in splits}
     temperature = fit_temperature(logits["val"], data.labels["val"])
@@ -360,7 +366,7 @@ def library_versions() -> dict:
 
 def write_candidate(model, config, data, evaluation, class_weights, device, state, run_dir: Path) -> Path:
     """A complete version folder (card version unset) in ``<run>/candidate``, written then renamed."""
-    from train.architectures import ARCHITECTURES, conv_layer_names, initialisation
+    from train.trainer.architectures import ARCHITECTURES, conv_layer_names, initialisation
 
     spec = ARCHITECTURES[config.arch]
     partial = run_dir / f".{CANDIDATE}-partial"
@@ -441,7 +447,7 @@ def _relative(path: str, root: str, named: bool) -> str:
 
 
 def _training_seconds(run_dir: Path) -> float:
-    from train.progress import read_events
+    from train.trainer.progress import read_events
 
     return float(sum(e.get("seconds", 0.0) for e in read_events(run_dir) if e["event"] == "epoch"))
 
@@ -483,8 +489,7 @@ def new_run_dir(config: TrainConfig, runs_root: Path) -> Path:
 
 def run(config: TrainConfig, run_dir: Path, verbose: bool = True) -> Path:
     """Train, evaluate and write the candidate for ``run_dir`` (new or interrupted); returns the candidate."""
-    from train.architectures import ARCHITECTURES
-    from train.detector import fit_flags
+    from train.trainer.architectures import ARCHITECTURES
 
     atomic.write_json(run_dir / CONFIG_FILE, asdict(config))
     input_size = ARCHITECTURES[config.arch]["input_size"]

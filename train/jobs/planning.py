@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 
 from core import CLASS_NAMES
-from train.config import TrainConfig
-from train.supervisor import list_runs
+from train.jobs.supervisor import list_runs
+from train.trainer.config import TrainConfig
 
 __all__ = ["expected_training_images", "planned_lr", "benchmark_speed", "measured_speed", "training_seconds"]
 
@@ -26,7 +26,7 @@ def expected_training_images(classes: pd.DataFrame, config: TrainConfig) -> int:
 def planned_lr(config: TrainConfig, training_images: int) -> pd.DataFrame:
     """The learning rate the run will use (columns epoch, lr) at up to ``LR_CURVE_POINTS`` steps plus the
     first and last step of every epoch (evaluating a Keras schedule costs ~1 ms a step)."""
-    from train.schedules import make_schedule
+    from train.trainer.schedules import make_schedule
 
     steps_per_epoch = max(1, math.ceil(training_images / config.batch_size))
     schedule = make_schedule(config.lr_schedule, steps_per_epoch, config.epochs, config.lr, config.warmup_epochs)
@@ -41,7 +41,7 @@ def planned_lr(config: TrainConfig, training_images: int) -> pd.DataFrame:
 
 def benchmark_speed(arch: str, batch_size: int, steps: int = SPEED_STEPS) -> float:
     """Training images/s of ``arch`` on random tensors of one batch (after one warm-up step)."""
-    from train.architectures import ARCHITECTURES, build_model
+    from train.trainer.architectures import ARCHITECTURES, build_model
 
     size = ARCHITECTURES[arch]["input_size"]
     model = build_model(arch, len(CLASS_NAMES))

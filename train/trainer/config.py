@@ -2,14 +2,15 @@
 
 import argparse
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+from core import settings
 from core.preprocess import INTENSITY_METHODS
-from train.architectures import ARCHITECTURES
-from train.schedules import SCHEDULES
+from train.trainer.architectures import ARCHITECTURES
+from train.trainer.schedules import SCHEDULES
 
-__all__ = ["TrainConfig", "parse_class_weights", "argument_parser", "config_from_arguments"]
+__all__ = ["TrainConfig", "parse_class_weights", "argument_parser", "config_from_arguments", "recipe_from_card"]
 
 PAPER_CLASS_WEIGHTS = {"COVID-19": 10.0, "Normal": 3.0, "Pneumonia": 1.0}
 
@@ -106,7 +107,7 @@ class TrainConfig:
 
 def parse_class_weights(spec: str, class_names, train_counts=None) -> dict:
     """'paper', 'balanced' (n / (k · n_class) on the training split), 'none', or 'COVID-19=10,Normal=3,Pneumonia=1'."""
-    from train.datasets import canonical_label
+    from train.trainer.datasets import canonical_label
 
     if spec == "paper":
         return dict(PAPER_CLASS_WEIGHTS)
@@ -167,3 +168,16 @@ def config_from_arguments(args: argparse.Namespace) -> TrainConfig:
     values = {item.name: getattr(args, item.name) for item in fields(TrainConfig)}
     values["data"] = [str(Path(folder).resolve()) for folder in values["data"] or []]
     return TrainConfig(**values)
+
+
+def recipe_from_card(card):
+    """The recipe a version was trained with (its ``ModelCard``'s ``training`` record, less what the trainer
+    added: the device, timings, the epoch kept), its data folders as this machine's paths; None when there is no
+    card or it has no record."""
+    training = card.training if card is not None else {}
+    known = {item.name for item in fields(TrainConfig)}
+    recipe = {key: value for key, value in training.items() if key in known}
+    if not recipe:
+        return None
+    config = TrainConfig.from_dict(recipe)
+    return replace(config, data=[str(settings.local_data_path(folder)) for folder in config.data])

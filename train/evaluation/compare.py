@@ -10,8 +10,8 @@ import pandas as pd
 from core import registry
 from core.card import CardError, ModelCard, probability_columns, read_predictions
 from core.metrics import bootstrap_ci, rank_macro_auc
-from train.datasets import label_indices
-from train.run import CANDIDATE
+from train.trainer.datasets import label_indices
+from train.trainer.run import CANDIDATE
 
 __all__ = ["COMPARED_METRICS", "paired_differences", "compare_with_version"]
 

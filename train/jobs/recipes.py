@@ -7,17 +7,16 @@ recipe into the form's widget values (one per setting, named like it) and back, 
 mapping of its own and a round trip gives the recipe unchanged.
 """
 
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
-from core import CLASS_NAMES, settings
-from train.config import PAPER_CLASS_WEIGHTS, TrainConfig, parse_class_weights
+from core import CLASS_NAMES
+from train.trainer.config import PAPER_CLASS_WEIGHTS, TrainConfig, parse_class_weights, recipe_from_card
 
 __all__ = [
     "PAPER",
     "NO_SOURCE",
     "CLASS_WEIGHT_MODES",
-    "recipe_from_card",
     "presets",
     "trained_on",
     "form_values",
@@ -63,19 +62,6 @@ LEAVE_OUT = "leave_out_source"
 def weight_key(name: str) -> str:
     """The form key of one class's custom weight."""
     return f"weight:{name}"
-
-
-def recipe_from_card(card):
-    """The recipe a version was trained with (its ``ModelCard``'s ``training`` record, less what the trainer
-    added: the device, timings, the epoch kept), its data folders as this machine's paths; None when there is no
-    card or it has no record."""
-    training = card.training if card is not None else {}
-    known = {item.name for item in fields(TrainConfig)}
-    recipe = {key: value for key, value in training.items() if key in known}
-    if not recipe:
-        return None
-    config = TrainConfig.from_dict(recipe)
-    return replace(config, data=[str(settings.local_data_path(folder)) for folder in config.data])
 
 
 def presets(card) -> dict:

@@ -12,8 +12,8 @@ import pandas as pd
 
 from core import CLASS_NAMES, settings
 from core.report import relative_path
-from train.archive import extract_dataset_zip
-from train.datasets import CLASS_ALIASES, MANIFEST, DatasetError, scan_datasets
+from train.jobs.archive import extract_dataset_zip
+from train.trainer.datasets import CLASS_ALIASES, MANIFEST, DatasetError, scan_datasets
 
 __all__ = ["checked_data_folder", "dataset_folders", "unpack_upload", "summarize_dataset", "check_images"]
 
@@ -107,7 +107,7 @@ def summarize_dataset(folders) -> dict:
 def check_images(frame: pd.DataFrame) -> dict:
     """Decode every image (threads; cached on disk) to find unreadable files and near-duplicates (identical
     16×16 thumbnails at 16 grey levels), including near-duplicates filed under different labels."""
-    from train.cache import load_resized
+    from train.trainer.cache import load_resized
 
     arrays, readable, errors = load_resized(frame["path"].tolist(), (THUMBNAIL_SIZE,))
     thumbnails = arrays[THUMBNAIL_SIZE][readable] // THUMBNAIL_STEP

@@ -26,11 +26,17 @@ __all__ = [
     "manifest_hash",
     "split_by_patient",
     "label_indices",
+    "SPLITS",
+    "SPLIT_NAMES",
+    "EXTERNAL",
 ]
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.csv"
+SPLITS = ("train", "val", "test")
+SPLIT_NAMES = {"val": "validation", "test": "test", "external": "external"}
+EXTERNAL = "external"  # every image of the left-out source: never trained on, never used to choose
 CLASS_ALIASES = {
     "covid-19": "COVID-19",
     "covid19": "COVID-19",

@@ -5,23 +5,23 @@ from pathlib import Path
 from core import registry
 from core.card import ModelCard
 from core.flags import FlagDetector
+from core.inference import softmax
 from core.preprocess import Preprocessing
-from train.cache import load_resized
-from train.crosshospital import shift_figures
-from train.datasets import label_indices, scan_datasets
+from train.trainer.cache import load_resized
+from train.trainer.datasets import label_indices, scan_datasets
+from train.trainer.flags import assess_images
+from train.trainer.shift import shift_figures
 
 __all__ = ["evaluate_version_on"]
 
 
 def evaluate_version_on(folder: Path, data_folders) -> dict:
-    """``train.crosshospital.shift_figures`` of the version in ``folder`` on every image of ``data_folders``,
+    """``train.trainer.shift.shift_figures`` of the version in ``folder`` on every image of ``data_folders``,
     at the version's saved operating point and with its flags (when it has a detector), plus the images'
     ``sources``. Images are preprocessed as the card says, through the training cache."""
     import keras
 
-    from core.inference import softmax
-    from train.detector import assess_images
-    from train.run import predict_logits
+    from train.trainer.run import predict_logits  # here, not above: the trainer loads Keras (8 s on 2 cores)
 
     card = ModelCard.load(folder / registry.CARD_FILE)
     model = keras.saving.load_model(folder / registry.MODEL_FILE, compile=False)

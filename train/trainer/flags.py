@@ -1,35 +1,26 @@
-"""Fit a version's flag detectors (``core.flags``) on its own training and validation images.
+"""The flag detectors of a run's candidate (``core.flags``), fitted on its own training and validation images,
+and the flags they raise on cached images — what ``core.inference.Predictor.assess`` gives for the same pixels.
 
-Run at the end of every training run; for a version trained before detectors existed:
-
-    python -m train.detector weights/v1-dcnn80-compact --data ../shared/data/cxr
-
-(the version's patient-level split is rebuilt from its card's recipe and checked against its manifest hash).
+``train.trainer.run`` fits them at the end of every run; ``python -m train.evaluation.detector`` refits them for a
+version trained before detectors existed.
 """
-
-import argparse
-import json
-import sys
-from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 from sklearn.covariance import LedoitWolf
 from sklearn.linear_model import LogisticRegression
 
-from core import CLASS_NAMES, registry
-from core.card import ModelCard
-from core.flags import BORDERLINE_CONFIDENCE, FlagDetector
+from core import CLASS_NAMES
+from core.flags import BORDERLINE_CONFIDENCE, FLAGS, Assessment, FlagDetector, add_model_flags
 from core.inference import embedding_model, softmax
 from core.operating_point import threshold_interval
+from train.trainer.datasets import EXTERNAL, SPLIT_NAMES
+from train.trainer.shift import shift_figures
 
 __all__ = [
     "transformed",
     "model_outputs",
     "fit_detector",
     "fit_flags",
-    "fit_for_version",
-    "main",
     "assess_images",
     "flag_rates",
 ]
@@ -161,11 +152,8 @@ def _quantile_flag(scores, quantile: float, description: str) -> dict:
 
 
 def fit_flags(model, data, evaluation: dict) -> None:
-    """Fit the version's flag detector on a run's ``train.run.PreparedData``, measure its flag rates on the test
+    """Fit the version's flag detector on a run's ``train.trainer.run.PreparedData``, measure its flag rates on the test
     (and external) images, and add the external split's shift figures with the flags; all into ``evaluation``."""
-    from train.crosshospital import shift_figures
-    from train.run import EXTERNAL, SPLIT_NAMES
-
     detector, settings, point = fit_detector(
         model,
         evaluation["temperature"],
@@ -193,60 +181,9 @@ def fit_flags(model, data, evaluation: dict) -> None:
     evaluation.update(operating_point=point, flags=settings, detector=detector)
 
 
-def fit_for_version(folder: Path, data_folders, split_file: Path = None) -> dict:
-    """Fit and store the detector of the version in ``folder`` (its card updated atomically); returns the
-    card's new ``flags`` entry."""
-    import keras
-
-    from train.recipes import recipe_from_card
-    from train.run import prepare_data
-
-    card = ModelCard.load(folder / registry.CARD_FILE)
-    config = replace(recipe_from_card(card), data=[str(Path(f).resolve()) for f in data_folders])
-    data = prepare_data(config, int(card.input_size), split_file=split_file)
-    expected = card.data["manifest_sha256"]
-    if data.manifest_sha256 != expected:
-        raise ValueError(
-            f"The data given is not the data {folder.name} was trained on (manifest hash "
-            f"{data.manifest_sha256[:12]}…, the card says {expected[:12]}…)."
-        )
-    model = keras.saving.load_model(folder / registry.MODEL_FILE, compile=False)
-    detector, settings, point = fit_detector(
-        model,
-        float(card.temperature),
-        data.train_inputs,
-        data.labels["train"],
-        data.images["val"],
-        data.labels["val"],
-        card.operating_point,
-    )
-    detector.save(folder)
-    card.flags = settings
-    card.operating_point = point
-    card.save(folder / registry.CARD_FILE)
-    return settings
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.detector", description=__doc__.splitlines()[0])
-    parser.add_argument("version_dir", help="a version folder (weights/<version>) or a run's candidate folder")
-    parser.add_argument("--data", nargs="+", required=True, help="the dataset folder(s) it was trained on")
-    parser.add_argument("--split", help="the run's split.csv (default: rebuilt from the card's recipe)")
-    args = parser.parse_args(argv)
-    settings = fit_for_version(Path(args.version_dir), args.data, Path(args.split) if args.split else None)
-    print(json.dumps(settings, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def assess_images(model, temperature: float, detector: FlagDetector, class_names, point, images_uint8) -> tuple:
     """(calibrated probabilities, [Assessment]) of cached uint8 images at the input size: the detector's flags
     and ``borderline`` at the operating ``point`` — what ``Predictor.assess`` gives for the same pixels."""
-    from core.flags import Assessment, add_model_flags
-
     model = embedding_model(model)
     outputs = model_outputs(model, images_uint8, temperature)
     mirrored = model_outputs(model, images_uint8[:, :, ::-1], temperature)
@@ -260,8 +197,6 @@ def assess_images(model, temperature: float, detector: FlagDetector, class_names
 
 def flag_rates(assessments) -> dict:
     """The share of images with any flag, with a flag that puts the model out of its depth, and per code."""
-    from core.flags import FLAGS
-
     n = max(1, len(assessments))
     rates = {
         "n": len(assessments),
