@@ -1,5 +1,6 @@
-# `make app` sets up and runs the app on the shipped default model; `make test` sets up and runs every test;
-# `make test-fast` skips the tests marked slow; `make lock` refreshes the lock files from requirements*.txt.
+# `make app` sets up and runs the app on the shipped default model; `make test` sets up, lints and runs every test;
+# `make test-fast` skips the tests marked slow; `make lint` is ruff's check and format check alone (the settings
+# in pyproject.toml); `make lock` refreshes the lock files from requirements*.txt.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,7 +11,7 @@ UV := $(LOCK_VENV)/bin/uv
 UV_COMPILE := $(UV) pip compile --quiet --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
 	--generate-hashes --custom-compile-command "make lock"
 
-.PHONY: app test test-fast setup setup-dev browser lock lock-upgrade
+.PHONY: app test test-fast lint setup setup-dev browser lock lock-upgrade
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +38,11 @@ browser:
 app: setup
 	$(BIN)/streamlit run app.py
 
-test: setup-dev browser
+lint: setup-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint browser
 	$(BIN)/python -m pytest -q
 
 test-fast: setup-dev

@@ -305,8 +305,8 @@ def change_rows(positive: str, prevalence: float, before: dict, after: dict, old
 
 
 def difference_rows(table: pd.DataFrame) -> list:
-    """``train.evaluation.compare.paired_differences`` as text: each figure for both models and candidate − active with its
-    95 % paired bootstrap interval, signed ("+0.012 (−0.004 to +0.031)")."""
+    """``train.evaluation.compare.paired_differences`` as text: each figure for both models and candidate − active
+    with its 95 % paired bootstrap interval, signed ("+0.012 (−0.004 to +0.031)")."""
 
     def signed(value):
         return DASH if is_missing(value) else f"{value:+.{PROPORTION_DIGITS}f}".replace("-", "−")
@@ -316,7 +316,9 @@ def difference_rows(table: pd.DataFrame) -> list:
             "Figure": row["metric"],
             "Active": number_text(row["active"]),
             "Candidate": number_text(row["candidate"]),
-            "Difference (95 % CI)": f"{signed(row['difference'])} ({signed(row['ci95_low'])} to {signed(row['ci95_high'])})",
+            "Difference (95 % CI)": (
+                f"{signed(row['difference'])} ({signed(row['ci95_low'])} to {signed(row['ci95_high'])})"
+            ),
         }
         for row in table.to_dict("records")
     ]

@@ -113,8 +113,8 @@ def operating_point_table(card: ModelCard, folder: Path) -> str:
     rows += [(f"{name} recall %", lambda m, i=i: _pct(proportion(m[i, i], m[i].sum()))) for i, name in enumerate(names)]
     return "\n".join(
         [
-            f"Called at the saved operating point: {point_text(point)} (chosen on {point.get('chosen_on', 'validation')}), "
-            "otherwise the most probable other class.",
+            f"Called at the saved operating point: {point_text(point)} "
+            f"(chosen on {point.get('chosen_on', 'validation')}), otherwise the most probable other class.",
             "",
             _markdown(
                 ["figure", "validation", "test"],
@@ -194,7 +194,8 @@ def markdown_report(card: ModelCard, folder: Path = None) -> str:
         ]
         + (
             [
-                "Flags (share of images; 'out_of_depth': a flag that turns the call into 'uncertain — read without the model'):",
+                "Flags (share of images; 'out_of_depth': a flag that turns the call into "
+                "'uncertain — read without the model'):",
                 flags_table(card),
             ]
             if card.flags

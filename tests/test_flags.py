@@ -149,7 +149,10 @@ def test_validation_flag_rates_match_their_thresholds(shipped):
     predictor, folder = shipped
     results = list(predictor.assess_files(shipped_files(folder, "val", 0)))
     assert all(result.error is None for result in results)
-    rate = lambda code: np.mean([code in result.assessment.flags for result in results])
+
+    def rate(code):
+        return np.mean([code in result.assessment.flags for result in results])
+
     settings = predictor.card.flags
     assert rate("out_of_distribution") == pytest.approx(1 - settings["out_of_distribution"]["quantile"], abs=0.01)
     assert rate("uncertain") == pytest.approx(1 - settings["uncertain"]["quantile"], abs=0.015)

@@ -1,4 +1,5 @@
-"""train.trainer.cache and train.trainer.pipeline: decode once, augment per image, evaluate exactly as core.preprocess."""
+"""train.trainer.cache and train.trainer.pipeline: decode once, augment per image, evaluate exactly as
+core.preprocess."""
 
 import numpy as np
 import pytest

@@ -1,6 +1,6 @@
 """The Retrain page end to end (AppTest, a real 1-epoch background run on a small real subset), and the run
-management of ``train.jobs.supervisor``, ``train.jobs.datasource``, ``train.jobs.planning`` and ``train.evaluation.compare``: lock,
-status, cancel, data root, dataset summary, comparison, schedules."""
+management of ``train.jobs.supervisor``, ``train.jobs.datasource``, ``train.jobs.planning`` and
+``train.evaluation.compare``: lock, status, cancel, data root, dataset summary, comparison, schedules."""
 
 import json
 import os
@@ -307,7 +307,10 @@ def test_comparison_on_the_same_split_and_flagged_when_not(isolated_folders):
     a = pd.read_csv(weights / "a" / registry.TEST_PREDICTIONS)
     b = pd.read_csv(weights / "b" / registry.TEST_PREDICTIONS)
     truth = a["label"].map(CLASS_NAMES.index).to_numpy()
-    accuracy = lambda frame: (frame[[f"p_{c}" for c in CLASS_NAMES]].to_numpy().argmax(1) == truth).mean()
+
+    def accuracy(frame):
+        return (frame[[f"p_{c}" for c in CLASS_NAMES]].to_numpy().argmax(1) == truth).mean()
+
     assert test.loc["accuracy", "difference"] == pytest.approx(accuracy(b) - accuracy(a), abs=1e-9)
     assert test.loc["accuracy", "ci95_low"] <= test.loc["accuracy", "difference"] <= test.loc["accuracy", "ci95_high"]
     assert set(test.index) == {"accuracy", "macro AUC", "COVID-19 recall"} and (test["n"] == 60).all()

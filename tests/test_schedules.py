@@ -8,7 +8,10 @@ from train.trainer.schedules import make_schedule, schedule_curve
 def test_paper_stages_by_epoch():
     steps = 10
     schedule = make_schedule("paper", steps, 12, 4e-4, 1.0)
-    rate = lambda epoch: float(schedule(epoch * steps + 5))
+
+    def rate(epoch):
+        return float(schedule(epoch * steps + 5))
+
     assert [rate(e) for e in (0, 2, 3, 5, 6, 11)] == pytest.approx(
         [4e-4, 4e-4, 2e-4, 2e-4, 1e-4, 1e-4], rel=1e-6
     )  # float32

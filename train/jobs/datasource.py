@@ -58,7 +58,8 @@ def dataset_folders() -> list:
 
 
 def unpack_upload(file, filename: str) -> Path:
-    """Unpack an uploaded dataset zip into a new folder under ``core.settings.upload_dir()``; returns the dataset folder."""
+    """Unpack an uploaded dataset zip into a new folder under ``core.settings.upload_dir()``; returns the dataset
+    folder."""
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(filename).stem).strip("._-") or "dataset"
     return extract_dataset_zip(file, settings.upload_dir() / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
 
@@ -86,14 +87,15 @@ def summarize_dataset(folders) -> dict:
     missing_ids = int(frame["patient_id"].str.startswith("file:").sum()) if has_manifest else len(frame)
     if missing_ids:
         warnings.append(
-            f"{missing_ids:,} image(s) have no patient id{'' if has_manifest else ' (no manifest.csv)'}: each counts as "
-            "its own patient, so one patient's images may land in both training and test."
+            f"{missing_ids:,} image(s) have no patient id{'' if has_manifest else ' (no manifest.csv)'}: each counts "
+            "as its own patient, so one patient's images may land in both training and test."
         )
     for source, counts in sources.iterrows():
         present = [name for name, n in counts.items() if n]
         if source != "unknown" and len(present) == 1:
             warnings.append(
-                f"Source '{source}' holds only {present[0]} images: the model can learn the source instead of the disease."
+                f"Source '{source}' holds only {present[0]} images: the model can learn the source instead of the "
+                "disease."
             )
     return {
         "roots": [str(root) for root in roots],

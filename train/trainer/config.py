@@ -123,7 +123,8 @@ def parse_class_weights(spec: str, class_names, train_counts=None) -> dict:
             weights[canonical_label(name)] = float(value)
         except ValueError as error:
             raise ValueError(
-                f"Class weights '{spec}' not understood: use paper, balanced, none or e.g. COVID-19=10,Normal=3,Pneumonia=1."
+                f"Class weights '{spec}' not understood: use paper, balanced, none or e.g. "
+                "COVID-19=10,Normal=3,Pneumonia=1."
             ) from error
     missing = [name for name in class_names if name not in weights]
     if missing:

@@ -79,7 +79,10 @@ def gaussian_blur(images, sigmas):
 def augment_batch(images, size: int, augmentation: Augmentation, seed=None):
     """Augment a float batch (N, H, W, 1) in [0, 1] and return (N, size, size, 1)."""
     batch = tf.shape(images)[0]
-    uniform = lambda low, high: tf.random.uniform([batch], low, high, seed=seed)
+
+    def uniform(low, high):
+        return tf.random.uniform([batch], low, high, seed=seed)
+
     if augmentation.rotation:
         limit = math.radians(augmentation.rotation)
         images = rotate(images, uniform(-limit, limit))
@@ -112,7 +115,10 @@ def mixup(images, onehot, weights, alpha: float, seed=None):
     batch = tf.shape(images)[0]
     first, second = tf.random.gamma([batch], alpha, seed=seed), tf.random.gamma([batch], alpha, seed=seed)
     lam = first / (first + second)
-    mix = lambda value, other, shape: lam[shape] * value + (1 - lam[shape]) * other
+
+    def mix(value, other, shape):
+        return lam[shape] * value + (1 - lam[shape]) * other
+
     return (
         mix(images, tf.reverse(images, [0]), (slice(None), None, None, None)),
         mix(onehot, tf.reverse(onehot, [0]), (slice(None), None)),
