@@ -11,6 +11,7 @@ PAGES = [
     st.Page("pages/operating_point.py", title="Operating point", icon=":material/tune:"),
     st.Page("pages/retrain.py", title="Retrain", icon=":material/model_training:"),
     st.Page("pages/models.py", title="Models", icon=":material/inventory_2:"),
+    st.Page("pages/site.py", title="Site validation", icon=":material/local_hospital:"),
 ]
 
 mark_app_run()

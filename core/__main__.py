@@ -52,6 +52,11 @@ def quiet_stderr():
 
 
 def command_predict(args) -> int:
+    from core.site import site_setting_error
+
+    if site_setting_error():
+        print(f"error: {site_setting_error()}", file=sys.stderr)
+        return 2
     with quiet_stderr():
         from core import worklist
         from core.flags import UNCERTAIN_CALL
@@ -65,7 +70,8 @@ def command_predict(args) -> int:
     report_names = output_names(inputs, args.files, "_report.pdf") if args.report_dir else {}
     all_read = True
     keep_pixels = bool(args.cam_dir or args.report_dir)
-    for result in predictor.assess_files(inputs, batch_size=args.batch_size, keep_pixels=keep_pixels):
+    results = predictor.assess_files(inputs, batch_size=args.batch_size, keep_pixels=keep_pixels)
+    for result in progress_bar(results, len(inputs), "films"):
         if result.error is not None:
             all_read = False
             if args.json:
@@ -94,6 +100,15 @@ def command_predict(args) -> int:
             flags = f"\tflags: {','.join(assessment.flags)}" if assessment.flags else ""
             print(f"{result.path}\t{call}\t{shown}{flags}", flush=True)
     return 0 if all_read else 1
+
+
+def progress_bar(items, total: int, unit: str):
+    """``items`` with a progress bar on stderr when it is a terminal and there is more than one (tqdm)."""
+    if total < 2 or not sys.stderr.isatty():
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, total=total, unit=f" {unit}", file=sys.stderr, leave=False)
 
 
 def output_names(paths, given, suffix: str) -> dict:

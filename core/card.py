@@ -68,6 +68,8 @@ class ModelCard:
     libraries: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     cross_hospital: list = field(default_factory=list)
+    sites: list = field(default_factory=list)  # core.site: one entry per validation at a site
+    site_adaptation: dict | None = None  # train.site: what a site version was adapted from, how, and on what
     caveat: str = ""
 
     def __post_init__(self):

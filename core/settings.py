@@ -17,6 +17,8 @@ CACHE_ENV = "CXR_CACHE_DIR"
 RUNS_ENV = "CXR_RUNS_DIR"
 EXPORT_ENV = "CXR_EXPORT_DIR"
 IMAGENET_WEIGHTS_ENV = "CXR_IMAGENET_WEIGHTS_DIR"
+SITE_ENV = "CXR_SITE"
+SITE_DATA_ENV = "CXR_SITE_DATA_DIR"
 
 __all__ = [
     "REPO_ROOT",
@@ -29,6 +31,8 @@ __all__ = [
     "runs_dir",
     "export_dir",
     "imagenet_weights_dir",
+    "site",
+    "site_data_dir",
     "quiet_tensorflow",
 ]
 
@@ -92,6 +96,17 @@ def imagenet_weights_dir() -> Path | None:
     """A local folder of ImageNet weights for the transfer-learning architectures, or None (never downloaded)."""
     value = os.environ.get(IMAGENET_WEIGHTS_ENV)
     return Path(value) if value else None
+
+
+def site() -> str | None:
+    """The name of the hospital this installation serves (``CXR_SITE``), or None; ``core.site`` checks it."""
+    return os.environ.get(SITE_ENV, "").strip() or None
+
+
+def site_data_dir() -> Path:
+    """The sites' labelled films (one folder per site, class folders inside), grown by readers' findings: under
+    the data root, so that ``train.site`` and the Retrain page may read them."""
+    return _path(SITE_DATA_ENV, data_root() / "sites").resolve()
 
 
 def quiet_tensorflow() -> None:

@@ -11,6 +11,7 @@ from fpdf import FPDF
 
 from core import RESEARCH_ONLY, overlay
 from core.card import ModelCard
+from core.site import site_notice
 
 __all__ = ["StudyReport", "ReportPDF", "new_pdf", "jpeg_stream", "study_pdf", "report_for"]
 
@@ -94,8 +95,9 @@ def study_pdf(report: StudyReport) -> bytes:
         ("Read", entry["time"]),
         ("Model version", entry["model_version"]),
         ("Operating point", entry["operating_point"]),
+        ("Site", site_notice(entry["site"])),
     ):
-        pdf.cell(0, 5, pdf.clean(f"{label}: {value}"), new_x="LMARGIN", new_y="NEXT")
+        pdf.multi_cell(0, 5, pdf.clean(f"{label}: {value}"), new_x="LMARGIN", new_y="NEXT")
     pdf.ln(2)
     images_top = pdf.get_y()
     width = (PAGE_WIDTH_MM - 2 * MARGIN_MM - GAP_MM) / 2

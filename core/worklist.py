@@ -23,6 +23,7 @@ from core import diagnosis, overlay
 from core.card import ModelCard
 from core.flags import UNCERTAIN_CALL
 from core.imaging import UnusableImageError, read_image
+from core.site import configured_site, site_notice, site_status
 
 __all__ = [
     "UploadError",
@@ -204,6 +205,7 @@ def record(file: str, probabilities, class_names, label: str, assessment, card: 
         "warnings": list(assessment.warnings),
         "model_version": card.version,
         "operating_point": describe_point(card),
+        "site": site_status(card, configured_site()),
         "time": when,
     }
 
@@ -215,6 +217,7 @@ def csv_row(entry: dict) -> dict:
     row.update({key: entry[key] for key in CSV_FIXED[1:]})
     row["flags"] = ";".join(entry["flags"])
     row["warnings"] = " | ".join(entry["warnings"])
+    row["site"] = site_notice(entry["site"])
     return row
 
 

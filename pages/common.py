@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core import RESEARCH_ONLY, registry
+from core.site import configured_site, site_notice, site_setting_error, site_status
 
 APP_RAN = "app_ran"  # set by app.py in every run of a session
 REQUESTED_PAGE = "requested_page"  # the page a session asked for before app.py had run
@@ -64,7 +65,23 @@ def render_sidebar() -> None:
             st.markdown(f"**Active model:** `{html.escape(version)}`")
         else:
             st.warning("No active model version.")
+        problem = site_setting_error()
+        if problem:
+            st.warning(escape_markdown(problem))
+        else:
+            site = configured_site()
+            st.markdown(f"**Site:** `{html.escape(site)}`" if site else "**Site:** not configured (`CXR_SITE`)")
         st.caption(RESEARCH_ONLY)
+
+
+def site_banner(card) -> None:
+    """The notice every page that calls shows and that does not go away: was this version validated here?"""
+    status = site_status(card, configured_site())
+    notice = escape_markdown(site_notice(status))
+    if status["validated"]:
+        st.success(notice, icon=":material/verified:")
+    else:
+        st.warning(notice, icon=":material/location_off:")
 
 
 def escape_markdown(text) -> str:

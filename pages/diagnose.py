@@ -17,8 +17,10 @@ from streamlit import runtime
 
 from core import RESEARCH_ONLY, gradcam, overlay, registry, viewer, worklist
 from core.diagnosis import READING_PASS, call_sentence, look_batch
+from core.findings import FINDINGS, FindingError, record_finding, site_counts
 from core.imaging import dicom_fields_for_display
-from pages.common import active_card, escape_markdown, load_predictor, run_through_app
+from core.site import SiteError, configured_site
+from pages.common import active_card, escape_markdown, load_predictor, run_through_app, site_banner
 
 STUDIES = "diagnose_studies"  # digest → worklist.Study, for the browser session
 SELECTED = "diagnose_selected"
@@ -28,6 +30,7 @@ KEPT = "diagnose_kept"  # widget values kept across pages (Streamlit drops the s
 TABLE = "diagnose_worklist_table"
 TABLE_ORDER = "diagnose_table_order"
 CALLED_CLASS = "The called class"
+FINDING_LABELS = {"agrees": "Agree with the call", "corrected": "Correct it to…", "not assessable": "Not assessable"}
 CUSTOM = "custom"
 UPLOAD_LABEL = (
     "Chest X-rays, or a zip of a folder of them: DICOM (.dcm or no extension), PNG, JPEG, BMP, TIFF, WebP or GIF"
@@ -314,6 +317,7 @@ def render_study(predictor, card, controls: dict, study) -> None:
         with call_box:
             render_call(call_sentence(called.decision, called.probabilities, flags, predictor.class_names, card), flags)
         render_downloads(predictor, card, controls, study)
+        render_finding(predictor, study, called.decision.label)
         with st.expander("Details", icon=":material/info:"):
             st.caption(
                 f"Model {escape_markdown(predictor.version)} · operating point "
@@ -324,6 +328,50 @@ def render_study(predictor, card, controls: dict, study) -> None:
                 f"and Grad-CAM {model_ms:.0f} ms · flags {flags_ms:.0f} ms"
             )
         render_patient_fields(study.metadata, controls["show_patient"])
+
+
+def render_finding(predictor, study, model_call: str) -> None:
+    """The reader's finding on the study: only when recorded is the study kept, de-identified, in the site's set
+    (``core.findings``), which ``train.site`` validates and adapts on."""
+    site = configured_site()
+    with st.expander("Record your finding", icon=":material/rate_review:"):
+        if site is None:
+            st.caption("Set CXR_SITE to the hospital's name to collect its labelled films from findings.")
+            return
+        with st.form(f"finding_{study.digest}", border=False):
+            finding = st.radio(
+                "Finding",
+                FINDINGS,
+                horizontal=True,
+                format_func=lambda code: FINDING_LABELS[code],
+                key=f"finding_kind_{study.digest}",
+            )
+            corrected = st.selectbox("The film shows", predictor.class_names, key=f"finding_class_{study.digest}")
+            reader = st.text_input("Your name", key="finding_reader")
+            if not st.form_submit_button("Record", icon=":material/save:"):
+                st.caption(
+                    f"Kept, de-identified, in {escape_markdown(site)}'s labelled set: the class chosen only "
+                    "counts when correcting."
+                )
+                return
+        try:
+            stored = record_finding(
+                site,
+                study.data,
+                study.name,
+                predictor.version,
+                model_call,
+                finding,
+                reader,
+                corrected_to=corrected,
+                class_names=predictor.class_names,
+            )
+        except (FindingError, SiteError) as error:
+            st.error(escape_markdown(str(error)))
+            return
+        counts = ", ".join(f"{n} {name}" for name, n in site_counts(site).items())
+        kept = "Stored" if stored else "Logged (not assessable: not stored)"
+        st.success(f"{kept}. {escape_markdown(site)}'s set: {counts}.")
 
 
 def render_call(sentence: str, flags) -> None:
@@ -395,6 +443,7 @@ st.title("Diagnose")
 st.caption(f"{RESEARCH_ONLY} The model's limits are under “About the model”.")
 card = active_card()
 if card is not None:
+    site_banner(card)
     with st.expander("About the model", icon=":material/info:"):
         st.markdown(escape_markdown(card.caveat))
     controls = render_controls(card)

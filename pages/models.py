@@ -19,6 +19,7 @@ from core.report import (
     threshold_text,
     time_text,
 )
+from core.site import sites_rows
 from core.tables import flags_table
 from pages.common import escape_markdown, reader_timezone, run_through_app, text_table
 from train.jobs.archive import ArchiveError, export_saved_model, savedmodel_zip
@@ -54,6 +55,7 @@ def render_card(card, active, timezone) -> None:
     else:
         st.caption("No figures recorded.")
     st.markdown(f"**Operating point:** {escape_markdown(point_text(card.operating_point))}")
+    render_sites(card)
     history = history_rows(card, timezone)
     if history:
         st.caption("History of changes (newest first)")
@@ -72,6 +74,23 @@ def render_card(card, active, timezone) -> None:
     st.markdown("**Caveat**")
     with st.container(border=True):
         st.text(card.caveat or "—")
+
+
+def render_sites(card) -> None:
+    """Where the version was measured on a site's own films (``python -m train.site``), and what it was adapted from."""
+    adaptation = card.site_adaptation
+    if adaptation:
+        st.markdown(
+            f"**Site version:** {escape_markdown(adaptation['base_version'])} adapted to "
+            f"{escape_markdown(adaptation['site'])} by {escape_markdown(adaptation['method'])} "
+            f"{escape_markdown(adaptation['settings'])}; {escape_markdown(adaptation['design'])}."
+        )
+    rows = sites_rows(card)
+    if rows:
+        st.markdown("**Measured at sites** (the site's own labelled films; newest first)")
+        text_table(rows)
+    else:
+        st.caption("Not measured at any site yet: run it on the Site page or with `python -m train.site validate`.")
 
 
 def changed(place, action, version: str) -> None:

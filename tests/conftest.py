@@ -32,6 +32,8 @@ def isolated_folders(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("CXR_UPLOAD_DIR", str(base / "uploads"))
     monkeypatch.setenv("CXR_EXPORT_DIR", str(base / "exports"))
     monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setenv("CXR_SITE_DATA_DIR", str(base / "sites"))
+    monkeypatch.delenv("CXR_SITE", raising=False)
     return base
 
 

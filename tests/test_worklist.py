@@ -63,7 +63,8 @@ def test_the_record_and_its_csv_row():
     assert entry["operating_point"] == "COVID-19 at p ≥ 0.2903" and entry["trust"] == "ok"
     (row,) = csv.DictReader(io.StringIO(worklist.to_csv([entry]).decode()))
     assert row["p_COVID-19"] == "0.400000" and row["flags"] == "borderline" and row["model_version"] == "v9"
-    assert list(row) == ["file", "p_COVID-19", "p_Normal", "p_Pneumonia", *worklist.CSV_FIXED[1:]]
+    assert list(row) == ["file", "p_COVID-19", "p_Normal", "p_Pneumonia", *worklist.CSV_FIXED[1:], "site"]
+    assert entry["site"]["name"] is None and row["site"].startswith("No site configured")
     assert worklist.describe_point(small_card()) == "none (most probable class)"
 
 

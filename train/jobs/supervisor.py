@@ -41,6 +41,8 @@ __all__ = [
     "run_info",
     "list_runs",
     "start_run",
+    "start_site_run",
+    "site_runs",
     "resume_run",
     "cancel_run",
     "log_tail",
@@ -55,6 +57,7 @@ __all__ = [
 LOG_FILE = "log.txt"
 LOCK_FILE = ".training-lock.json"
 GUARD_FILE = ".training-lock.guard"
+SITE_FILE = "site.json"  # a site run's arguments (train.site), in place of a training run's config.json
 PROCESS_FILE = "process.json"  # the live trainer's pid and start time, so the app sees a run is still going
 CANCEL_GRACE_SECONDS = 15.0
 KILL_WAIT_SECONDS = 10.0
@@ -209,23 +212,15 @@ def release_lock() -> None:
             (root / LOCK_FILE).unlink(missing_ok=True)
 
 
-def _launch(run_dir: Path) -> None:
-    """Start the trainer on ``run_dir`` in its own session and take the lock for it (guard held)."""
+def _launch(run_dir: Path, command=None) -> None:
+    """Start the trainer on ``run_dir`` (or another ``python -m`` ``command`` that writes the run's events) in its
+    own session and take the lock for it (guard held)."""
+    command = command or ["train", "--resume", str(run_dir.resolve()), "--quiet"]
     with open(run_dir / LOG_FILE, "a") as log:
         process = subprocess.Popen(
             # At a lower CPU priority, so the app's other pages stay responsive while a run trains (`nice` execs
             # the trainer in place, so the pid the lock records is the trainer's).
-            [
-                "nice",
-                "-n",
-                str(TRAINER_NICENESS),
-                sys.executable,
-                "-m",
-                "train",
-                "--resume",
-                str(run_dir.resolve()),
-                "--quiet",
-            ],
+            ["nice", "-n", str(TRAINER_NICENESS), sys.executable, "-m", *command],
             cwd=settings.REPO_ROOT,
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -251,6 +246,28 @@ def start_run(config: TrainConfig) -> Path:
         atomic.write_json(run_dir / CONFIG_FILE, asdict(config))
         _launch(run_dir)
     return run_dir
+
+
+def start_site_run(arguments: list, name: str) -> Path:
+    """Start ``python -m train.site`` with ``arguments`` as a run (``<runs>/<time>-site-<name>``, its events and
+    log like a training run's; one at a time with training); returns the folder. ``RunBusyError`` while busy."""
+    root = settings.runs_dir()
+    with _exclusively(root):
+        _refuse_if_busy(root)
+        run_dir = root / f"{time.strftime('%Y%m%d-%H%M%S')}-site-{name}"
+        run_dir.mkdir(parents=True)
+        atomic.write_json(run_dir / SITE_FILE, {"arguments": list(arguments)})
+        _launch(run_dir, ["train.site", *arguments, "--run-dir", str(run_dir.resolve())])
+    return run_dir
+
+
+def site_runs() -> list:
+    """The site runs (``start_site_run``), newest first."""
+    root = settings.runs_dir()
+    if not root.is_dir():
+        return []
+    folders = [p for p in root.iterdir() if p.is_dir() and (p / SITE_FILE).is_file()]
+    return [run_info(p) for p in sorted(folders, reverse=True)]
 
 
 def resume_run(run_dir) -> None:
