@@ -78,7 +78,7 @@ def upload_dir() -> Path:
 
 
 def cache_dir() -> Path:
-    """Decoded, resized training images (train.cache)."""
+    """Decoded, resized training images (train.trainer.cache)."""
     return _path(CACHE_ENV, REPO_ROOT / ".cache")
 
 

@@ -198,3 +198,22 @@ def test_fine_tuning_with_replay_changes_a_copy_and_leaves_the_base_alone(tiny_v
     tuned = fine_tune(predictor.model, inputs, np.arange(12) % 3, replay, np.arange(30) % 3, 3, lr=1e-3, epochs=1)
     assert any(not np.array_equal(a, b) for a, b in zip(tuned.get_weights(), before))
     assert all(np.array_equal(a, b) for a, b in zip(predictor.model.get_weights(), before))
+
+
+@pytest.mark.slow
+def test_an_ensemble_is_one_flat_model_whose_logits_are_the_mean_of_its_members(tiny_version):
+    from core.inference import Predictor, logits_model
+    from train.site.methods import FrozenFeatures, copy_model, ensemble_model, fit_head, head_logits
+
+    predictor = Predictor(tiny_version)
+    rng = np.random.default_rng(1)
+    inputs = rng.random((12, 80, 80, 3)).astype(np.float32)
+    _, features = FrozenFeatures(predictor.model, predictor.card.gradcam_layer)(inputs)
+    head = fit_head(features, np.arange(12) % 3, "embedding+pooled", 0.05, 3)
+    tuned = copy_model(predictor.model)
+    tuned.set_weights([w + rng.normal(0, 0.01, w.shape).astype(w.dtype) for w in tuned.get_weights()])
+    model = ensemble_model(predictor.model, predictor.card.gradcam_layer, head, tuned)
+    names = [layer.name for layer in model.layers]
+    assert "block4_conv3" in names and "tuned_block4_conv3" in names  # flat: Grad-CAM reaches either trunk
+    expected = (head_logits(head, features) + logits_model(tuned)(inputs).numpy()) / 2
+    np.testing.assert_allclose(logits_model(model)(inputs).numpy(), expected, atol=2e-3)

@@ -29,8 +29,12 @@ from train.site.figures import POSITIVE, macro_of, site_figures, validation_entr
 from train.site.films import check_classes, read_films
 from train.site.methods import (
     METHODS,
+    TUNED_PREFIX,
+    Candidate,
     FrozenFeatures,
     candidates,
+    ensemble_candidate,
+    ensemble_model,
     fine_tune,
     fit_head,
     fit_recalibration,
@@ -39,6 +43,7 @@ from train.site.methods import (
     recalibrated_logits,
     recalibrated_model,
 )
+from train.trainer.architectures import conv_layer_names
 from train.trainer.cache import load_resized
 from train.trainer.datasets import DatasetError, label_indices, scan_datasets
 from train.trainer.flags import fit_detector
@@ -113,7 +118,12 @@ class Fitted:
     def __init__(self, candidate, context: SiteContext, rows, seed: int = 0):
         self.candidate, self.context = candidate, context
         labels = context.labels[rows]
-        if candidate.method == "recalibration":
+        if candidate.method == "ensemble":
+            self.members = [
+                Fitted(Candidate("head", candidate.settings["head"]), context, rows, seed),
+                Fitted(Candidate("finetune", candidate.settings["finetune"]), context, rows, seed),
+            ]
+        elif candidate.method == "recalibration":
             self.temperature, self.offsets = fit_recalibration(context.base_logits[rows], labels, context.classes)
         elif candidate.method == "head":
             features = {name: values[rows] for name, values in context.features.items()}
@@ -135,6 +145,8 @@ class Fitted:
 
     def logits(self, rows) -> np.ndarray:
         context = self.context
+        if self.candidate.method == "ensemble":
+            return np.mean([member.logits(rows) for member in self.members], axis=0)
         if self.candidate.method == "recalibration":
             return recalibrated_logits(context.base_logits[rows], self.temperature, self.offsets)
         if self.candidate.method == "head":
@@ -149,6 +161,9 @@ class Fitted:
 
     def keras_model(self):
         base = self.context.predictor.model
+        if self.candidate.method == "ensemble":
+            head, tuned = self.members
+            return ensemble_model(base, self.context.predictor.card.gradcam_layer, head.head, tuned.model)
         if self.candidate.method == "recalibration":
             return recalibrated_model(base, self.temperature, self.offsets)
         if self.candidate.method == "head":
@@ -180,6 +195,16 @@ def cross_validate(context: SiteContext, rows, pool, seed: int = 0, stage: str =
             done += 1
             context.report(stage, done, steps)
     return oof
+
+
+def with_ensemble(pool, oof: dict, labels, methods) -> tuple:
+    """``pool`` and ``oof`` with the ensemble of the best head and the fine-tuned network, when asked for and both
+    are in the pool (its inner-CV logits come free: the mean of theirs)."""
+    found = ensemble_candidate(pool, oof, labels, lambda y, logits: macro_of(y, softmax(logits)))
+    if "ensemble" not in methods or found is None:
+        return pool, oof
+    candidate, logits = found
+    return [*pool, candidate], {**oof, candidate: logits}
 
 
 def ranked(pool, oof: dict, labels) -> list:
@@ -224,6 +249,7 @@ def choose(context: SiteContext, rows, methods, target: float, seed: int = 0, st
     rows = np.asarray(rows)
     pool = candidates(methods, context.extractor.has_pooled)
     oof = cross_validate(context, rows, pool, seed, stage)
+    pool, oof = with_ensemble(pool, oof, context.labels[rows], methods)
     table = ranked(pool, oof, context.labels[rows])
     chosen = pick(pool, table, methods)
     choice = finish(context, rows, chosen, oof[chosen], table, target, seed)
@@ -480,8 +506,8 @@ def site_card(
         initialisation=f"{base.version}, adapted to site {site} by train.site",
         input_size=base.input_size,
         class_names=base.class_names,
-        gradcam_layer=base.gradcam_layer,
-        conv_layers=base.conv_layers,
+        gradcam_layer=TUNED_PREFIX + base.gradcam_layer if chosen["method"] == "ensemble" else base.gradcam_layer,
+        conv_layers=conv_layer_names(model),
         preprocessing=base.preprocessing,
         temperature=choice.temperature,
         operating_point=point,

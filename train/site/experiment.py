@@ -15,7 +15,7 @@ import numpy as np
 
 from core.inference import Predictor, softmax
 from core.operating_point import called_indices
-from train.site.adapt import DEFAULT_TARGET, cross_validate, finish, pick, ranked, site_context
+from train.site.adapt import DEFAULT_TARGET, cross_validate, finish, pick, ranked, site_context, with_ensemble
 from train.site.figures import POSITIVE, macro_of
 from train.site.films import read_films
 from train.site.methods import METHODS, candidates
@@ -75,9 +75,10 @@ def measure(predictor, films, ks, repeats: int, methods, target: float, seed: in
                 }
             )
             oof = cross_validate(context, rows, pool, seed + repeat, stage=f"k={k} repeat {repeat + 1}")
-            table = ranked(pool, oof, context.labels[rows])
-            picks = {method: pick(pool, table, (method,)) for method in methods}
-            picks[AUTO] = pick(pool, table, methods)
+            tried, oof = with_ensemble(pool, oof, context.labels[rows], methods)
+            table = ranked(tried, oof, context.labels[rows])
+            picks = {method: pick(tried, table, (method,)) for method in {c.method for c in tried}}
+            picks[AUTO] = pick(tried, table, methods)
             fitted = {}
             for method, chosen in picks.items():
                 if chosen not in fitted:

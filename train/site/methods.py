@@ -5,7 +5,9 @@ and scores on others:
 - ``head``: a class-balanced logistic head on frozen features of the version — its penultimate embedding, the
   DCNN's pooled block features, the Grad-CAM layer's average-pooled maps — standardised, L2 strength ``C``;
 - ``finetune``: the whole network, end to end at a small learning rate, with replay of the training pool
-  (rehearsal) so that it does not forget, flips, class-balanced.
+  (rehearsal) so that it does not forget, flips, class-balanced;
+- ``ensemble``: the mean of the logits of the best head and of the fine-tuned network (one flat model holding
+  both trunks; its Grad-CAM layer is the fine-tuned trunk's).
 
 Every candidate ends in a plain Keras model whose ``logits`` layer is the new decision: the standardisation and the
 temperature of recalibration are folded into that layer's weights, so a site version is a version like any other
@@ -24,6 +26,8 @@ from core.inference import LOGITS_LAYER
 from train.trainer.progress import StopWhenCancelled
 
 __all__ = [
+    "ensemble_candidate",
+    "ensemble_model",
     "Candidate",
     "candidates",
     "FrozenFeatures",
@@ -38,7 +42,7 @@ __all__ = [
     "HEAD_STRENGTHS",
 ]
 
-METHODS = ("recalibration", "head", "finetune")
+METHODS = ("recalibration", "head", "finetune", "ensemble")
 FEATURE_SETS = ("embedding", "embedding+pooled", "embedding+pooled+gap")
 HEAD_STRENGTHS = (0.01, 0.05, 0.2)  # inverse L2 strength of the logistic head, chosen by inner cross-validation
 FINETUNE_LR = 3e-5
@@ -46,6 +50,7 @@ FINETUNE_EPOCHS = 15
 FINETUNE_BATCH = 32
 GAP_LAYER = "site_gradcam_gap"
 FEATURES_LAYER = "site_features"
+TUNED_PREFIX = "tuned_"  # the fine-tuned trunk's layer names inside an ensemble
 ABSENT_CLASS_LOGIT = -30.0  # a class without site films is never called by the head
 
 
@@ -69,13 +74,13 @@ def candidates(methods, has_pooled: bool) -> list:
     found = []
     if "recalibration" in methods:
         found.append(Candidate("recalibration", {}, 0))
-    if "head" in methods:
+    if "head" in methods or "ensemble" in methods:  # an ensemble is made of the best head and the fine-tuned net
         sets = [name for name in FEATURE_SETS if has_pooled or "pooled" not in name]
         found += [
             Candidate("head", {"features": name, "C": c}, 1 + i)
             for i, (name, c) in enumerate((name, c) for name in sets for c in HEAD_STRENGTHS)
         ]
-    if "finetune" in methods:
+    if "finetune" in methods or "ensemble" in methods:
         found.append(Candidate("finetune", {"lr": FINETUNE_LR, "epochs": FINETUNE_EPOCHS, "replay": True}, 100))
     return found
 
@@ -219,6 +224,46 @@ def recalibrated_model(base, temperature: float, offsets):
     outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(dense(old.input))
     model = keras.Model(base.inputs, outputs, name=f"{base.name}_site")
     dense.set_weights([(kernel / temperature).astype(np.float32), (bias / temperature + offsets).astype(np.float32)])
+    return model
+
+
+def ensemble_candidate(pool, oof: dict, labels, macro_auc):
+    """(the ensemble of the best head by inner-CV ``macro_auc`` and the fine-tuned network, its inner-CV logits:
+    the mean of theirs), or None when the pool lacks either."""
+    heads = [c for c in pool if c.method == "head"]
+    tuned = next((c for c in pool if c.method == "finetune"), None)
+    if not heads or tuned is None:
+        return None
+    head = max(heads, key=lambda c: (macro_auc(labels, oof[c]) or 0.0, -c.rank))
+    candidate = Candidate("ensemble", {"head": head.settings, "finetune": tuned.settings}, 101)
+    return candidate, (oof[head] + oof[tuned]) / 2
+
+
+def ensemble_model(base, gradcam_layer: str, head: Head, tuned):
+    """One flat model: ``base``'s frozen features with ``head``, and a copy of the fine-tuned model ``tuned`` (layers
+    renamed ``tuned_…``) on the same input; its ``logits`` are the mean of both members' logits."""
+    import keras
+    from keras import layers
+
+    def prefixed(layer):
+        config = layer.get_config()
+        config["name"] = TUNED_PREFIX + layer.name
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(tuned, input_tensors=base.inputs[0], clone_function=prefixed)
+    copy.set_weights(tuned.get_weights())
+    tuned_logits = copy.get_layer(TUNED_PREFIX + LOGITS_LAYER)
+    tensors = feature_tensors(base, gradcam_layer)
+    features = layers.Concatenate(name=FEATURES_LAYER)(
+        [tensors[name] for name in _parts(head.feature_set)] + [tuned_logits.input]
+    )
+    dense = layers.Dense(len(head.intercept), name=LOGITS_LAYER)
+    outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(dense(features))
+    model = keras.Model(base.inputs, outputs, name=f"{base.name}_site_ensemble")
+    tuned_kernel, tuned_bias = tuned_logits.get_weights()
+    kernel = np.concatenate([(head.coef / head.scale).T, tuned_kernel]) / 2
+    bias = (head.intercept - head.coef @ (head.mean / head.scale) + tuned_bias) / 2
+    dense.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
     return model
 
 
