@@ -145,3 +145,37 @@ def test_reader_findings_grow_a_set_that_validate_reads(shipped_version, tmp_pat
     done = run("train.site", "validate", "--data", site_set, "--json", "--no-record")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["figures"]["n_per_class"] == {"COVID-19": 5, "Normal": 5, "Pneumonia": 6}
+
+
+def test_an_adaptation_run_reports_progress_and_a_cancel_publishes_nothing(shipped_version, tmp_path):
+    import time
+
+    from train.jobs import supervisor
+
+    folder = make_site_set(tmp_path / "site", 8, seed=2)
+    arguments = [
+        "adapt",
+        "--data",
+        str(folder),
+        "--site",
+        "General",
+        "--model",
+        shipped_version,
+        "--publish",
+        "v-cancelled",
+        "--methods",
+        "finetune",
+    ]
+    run_dir = supervisor.start_site_run(arguments, "General")
+    with pytest.raises(supervisor.RunBusyError):
+        supervisor.start_site_run(arguments, "General")  # one heavy job at a time, training included
+    deadline = time.monotonic() + 600
+    while not any(e["event"] == "site" for e in supervisor.run_info(run_dir).events):
+        assert time.monotonic() < deadline and supervisor.run_info(run_dir).status == "running", (
+            run_dir / "log.txt"
+        ).read_text()
+        time.sleep(1)
+    assert supervisor.site_runs()[0].path == run_dir and supervisor.list_runs() == []
+    assert supervisor.cancel_run(run_dir) == "cancelled"
+    assert registry.list_versions() == [shipped_version]
+    assert not [p for p in registry.weights_dir().iterdir() if p.name.startswith(".staging")]

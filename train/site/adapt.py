@@ -154,7 +154,7 @@ class Fitted:
         forward = logits_model(self.model)
         return np.concatenate(
             [
-                np.asarray(forward(context.inputs[rows][i : i + 256], training=False), np.float64)
+                np.asarray(forward([context.inputs[rows][i : i + 256]], training=False), np.float64)
                 for i in range(0, len(rows), 256)
             ]
         )
@@ -445,9 +445,7 @@ def refit_flags(model, choice: Choice, context: SiteContext) -> tuple:
 
 
 def write_site_predictions(path, frame, probs, class_names, site: str) -> None:
-    rows = frame.assign(
-        path=[f"{site}/{p.split('/')[-2]}/{p.split('/')[-1]}" for p in frame["path"]], source=site, population="site"
-    )
+    rows = frame.assign(path=[f"{site}/{name}" for name in frame["name"]], source=site, population="site")
     write_predictions(path, rows, probs, class_names)
 
 

@@ -43,16 +43,20 @@ class SiteFilms:
         return {name: int((self.frame["label"] == name).sum()) for name in class_names}
 
 
-def scan_site(folder) -> pd.DataFrame:
-    """Every file of a site's set: path (absolute), label, patient_id; ``SiteError`` when it is not a set."""
-    root = Path(folder)
+def scan_site(folders) -> pd.DataFrame:
+    """Every file of a site's set (one folder, or several merged): path (absolute), label, patient_id, source and
+    the ``name`` shown for it (relative to its folder); ``SiteError`` when it is not a set."""
+    roots = [Path(folder) for folder in (folders if isinstance(folders, (list, tuple)) else [folders])]
     try:
-        frame = scan_datasets([root], every_class=False)
+        frame = scan_datasets(roots, every_class=False)
     except DatasetError as error:
         raise SiteError(str(error)) from error
-    if not (root / MANIFEST).is_file():
-        frame["patient_id"] = [_dicom_patient(path) or f"file:{Path(path).name}" for path in frame["path"]]
-    return frame[["path", "label", "patient_id"]]
+    unlisted = [not (Path(root) / MANIFEST).is_file() for root in frame["root"]]
+    frame.loc[unlisted, "patient_id"] = [
+        _dicom_patient(path) or f"file:{Path(path).name}" for path in frame.loc[unlisted, "path"]
+    ]
+    frame["name"] = [str(Path(path).relative_to(root)) for path, root in zip(frame["path"], frame["root"])]
+    return frame[["path", "label", "patient_id", "source", "name"]]
 
 
 def _dicom_patient(path: str):
@@ -67,18 +71,21 @@ def _dicom_patient(path: str):
     return f"dicom:{hashlib.sha256(patient.encode()).hexdigest()[:16]}" if patient else None
 
 
-def read_films(folder, predictor, class_names) -> SiteFilms:
-    """Decode every film of the set at ``folder`` for ``predictor``'s version (``core.imaging`` and the shared
-    preprocessing: exactly what ``core predict`` does); unreadable or non-CXR files are listed and skipped. Raises
-    ``SiteError`` when what is left cannot be measured (``check_classes``)."""
-    root = Path(folder)
-    frame = scan_site(root)
+def read_films(folders, predictor, class_names, sources=None) -> SiteFilms:
+    """Decode every film of the set at ``folders`` (one or several; only the manifest ``sources`` given, if any) for
+    ``predictor``'s version (``core.imaging`` and the shared preprocessing: exactly what ``core predict`` does);
+    unreadable or non-CXR files are listed and skipped. Raises ``SiteError`` when what is left cannot be measured
+    (``check_classes``)."""
+    frame = scan_site(folders)
+    root = Path(folders[0] if isinstance(folders, (list, tuple)) else folders)
+    if sources:
+        frame = frame[frame["source"].isin(sources)].reset_index(drop=True)
     inputs, hints, kept, skipped = [], [], [], {}
-    for index, path in enumerate(frame["path"]):
+    for index, (path, name) in enumerate(zip(frame["path"], frame["name"])):
         try:
             radiograph = read_image(path)
         except UnusableImageError as error:
-            skipped[str(Path(path).relative_to(root))] = str(error)
+            skipped[name] = str(error)
             continue
         inputs.append(predictor.preprocess(radiograph.pixels))
         hints.append(radiograph.hints)
@@ -90,7 +97,7 @@ def read_films(folder, predictor, class_names) -> SiteFilms:
         np.stack(inputs) if inputs else np.zeros((0, 1, 1, 3), np.float32),
         hints,
         skipped,
-        data_hash(frame, root),
+        data_hash(frame),
     )
     check_classes(films.counts(class_names), skipped, root)
     return films
@@ -113,10 +120,10 @@ def check_classes(counts: dict, skipped: dict, root: Path, every_class: bool = F
         )
 
 
-def data_hash(frame: pd.DataFrame, root: Path) -> str:
+def data_hash(frame: pd.DataFrame) -> str:
     """SHA-256 over the sorted (relative name, label, patient, file content hash) rows: identifies the films."""
     digest = hashlib.sha256()
-    for row in frame.sort_values("path").itertuples(index=False):
+    for row in frame.sort_values("name").itertuples(index=False):
         content = hashlib.sha256(Path(row.path).read_bytes()).hexdigest()
-        digest.update(f"{Path(row.path).relative_to(root)}\t{row.label}\t{row.patient_id}\t{content}\n".encode())
+        digest.update(f"{row.name}\t{row.label}\t{row.patient_id}\t{content}\n".encode())
     return digest.hexdigest()
