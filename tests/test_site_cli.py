@@ -92,7 +92,7 @@ def test_adapt_publishes_a_site_version_that_calls_say_was_validated_there(shipp
     card = registry.load_card("v-site")
     assert card.site_adaptation["base_version"] == shipped_version
     assert (
-        card.operating_point["chosen_on"].startswith("site films") and card.operating_point["target_sensitivity"] == 0.9
+        card.operating_point["chosen_on"] == "site" and card.operating_point["target_sensitivity"] == 0.9
     )
     assert card.flags["fitted_on"]["validation_images"] == 36
     assert registry.active_version() == shipped_version  # published, not activated
@@ -101,6 +101,8 @@ def test_adapt_publishes_a_site_version_that_calls_say_was_validated_there(shipp
     expected = card.sites[-1]["verdict"]["code"] != "unfit"
     assert all(call["site"]["validated"] == expected and call["model_version"] == "v-site" for call in site_calls)
     assert all(call["site"]["validated"] is False for call in predict_json(shipped_version, files, "Test-General"))
+    report = run("core", "report", "--model", "v-site")
+    assert report.returncode == 0 and "Test-General" in report.stdout, report.stderr
     cams = tmp_path / "cams"
     cam = run("core", "predict", "--model", "v-site", "--json", "--cam-dir", cams, files[0])
     assert cam.returncode == 0 and len(list(cams.glob("*.png"))) == 1

@@ -18,10 +18,10 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
 from core import registry, settings
-from core.calibration import fit_temperature
+from core.calibration import fit_temperature, reliability_bins
 from core.card import ModelCard, write_predictions
 from core.inference import Predictor, logits_model, softmax
-from core.metrics import classification_report
+from core.metrics import classification_report, per_source_reports
 from core.operating_point import called_indices
 from core.preprocess import Preprocessing
 from core.site import checked_site_name
@@ -238,7 +238,8 @@ def finish(context: SiteContext, rows, chosen, oof_logits, table, target: float,
     temperature = fit_temperature(oof_logits, labels)
     point = automatic_operating_point(labels, softmax(oof_logits, temperature), POSITIVE, target)
     if point is not None:
-        point["chosen_on"] = "site films, cross-validated (inner folds of the adaptation part)"
+        point["chosen_on"] = "site"  # "chosen on site data": the inner-CV scores of the adaptation films
+        point["scores"] = "cross-validated (inner, patient-grouped folds) scores of the site's adaptation films"
     table = [{**row, "chosen": row["candidate"] == chosen.name} for row in table]
     return Choice(fitted, table, rows, oof_logits, temperature, point)
 
@@ -449,6 +450,16 @@ def write_site_predictions(path, frame, probs, class_names, site: str) -> None:
     write_predictions(path, rows, probs, class_names)
 
 
+def site_report(labels, probs, class_names, site: str) -> dict:
+    """A card's figures for one split of site films (``core.metrics``), with the site as its one source."""
+    report = classification_report(labels, probs, class_names)
+    report["ece_uncalibrated"] = None
+    report["reliability"] = reliability_bins(labels, probs)
+    for column in ("source", "population"):
+        report[f"per_{column}"] = per_source_reports(labels, probs, np.full(len(labels), site), class_names)
+    return report
+
+
 def site_card(
     base: ModelCard,
     model,
@@ -515,8 +526,8 @@ def site_card(
         data=base.data,
         libraries=base.libraries,
         metrics={
-            "validation": classification_report(oof_labels, oof_probs, names),
-            "test": classification_report(held["labels"], held["probabilities"], names),
+            "validation": site_report(oof_labels, oof_probs, names, site),
+            "test": site_report(held["labels"], held["probabilities"], names, site),
         },
         sites=[entry],
         site_adaptation=adaptation,
