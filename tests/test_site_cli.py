@@ -91,9 +91,7 @@ def test_adapt_publishes_a_site_version_that_calls_say_was_validated_there(shipp
     assert held["site_version"]["n"] == held["base_version"]["n"] == 36
     card = registry.load_card("v-site")
     assert card.site_adaptation["base_version"] == shipped_version
-    assert (
-        card.operating_point["chosen_on"] == "site" and card.operating_point["target_sensitivity"] == 0.9
-    )
+    assert card.operating_point["chosen_on"] == "site" and card.operating_point["target_sensitivity"] == 0.9
     assert card.flags["fitted_on"]["validation_images"] == 36
     assert registry.active_version() == shipped_version  # published, not activated
     files = sorted(folder.rglob("*.jpg"))[:2]
