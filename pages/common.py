@@ -133,3 +133,31 @@ def confusion_figure(matrix, class_names, title: str, column_title: str = "call"
         margin=CHART_MARGIN,
     )
     return figure
+
+
+def reliability_figure(bins: list, title: str) -> go.Figure:
+    """The top-label reliability diagram of ``core.calibration.reliability_bins``: the Operating point and Site
+    validation pages share it."""
+    filled = [row for row in bins if row["count"]]
+    figure = go.Figure()
+    figure.add_trace(
+        go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect", line={"dash": "dot", "color": "grey"})
+    )
+    figure.add_trace(
+        go.Scatter(
+            x=[row["confidence"] for row in filled],
+            y=[row["accuracy"] for row in filled],
+            mode="lines+markers",
+            name="model",
+            text=[f"n = {row['count']}" for row in filled],
+        )
+    )
+    figure.update_layout(
+        title=title,
+        xaxis_title="mean confidence",
+        yaxis_title="accuracy",
+        height=CHART_HEIGHT,
+        margin=CHART_MARGIN,
+        legend={"orientation": "h", "y": -0.25},
+    )
+    return figure

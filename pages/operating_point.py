@@ -29,6 +29,7 @@ from pages.common import (
     confusion_figure,
     escape_markdown,
     reader_timezone,
+    reliability_figure,
     run_through_app,
     text_table,
 )
@@ -208,28 +209,6 @@ def histogram_figure(frame: pd.DataFrame, scores, class_names, positive: str, th
     return figure
 
 
-def reliability_figure(bins: list) -> go.Figure:
-    filled = [row for row in bins if row["count"]]
-    figure = go.Figure()
-    figure.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect", line=DIAGONAL))
-    figure.add_trace(
-        go.Scatter(
-            x=[row["confidence"] for row in filled],
-            y=[row["accuracy"] for row in filled],
-            mode="lines+markers",
-            name="model",
-            text=[f"n = {row['count']}" for row in filled],
-        )
-    )
-    figure.update_layout(
-        title="Reliability (top-label, calibrated, validation)",
-        xaxis_title="mean confidence",
-        yaxis_title="accuracy",
-        **CHART,
-    )
-    return figure
-
-
 # --- the saved point, its history and changing it ------------------------------------------------------------
 
 
@@ -354,7 +333,7 @@ def show_calibration(card) -> None:
     ):
         column.metric(label, number_text(metrics.get(key)))
     if metrics.get("reliability"):
-        st.plotly_chart(reliability_figure(metrics["reliability"]))
+        st.plotly_chart(reliability_figure(metrics["reliability"], "Reliability (top-label, calibrated, validation)"))
     else:
         st.caption("This version's card has no reliability bins.")
 

@@ -3,7 +3,6 @@ that readers' findings have collected. The work is ``train.site``'s; adaptation 
 (``train.jobs.supervisor.start_site_run``), watched here with live progress and a cancel button."""
 
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
 from core import registry, settings
@@ -12,7 +11,7 @@ from core.findings import site_counts
 from core.operating_point import sensitivity_table
 from core.report import relative_path
 from core.site import SiteError, checked_site_name, configured_site
-from pages.common import confusion_figure, escape_markdown, run_through_app, site_banner, text_table
+from pages.common import confusion_figure, escape_markdown, reliability_figure, run_through_app, site_banner, text_table
 from train.jobs import supervisor
 from train.jobs.datasource import checked_data_folder, dataset_folders, unpack_upload
 from train.site.adapt import DEFAULT_TARGET
@@ -84,34 +83,12 @@ def render_validation(result: dict) -> None:
     left, right = st.columns(2)
     names = list(figures["n_per_class"])
     left.plotly_chart(confusion_figure(figures["confusion_matrix"], names, "Calls at this site"), width="stretch")
-    right.plotly_chart(reliability_figure(figures["reliability"]), width="stretch")
+    right.plotly_chart(
+        reliability_figure(figures["reliability"], "Reliability at this site (top class)"), width="stretch"
+    )
     if result.get("skipped_files"):
         with st.expander(f"{len(result['skipped_files'])} file(s) skipped as unreadable"):
             text_table([{"file": name, "why": why} for name, why in result["skipped_files"].items()])
-
-
-def reliability_figure(bins: list) -> go.Figure:
-    used = [b for b in bins if b["count"]]
-    figure = go.Figure(
-        [
-            go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "grey"}, name="calibrated"),
-            go.Scatter(
-                x=[b["confidence"] for b in used],
-                y=[b["accuracy"] for b in used],
-                mode="lines+markers",
-                text=[f"{b['count']} films" for b in used],
-                name="this site",
-            ),
-        ]
-    )
-    figure.update_layout(
-        title="Reliability (top class)",
-        xaxis_title="confidence",
-        yaxis_title="accuracy",
-        height=380,
-        margin={"l": 70, "r": 30, "t": 60, "b": 60},
-    )
-    return figure
 
 
 def validate_tab(site) -> None:

@@ -25,7 +25,7 @@ from core.metrics import classification_report, per_source_reports
 from core.operating_point import called_indices
 from core.preprocess import Preprocessing
 from core.site import checked_site_name
-from train.site.figures import POSITIVE, macro_of, site_figures, validation_entry
+from train.site.figures import site_figures, validation_entry
 from train.site.films import check_classes, read_films
 from train.site.methods import (
     METHODS,
@@ -48,7 +48,7 @@ from train.trainer.cache import load_resized
 from train.trainer.datasets import DatasetError, label_indices, scan_datasets
 from train.trainer.flags import fit_detector
 from train.trainer.progress import CANCEL_REQUESTED
-from train.trainer.shift import automatic_operating_point
+from train.trainer.shift import POSITIVE, automatic_operating_point, present_macro_auc
 
 __all__ = [
     "adapt",
@@ -200,7 +200,7 @@ def cross_validate(context: SiteContext, rows, pool, seed: int = 0, stage: str =
 def with_ensemble(pool, oof: dict, labels, methods) -> tuple:
     """``pool`` and ``oof`` with the ensemble of the best head and the fine-tuned network, when asked for and both
     are in the pool (its inner-CV logits come free: the mean of theirs)."""
-    found = ensemble_candidate(pool, oof, labels, lambda y, logits: macro_of(y, softmax(logits)))
+    found = ensemble_candidate(pool, oof, labels, lambda y, logits: present_macro_auc(y, softmax(logits)))
     if "ensemble" not in methods or found is None:
         return pool, oof
     candidate, logits = found
@@ -215,7 +215,7 @@ def ranked(pool, oof: dict, labels) -> list:
             "method": c.method,
             "settings": c.settings,
             "rank": c.rank,
-            "macro_auc": macro_of(labels, softmax(oof[c])),
+            "macro_auc": present_macro_auc(labels, softmax(oof[c])),
         }
         for c in pool
     ]

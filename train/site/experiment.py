@@ -29,10 +29,10 @@ from train.site.adapt import (
     site_context,
     with_ensemble,
 )
-from train.site.figures import POSITIVE, macro_of
 from train.site.films import SiteFilms, read_films
 from train.site.methods import METHODS, candidates
 from train.site.report import terminal_progress
+from train.trainer.shift import POSITIVE, present_macro_auc
 
 __all__ = ["draw_adaptation_rows", "measure", "main"]
 
@@ -58,7 +58,7 @@ def draw_adaptation_rows(labels, patients, k: int, rng) -> np.ndarray:
 def scored_figures(labels, probs, calls, names) -> dict:
     covid = names.index(POSITIVE)
     return {
-        "macro_auc": macro_of(labels, probs),
+        "macro_auc": present_macro_auc(labels, probs),
         "covid_sensitivity": float((calls[labels == covid] == covid).mean()) if (labels == covid).any() else None,
         "non_covid_called_covid": float((calls[labels != covid] == covid).mean()),
     }

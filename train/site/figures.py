@@ -15,24 +15,15 @@ from core.metrics import BOOTSTRAP_RESAMPLES, percentile_interval, proportion
 from core.operating_point import ABNORMAL, NORMAL, called_indices, counts, rates
 from core.site import verdict
 from train.trainer.datasets import label_indices
+from train.trainer.shift import CONFIDENT, POSITIVE, present_macro_auc
 
-__all__ = ["site_figures", "reference_figures", "validation_entry", "present_auc", "patient_bootstrap_aucs", "POSITIVE"]
-
-POSITIVE = "COVID-19"
-CONFIDENT = 0.9  # a wrong call whose called class has at least this probability is a confident error
+__all__ = ["site_figures", "reference_figures", "validation_entry", "present_auc", "patient_bootstrap_aucs"]
 
 
 def present_auc(labels, probs, index):
     """One-vs-rest AUC of class ``index`` (None when it lacks positives or negatives here)."""
     truth = np.asarray(labels) == index
     return float(roc_auc_score(truth, np.asarray(probs)[:, index])) if 0 < truth.sum() < len(truth) else None
-
-
-def macro_of(labels, probs):
-    """Mean one-vs-rest AUC over the classes present with positives and negatives (scikit-learn's macro AUC
-    when every class is present); None when none is."""
-    aucs = [auc for auc in (present_auc(labels, probs, i) for i in range(np.shape(probs)[1])) if auc is not None]
-    return float(np.mean(aucs)) if aucs else None
 
 
 def patient_bootstrap_aucs(labels, probs, patients, resamples=BOOTSTRAP_RESAMPLES, seed=0) -> tuple:
@@ -68,7 +59,7 @@ def site_figures(labels, probs, class_names, point, patients=None, flagged=None,
     positive = positive if positive in names else names[0]
     p = names.index(positive)
     found = counts(labels == p, (called == p).astype(float), 0.5)
-    macro = macro_of(labels, probs)
+    macro = present_macro_auc(labels, probs)
     wrong_confident = (called != labels) & (probs[np.arange(len(labels)), called] >= CONFIDENT)
     figures = {
         "n": int(len(labels)),
