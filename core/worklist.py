@@ -46,6 +46,10 @@ __all__ = [
     "wanted_member",
     "read_member",
     "over_cap",
+    "duplicate_message",
+    "table_rows",
+    "filtered",
+    "studies_title",
 ]
 
 MAX_STUDIES = 60
@@ -301,3 +305,45 @@ def over_cap(studies: dict, new_bytes: int, new_count: int) -> str:
         f"This session can hold {MAX_STUDIES} studies and {MAX_SESSION_BYTES // 1024**2} MB of files; these "
         f"uploads would make {count} studies and {held / 1024**2:.0f} MB. Clear studies (or remove some) first."
     )
+
+
+def duplicate_message(name: str, first: str) -> str:
+    """What the reader is told when ``name`` holds the same bytes as ``first``, already in the worklist."""
+    if name == first:
+        return f"{name} is already in the worklist; it was not added again."
+    return f"{name} is the same file as {first}, already in the worklist; it was not added again."
+
+
+def table_rows(studies: dict, predictor, card: ModelCard) -> list:
+    """The worklist's rows (dicts), in its order: by ``priority``, then p(COVID-19) descending, then name.
+    An unreadable study's row has no probability and says why in ``flags``."""
+    rows = []
+    positive = list(predictor.class_names).index(POSITIVE_CLASS)
+    for digest, study in studies.items():
+        row = {"digest": digest, "file": study.name, "thumbnail": study.thumbnail or None}
+        if study.error:
+            row.update(rank=priority("", False, error=True), call="unreadable", p=None, flags=study.error)
+        else:
+            called, _ = look(study, predictor, card)
+            flags, _ = assessment(study, predictor, card)
+            row.update(
+                rank=priority(called.decision.label, flags.out_of_depth),
+                call=shown_call(called.decision.label, flags.out_of_depth),
+                p=float(called.probabilities[positive]),
+                flags=", ".join(flags.flags),
+            )
+        rows.append(row)
+    rows.sort(key=lambda row: (row["rank"], -(row["p"] if row["p"] is not None else -1.0), row["file"]))
+    return rows
+
+
+def filtered(rows: list, groups, text: str) -> list:
+    """The rows in the chosen priority ``groups`` whose file name holds ``text`` (any case). No group chosen
+    means every group: a filter never hides the whole worklist by accident."""
+    wanted = {PRIORITY.index(group) for group in groups} or set(range(len(PRIORITY)))
+    needle = text.strip().lower()
+    return [row for row in rows if row["rank"] in wanted and needle in row["file"].lower()]
+
+
+def studies_title(count: int) -> str:
+    return f"Worklist ({count} {'study' if count == 1 else 'studies'})"

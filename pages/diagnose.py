@@ -124,10 +124,13 @@ def add_uploads(uploads, predictor, card) -> None:
         except worklist.UploadError as error:
             problems.append(str(error))
     held = studies()
-    fresh = {}
+    fresh, duplicates = {}, []
     for name, data in files:
         digest = hashlib.sha256(data).hexdigest()
-        if digest not in held and digest not in fresh:
+        if digest in held or digest in fresh:
+            first = held[digest].name if digest in held else fresh[digest][0]
+            duplicates.append(worklist.duplicate_message(name, first))
+        else:
             fresh[digest] = (name, data)
     message = worklist.over_cap(held, sum(len(d) for _, d in fresh.values()), len(fresh))
     if message:
@@ -148,91 +151,98 @@ def add_uploads(uploads, predictor, card) -> None:
         st.session_state[SELECTED] = next(iter(fresh))
     for problem in problems:
         st.error(escape_markdown(problem), icon=":material/error:")
+    for duplicate in duplicates:
+        st.info(escape_markdown(duplicate), icon=":material/content_copy:")
 
 
 def select_from_table() -> None:
-    """The worklist row the reader clicked opens in the viewer."""
-    rows = st.session_state[TABLE].selection.rows
+    """The worklist row the reader clicked (its tick, or any cell of it) opens in the viewer."""
+    selection = st.session_state[TABLE].selection
+    rows = [cell[0] for cell in selection.cells] or selection.rows
     order = st.session_state.get(TABLE_ORDER, [])
     if rows and rows[0] < len(order):
         st.session_state[SELECTED] = order[rows[0]]
 
 
+def tick_selected_row(order: list) -> None:
+    """Tick the row of the study in the viewer (it may have moved: a new upload, a filter, the keyboard), or
+    open the first row shown when the filter hides the one in the viewer."""
+    if not order:
+        return
+    if st.session_state.get(SELECTED) not in order:
+        st.session_state[SELECTED] = order[0]
+        st.rerun()  # the viewer above was drawn for the study now hidden
+    index = order.index(st.session_state[SELECTED])
+    current = st.session_state.get(TABLE)
+    if current is None or list(current["selection"]["rows"]) != [index] or current["selection"]["cells"]:
+        st.session_state[TABLE] = {"selection": {"rows": [index], "columns": [], "cells": []}}
+
+
+def thumbnail_uri(row: dict):
+    return viewer.data_uri(row["thumbnail"]) if row["thumbnail"] else None
+
+
 def render_worklist(predictor, card) -> None:
-    """The table of studies, by priority, filterable; the CSV export; the clear button."""
-    rows = []
-    for digest, study in studies().items():
-        if study.error:
-            rows.append(
-                {
-                    "digest": digest,
-                    "rank": worklist.priority("", False, error=True),
-                    "p": -1.0,
-                    "thumbnail": None,
-                    "file": study.name,
-                    "call": "unreadable",
-                    "p(COVID-19)": None,
-                    "flags": study.error,
-                }
-            )
-            continue
-        called, _ = worklist.look(study, predictor, card)
-        flags, _ = worklist.assessment(study, predictor, card)
-        p_positive = float(called.probabilities[list(predictor.class_names).index(worklist.POSITIVE_CLASS)])
-        rows.append(
-            {
-                "digest": digest,
-                "rank": worklist.priority(called.decision.label, flags.out_of_depth),
-                "p": p_positive,
-                "thumbnail": viewer.data_uri(study.thumbnail),
-                "file": study.name,
-                "call": worklist.shown_call(called.decision.label, flags.out_of_depth),
-                "p(COVID-19)": p_positive,
-                "flags": ", ".join(flags.flags),
-            }
-        )
-    rows.sort(key=lambda row: (row["rank"], -row["p"]))
+    """The table of studies, by priority, filterable (never to nothing by accident); the CSV export of the
+    rows shown, in their order; the clear button; why each unreadable file could not be read."""
+    rows = worklist.table_rows(studies(), predictor, card)
     header, filters, export, clear = st.columns([0.46, 0.18, 0.18, 0.18], vertical_alignment="bottom")
-    header.subheader(f"Worklist ({len(rows)} studies)")
     with filters.popover("Filter", icon=":material/filter_list:", width="stretch"):
         text = st.text_input("File name contains", key="diagnose_filter_text")
         groups = kept(
-            st.multiselect, "Show", "diagnose_filter_groups", list(worklist.PRIORITY), list(worklist.PRIORITY)
+            st.multiselect,
+            "Show",
+            "diagnose_filter_groups",
+            list(worklist.PRIORITY),
+            list(worklist.PRIORITY),
+            placeholder="every group",
         )
-    readable = [study for study in studies().values() if study.error is None]
+    visible = worklist.filtered(rows, groups, text)
+    hidden = len(rows) - len(visible)
+    header.subheader(worklist.studies_title(len(rows)))
+    if hidden:
+        header.caption(f"{hidden} hidden by the filter")
+    order = [row["digest"] for row in visible]
+    st.session_state[TABLE_ORDER] = order
+    shown = [studies()[digest] for digest in order if studies()[digest].error is None]
     export.download_button(
         "Export CSV",
-        lambda: worklist.to_csv([worklist.study_record(s, predictor, card) for s in readable]),
+        lambda: worklist.to_csv([worklist.study_record(study, predictor, card) for study in shown]),
         file_name="worklist.csv",
         mime="text/csv",
         icon=":material/table_view:",
-        disabled=not readable,
+        disabled=not shown,
         on_click="ignore",
         width="stretch",
-        help="Every readable study: the same fields as `python -m core predict --json`.",
+        help="The readable studies shown, in the table's order: the same fields as `python -m core predict --json`.",
     )
     if clear.button("Clear studies", icon=":material/delete_sweep:", width="stretch"):
         st.session_state[STUDIES] = {}
         st.session_state.pop(SELECTED, None)
         st.session_state[UPLOADER_GENERATION] = st.session_state.get(UPLOADER_GENERATION, 0) + 1  # an empty one
         st.rerun()
-    wanted = {worklist.PRIORITY.index(group) for group in groups}
-    visible = [row for row in rows if row["rank"] in wanted and text.lower() in row["file"].lower()]
-    st.session_state[TABLE_ORDER] = [row["digest"] for row in visible]
-    columns = ["thumbnail", "file", "call", "p(COVID-19)", "flags"]
+    tick_selected_row(order)
+    columns = ["thumbnail", "file", "call", "p", "flags"]
     st.dataframe(
-        [{column: row[column] for column in columns} for row in visible],
+        [{**{column: row[column] for column in columns}, "thumbnail": thumbnail_uri(row)} for row in visible],
         key=TABLE,
         on_select=select_from_table,
-        selection_mode="single-row",
+        selection_mode=["single-row-required", "single-cell"],
         hide_index=True,
         width="stretch",
         height=min(TABLE_HEIGHT, 38 + 35 * max(1, len(visible))),
+        placeholder="—",
         column_config={
             "thumbnail": st.column_config.ImageColumn("", width="small"),
-            "p(COVID-19)": st.column_config.NumberColumn(format="%.3f"),
+            "p": st.column_config.NumberColumn("p(COVID-19)", format="%.3f"),
+            "flags": st.column_config.TextColumn("flags, or why unreadable", width="large"),
         },
     )
+    unreadable = [row for row in visible if row["p"] is None]
+    if unreadable:
+        with st.expander(f"Unreadable: {len(unreadable)}", icon=":material/broken_image:"):
+            for row in unreadable:
+                st.markdown(f"**{escape_markdown(row['file'])}**: {escape_markdown(row['flags'])}")
 
 
 def window_controls(study) -> tuple:

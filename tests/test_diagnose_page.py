@@ -335,3 +335,36 @@ def test_a_sideways_film_is_called_uncertain_with_its_flag_and_goes_up_the_workl
     app.run()
     assert calls(app)[0].startswith(":material/help: **Uncertain — read without the model.")
     assert any("rotated" in m.value for m in app.markdown) and any("rotated" in unescaped(c.value) for c in app.caption)
+
+
+def selected_file(app) -> str:
+    return app.session_state[STUDIES][app.session_state["diagnose_selected"]].name
+
+
+def ticked_file(app) -> str:
+    """The file name of the worklist row ticked in the table (the row the browser shows selected)."""
+    rows = app.session_state["diagnose_worklist_table"]["selection"]["rows"]
+    assert len(rows) == 1
+    return worklist_table(app)["file"].iloc[rows[0]]
+
+
+def test_the_ticked_row_is_always_the_study_in_the_viewer(app):
+    upload(app, ("cxr.jpeg", CXR.read_bytes()))
+    assert selected_file(app) == ticked_file(app) == "cxr.jpeg"
+    upload(app, ("cxr.jpeg", CXR.read_bytes()), ("other.jpeg", OTHER_CXR.read_bytes()))
+    assert not app.exception
+    assert selected_file(app) == ticked_file(app) == "other.jpeg"  # the new upload, wherever its row sorts
+    assert [unescaped(m.value) for m in app.info] == ["cxr.jpeg is already in the worklist; it was not added again."]
+
+
+def test_a_filter_that_hides_the_open_study_opens_a_shown_one_and_says_how_many_are_hidden(app):
+    upload(app, ("cxr.jpeg", CXR.read_bytes()), ("other.jpeg", OTHER_CXR.read_bytes()))
+    app.text_input(key="diagnose_filter_text").set_value("cxr").run()
+    assert not app.exception
+    assert list(worklist_table(app)["file"]) == ["cxr.jpeg"]
+    assert selected_file(app) == ticked_file(app) == "cxr.jpeg"
+    assert "1 hidden by the filter" in [c.value for c in app.caption]
+    app.text_input(key="diagnose_filter_text").set_value("").run()
+    app.multiselect(key="diagnose_filter_groups").set_value([]).run()  # nothing chosen: every group
+    assert sorted(worklist_table(app)["file"]) == ["cxr.jpeg", "other.jpeg"]
+    assert app.subheader[0].value == "Worklist (2 studies)"

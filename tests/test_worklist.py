@@ -103,3 +103,35 @@ def test_zip_caps_on_count_and_size_and_a_lying_header(monkeypatch):
     lying[central + 24 : central + 28] = (2).to_bytes(4, "little")  # uncompressed size in the central directory
     with pytest.raises(worklist.UploadError, match="refused"):
         worklist.files_of_upload("x.zip", bytes(lying))
+
+
+def test_table_rows_follow_priority_then_p_and_an_unreadable_row_says_why(tiny_version):
+    predictor = Predictor(tiny_version)
+    files = sorted(FULLRES.glob("*.jp*g"))[:3]
+    studies = {}
+    for number, path in enumerate(files):
+        studies[str(number)] = worklist.decoded_study(path.name, path.read_bytes(), str(number), predictor)
+    studies["bad"] = worklist.decoded_study("bad.png", b"not an image" * 4, "bad", predictor)
+    rows = worklist.table_rows(studies, predictor, predictor.card)
+    assert rows[-1]["file"] == "bad.png" and rows[-1]["p"] is None and rows[-1]["flags"] == studies["bad"].error
+    keys = [(row["rank"], -row["p"]) for row in rows[:-1]]
+    assert keys == sorted(keys) and len(rows) == 4
+
+
+def test_the_filter_never_hides_everything_by_accident():
+    rows = [
+        {"rank": 0, "file": "a.png"},
+        {"rank": 3, "file": "B.dcm"},
+        {"rank": 4, "file": "c.png"},
+    ]
+    assert worklist.filtered(rows, [], "") == rows  # no group chosen: every group
+    assert worklist.filtered(rows, ["Normal"], "") == [rows[1]]
+    assert worklist.filtered(rows, list(worklist.PRIORITY), " b ") == [rows[1]]
+    assert worklist.filtered(rows, ["unreadable"], "a") == []  # the reader's own choice can still show none
+
+
+def test_titles_and_duplicate_messages_read_as_english():
+    assert worklist.studies_title(1) == "Worklist (1 study)"
+    assert worklist.studies_title(20) == "Worklist (20 studies)"
+    assert "the same file as a.png" in worklist.duplicate_message("b.png", "a.png")
+    assert worklist.duplicate_message("a.png", "a.png").startswith("a.png is already in the worklist")
