@@ -4,8 +4,9 @@ For each full-resolution CXR in ../shared/data/fullres, the median over REPEATS 
   on screen   what the Diagnose page does between the file's bytes and the viewer + probabilities being sent
               to the browser: decode, display copy, thumbnail and model input (``worklist.decoded_study``), the
               one-pass reading (``worklist.look``: probabilities, the call made in the graph, its Grad-CAM),
-              the film for the viewer (served by Streamlit's media storage), the viewer's and the bars' figures,
-              and plotly's validation and JSON as ``st.plotly_chart`` does them;
+              the film for the viewer (served by Streamlit's media storage), the viewer's data (the map's PNG,
+              its grid, the window presets) as JSON, and the bars' figure with plotly's validation and JSON as
+              ``st.plotly_chart`` does them;
   + flags     the flags the call is shown with (one more forward pass, over the mirror image), drawn next;
   floor       decode + one compiled forward/backward pass (``gradcam.explainer``; what no implementation avoids);
   common      the usual pattern: PIL decode, ``model.predict``, then a separate eager Grad-CAM pass and a
@@ -21,6 +22,7 @@ one (full-resolution float32 pixels and a float32 display copy per file), by tra
 import argparse
 import hashlib
 import io
+import json
 import os
 import statistics
 import sys
@@ -93,8 +95,12 @@ def on_screen(predictor, data: bytes) -> dict:
     times["decode+copies"], start = lap(start)
     look, _ = worklist.look(study, predictor, predictor.card)
     times["reading"], start = lap(start)
-    film = viewer.film_jpeg(study.data, study.display, overlay.LEVELS // 2, overlay.LEVELS)
-    sent(viewer.figure(served(film), study.display.shape, look.maps[gradcam.GRADCAM]))
+    film = viewer.film_jpeg(study.data, study.display)
+    presets = {name: overlay.window_for(study.display, name) for name in overlay.PRESETS}
+    data = viewer.viewer_data(
+        study.digest, served(film), study.display.shape, presets, study.value_range, look.maps[gradcam.GRADCAM]
+    )
+    json.dumps(data)  # as the viewer component sends it
     sent(viewer.probability_chart(predictor.class_names, look.probabilities, look.decision.label))
     times["figures"], start = lap(start)
     times["on screen"] = times["decode+copies"] + times["reading"] + times["figures"]

@@ -113,9 +113,11 @@ def read_dicom(data: bytes) -> Radiograph:
     values, voi_range = _apply_luts(_decode_first_frame(dataset), dataset)
     bounds = value_bounds(values)
     pixels = scale(values, *(voi_range or bounds))
+    value_range = _shown_value_range(dataset, bounds)
     if metadata.get("PhotometricInterpretation") == "MONOCHROME1":
         pixels = 1.0 - pixels
-    return Radiograph(pixels=pixels, format="DICOM", metadata=metadata, hints=hints)
+        value_range = value_range and value_range[::-1]
+    return Radiograph(pixels=pixels, format="DICOM", metadata=metadata, hints=hints, value_range=value_range)
 
 
 def _dicom_metadata(dataset) -> dict:
@@ -240,6 +242,21 @@ def _apply_luts(stored: np.ndarray, dataset) -> tuple:
         raise UnusableImageError(
             "The DICOM file's grey-level settings (rescale, window or lookup table) are invalid."
         ) from error
+
+
+def _shown_value_range(dataset, bounds: tuple):
+    """The modality values (after rescale) at the ends of what the display greys span: the first window's edges
+    (PS3.3 C.11.2.1.2, linear), the image's own range without a window, None for a VOI lookup table."""
+    if dataset.get("VOILUTSequence"):
+        return None
+    if not _has_voi(dataset):
+        return float(bounds[0]), float(bounds[1])
+    try:
+        center = float(np.ravel(dataset.WindowCenter)[0])
+        width = float(np.ravel(dataset.WindowWidth)[0])
+    except (TypeError, ValueError, IndexError):
+        return None
+    return center - 0.5 - (width - 1) / 2, center - 0.5 + (width - 1) / 2
 
 
 def _has_voi(dataset) -> bool:

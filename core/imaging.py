@@ -140,9 +140,8 @@ def _jpeg_is_truncated(data: bytes) -> bool:
 
 def _raster_radiograph(values: np.ndarray, image_format: str, hints: list) -> Radiograph:
     height, width = values.shape
-    return Radiograph(
-        pixels=scale_raster(values), format=image_format, metadata={"Rows": height, "Columns": width}, hints=hints
-    )
+    pixels, value_range = scale_raster(values)
+    return Radiograph(pixels, image_format, {"Rows": height, "Columns": width}, hints, value_range)
 
 
 def _refuse_known_non_images(data: bytes) -> None:

@@ -62,12 +62,16 @@ class Radiograph:
     format: the detected container ("PNG", "JPEG", "DICOM", ...).
     metadata: header fields of interest (DICOM tags); may hold patient data, so never show it unasked.
     hints: warnings that the image may be out of the model's scope (``Hint``: text with its flag code).
+    value_range: (the file's own value shown black, the value shown white), e.g. a DICOM's modality values at
+        the ends of its window, or None when no linear map exists (a VOI lookup table): what window/level is
+        read out in.
     """
 
     pixels: np.ndarray
     format: str
     metadata: dict = field(default_factory=dict)
     hints: list = field(default_factory=list)
+    value_range: tuple | None = None
 
 
 def too_large_message() -> str:
@@ -116,17 +120,19 @@ def is_blank(values: np.ndarray) -> bool:
     return low == high
 
 
-def scale_raster(values: np.ndarray) -> np.ndarray:
-    """8- and 16-bit images scaled by their type's full range, others (float, 32-bit) by their own min and max."""
+def scale_raster(values: np.ndarray) -> tuple:
+    """(pixels, value_range): 8- and 16-bit images scaled by their type's full range, others (float, 32-bit) by
+    their own min and max; the range is the values shown black and white."""
     full_range_scale = FULL_RANGE_SCALES.get(values.dtype)
     if full_range_scale is None:
         values = values.astype(np.float32)
-        return scale(values, *value_bounds(values))
+        bounds = value_bounds(values)
+        return scale(values, *bounds), (float(bounds[0]), float(bounds[1]))
     if is_blank(values):
         raise UnusableImageError(BLANK)
     pixels = values.astype(np.float32)
     pixels *= full_range_scale
-    return pixels
+    return pixels, (0.0, float(round(1 / full_range_scale)))
 
 
 def scale(values: np.ndarray, low: float, high: float) -> np.ndarray:

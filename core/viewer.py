@@ -1,49 +1,45 @@
-"""The study viewer as a plotly figure: the radiograph (window/level applied to its display copy) as an image layer
-from a JPEG data URI, the Grad-CAM map as a heatmap trace drawn only where the map is high, with its colour bar.
-Zoom (wheel) and pan (drag) happen in the browser; opacity, colormap, threshold and window/level only rebuild
-this small figure, never run the model.
+"""What the Diagnose page's film viewer (``pages/film_viewer.js``) draws, and the probability bars.
 
-Chosen over a pre-blended overlay image: the browser keeps the film and the map as separate layers, so the
-overlay can be hidden or its opacity changed without a new image, the colour bar comes with the trace, and the
-hover shows the map's value. The map travels as a coarse grid (``MAP_COLUMNS`` wide), not per pixel. The film
-travels best as a URL the page serves (fetched and cached once by the browser): inside the figure, a
-megabyte-sized data URI costs plotly's JSON encoder ~30 ms on every redraw (measured in bench/diagnose_latency.py).
+The viewer gets the film as a URL the page serves (fetched and cached once by the browser) and applies
+window/level, invert, zoom and pan itself, on a canvas: a window change is a lookup table in the browser, never
+a round trip, and the reader's view survives every rerun of the page. The Grad-CAM map travels as a small
+transparent PNG (coloured only where the map is at or above its percentile) with its colour scale as a CSS
+gradient, and as a coarse grid of its values (``MAP_COLUMNS`` wide) for the pointer's readout; opacity is
+applied by the browser. Changing the overlay's controls rebuilds this small payload, never runs the model.
 """
 
 import base64
 import io
 
+import cv2
 import numpy as np
 from PIL import Image
 
-from core.overlay import LEVELS, RGB_COLORMAPS, encode_jpeg, masked_map, windowed
+from core.overlay import LEVELS, RGB_COLORMAPS, encode_jpeg, masked_map
 
 __all__ = [
     "data_uri",
     "colorscale",
     "map_grid",
-    "figure",
+    "png_uri",
+    "map_image",
+    "gradient",
+    "film_units",
+    "viewer_data",
     "browser_ready_jpeg",
     "film_jpeg",
     "probability_chart",
     "checked",
 ]
 
-MAP_COLUMNS = 96  # the heatmap grid's width; its height keeps the film's aspect
+MAP_COLUMNS = 96  # the readout grid's width; its height keeps the film's aspect
+MAP_IMAGE_COLUMNS = 256  # the coloured map's width (the browser smooths it; wider costs PNG time)
 COLORSCALE_STOPS = 11
-FIGURE_HEIGHT = 820
-BACKGROUND = "#111111"
 CALL_COLOUR, OTHER_COLOUR = "#2b6cb0", "#a0aec0"
 CHART_HEIGHT = 130
 JPEG_SIGNATURE = b"\xff\xd8\xff"
 MAX_SENT_AS_IS = 2 * 1024**2  # a JPEG upload up to this size goes to the viewer as it is (full resolution)
 EXIF_ORIENTATION = 0x0112
-CONFIG = {
-    "scrollZoom": True,
-    "displaylogo": False,
-    "doubleClick": "reset",
-    "modeBarButtonsToRemove": ["select2d", "lasso2d", "autoScale2d", "toImage"],
-}
 
 
 def data_uri(jpeg: bytes) -> str:
@@ -68,79 +64,86 @@ def map_grid(cam: np.ndarray, shape: tuple, percentile: float) -> tuple:
     return z, columns / grid_columns, rows / grid_rows
 
 
-def figure(
-    source: str, shape: tuple, cam=None, colormap="jet", opacity=0.45, percentile=80.0, title="", uirevision="study"
-) -> dict:
-    """The viewer's plotly figure (a dict, as ``st.plotly_chart`` takes it) for a film of display ``shape`` (rows,
-    columns) at the URL ``source`` (a served file, or ``data_uri``); ``cam`` None shows the film alone.
-    ``uirevision`` keeps the reader's zoom and pan across redraws of the same study."""
+def png_uri(image: np.ndarray) -> str:
+    """An RGBA or grey image as a PNG ``data:`` URI."""
+    png = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 1])[1].tobytes()  # fast; small anyway
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def map_image(cam: np.ndarray, shape: tuple, colormap: str, percentile: float) -> np.ndarray:
+    """The Grad-CAM map coloured, as BGRA for OpenCV's PNG writer, ``MAP_IMAGE_COLUMNS`` wide (the browser
+    smooths it to the film's size), transparent below the cut."""
     rows, columns = shape
-    data = []
-    if cam is not None:
-        z, dx, dy = map_grid(cam, shape, percentile)
-        data.append(
-            {
-                "type": "heatmap",
-                "z": z,
-                "x0": dx / 2,
-                "dx": dx,
-                "y0": dy / 2,
-                "dy": dy,
-                "zmin": 0.0,
-                "zmax": 1.0,
-                "colorscale": colorscale(colormap),
-                "opacity": opacity,
-                "hoverongaps": False,
-                "name": "Grad-CAM",
-                "zsmooth": "best",
-                "hovertemplate": "map %{z:.2f}<extra></extra>",
-                "colorbar": {
-                    "title": {"text": f"map (drawn ≥ P{percentile:g})", "side": "right"},
-                    "thickness": 14,
-                    "len": 0.6,
-                    "tickvals": [0, 0.25, 0.5, 0.75, 1],
-                    "tickfont": {"color": "#dddddd"},
-                    "title_font": {"color": "#dddddd"},
-                },
-            }
-        )
-    else:  # an invisible trace keeps the axes (and so the zoom) the same as with the overlay
-        data.append(
-            {
-                "type": "scatter",
-                "x": [0, columns],
-                "y": [0, rows],
-                "mode": "markers",
-                "marker": {"opacity": 0},
-                "hoverinfo": "skip",
-                "showlegend": False,
-            }
-        )
-    layout = {
-        "height": FIGURE_HEIGHT,
-        "margin": {"l": 0, "r": 0, "t": 0, "b": 0},  # a top margin shifts the film (plotly)
-        "title": {"text": title, "font": {"size": 13, "color": "#dddddd"}, "x": 0.01, "y": 0.99, "yanchor": "top"},
-        "paper_bgcolor": BACKGROUND,
-        "plot_bgcolor": BACKGROUND,
-        "dragmode": "pan",
-        "uirevision": uirevision,
-        "xaxis": {"range": [0, columns], "visible": False},
-        "yaxis": {"range": [rows, 0], "visible": False, "scaleanchor": "x"},
-        "images": [
-            {
-                "source": source,
-                "xref": "x",
-                "yref": "y",
-                "x": 0,
-                "y": 0,
-                "sizex": columns,
-                "sizey": rows,
-                "sizing": "stretch",
-                "layer": "below",
-            }
-        ],
+    image_columns = min(MAP_IMAGE_COLUMNS, columns)
+    image_rows = max(1, round(rows * image_columns / columns))
+    z = masked_map(cam, (image_rows, image_columns), percentile)
+    drawn = np.isfinite(z)
+    levels = np.round(np.nan_to_num(z, nan=0.0).clip(0.0, 1.0) * 255).astype(np.uint8)
+    rgb = RGB_COLORMAPS[colormap][levels, 0]
+    return np.dstack([rgb[..., ::-1], np.where(drawn, 255, 0).astype(np.uint8)])
+
+
+def gradient(colormap: str) -> str:
+    """Our colormap as a CSS gradient, 0 at the bottom: the viewer's colour scale."""
+    return (
+        "linear-gradient(to top, "
+        + ", ".join(f"{colour} {stop * 100:.0f}%" for stop, colour in colorscale(colormap))
+        + ")"
+    )
+
+
+def film_units(value_range) -> dict:
+    """How the viewer reads window/level out: the film's own values at black and white (``value_range`` of a
+    ``core.radiograph.Radiograph``), or display grey levels when the file gives no linear map."""
+    if value_range is None:
+        return {"black": 0.0, "white": float(LEVELS - 1), "name": "(display grey)"}
+    return {"black": float(value_range[0]), "white": float(value_range[1]), "name": ""}
+
+
+def viewer_data(
+    study_id: str,
+    source: str,
+    shape: tuple,
+    presets: dict,
+    value_range=None,
+    cam=None,
+    colormap="jet",
+    opacity=0.45,
+    percentile=80.0,
+    title="",
+) -> dict:
+    """What the page's film viewer (pages/film_viewer.js) draws: the film at the URL ``source`` (a served file or
+    ``data_uri``) of display ``shape`` (rows, columns), its window ``presets`` (name → (level, width) in display
+    greys) and units, and, with a ``cam``, the map as a transparent PNG with its colour scale and a coarse grid
+    of its values (hundredths, None where not drawn) for the pointer's readout. ``study_id`` keys the reader's
+    zoom, pan and window in the browser."""
+    rows, columns = shape
+    data = {
+        "id": study_id,
+        "film": source,
+        "width": int(columns),
+        "height": int(rows),
+        "title": title,
+        "presets": {name: [int(level), int(width)] for name, (level, width) in presets.items()},
+        "units": film_units(value_range),
+        "overlay": None,
+        "map": None,
     }
-    return {"data": data, "layout": layout}
+    if cam is not None:
+        data["overlay"] = {
+            "image": png_uri(map_image(cam, shape, colormap, percentile)),
+            "opacity": float(opacity),
+            "gradient": gradient(colormap),
+            "caption": f"map (drawn ≥ P{percentile:g})",
+        }
+        z, _, _ = map_grid(cam, shape, percentile)
+        hundredths = np.where(np.isfinite(z), np.round(np.nan_to_num(z) * 100), -1).astype(int)
+        data["map"] = {
+            "columns": int(z.shape[1]),
+            "rows": int(z.shape[0]),
+            "values": [None if v < 0 else v / 100 for v in hundredths.ravel().tolist()],
+        }
+    return data
 
 
 def browser_ready_jpeg(data: bytes) -> bool:
@@ -155,12 +158,12 @@ def browser_ready_jpeg(data: bytes) -> bool:
         return False
 
 
-def film_jpeg(data: bytes, display: np.ndarray, level: int, width: int) -> bytes:
-    """The film as sent to the viewer: the upload itself when it is a plain JPEG shown at full range (no
-    re-encoding, and full resolution for zooming in), else the 8-bit display copy with window/level applied."""
-    if (level, width) == (LEVELS // 2, LEVELS) and browser_ready_jpeg(data):
+def film_jpeg(data: bytes, display: np.ndarray) -> bytes:
+    """The film as sent to the viewer: the upload itself when it is a plain JPEG (no re-encoding, and full
+    resolution for zooming in), else the 8-bit display copy."""
+    if browser_ready_jpeg(data):
         return data
-    return encode_jpeg(windowed(display, level, width))
+    return encode_jpeg(display)
 
 
 def probability_chart(class_names, probabilities, called: str) -> dict:

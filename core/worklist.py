@@ -80,6 +80,7 @@ class Study:
     hints: list = field(default_factory=list)
     metadata: dict = field(default_factory=dict)
     full_shape: tuple = ()
+    value_range: tuple | None = None  # the file's own values shown black and white (window/level's units)
     inputs: dict = field(default_factory=dict)  # version → model input (S, S, 3) float32
     looks: dict = field(default_factory=dict)  # (version, operating point, layer, class) → (Look, ms)
     assessments: dict = field(default_factory=dict)  # (version, operating point) → (Assessment, ms)
@@ -116,6 +117,7 @@ def decoded_study(name: str, data: bytes, digest: str, predictor) -> Study:
         hints=radiograph.hints,
         metadata=radiograph.metadata,
         full_shape=radiograph.pixels.shape,
+        value_range=radiograph.value_range,
         inputs={predictor.version: predictor.preprocess(radiograph.pixels)},
         read_at=now(),
     )

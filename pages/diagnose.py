@@ -21,6 +21,7 @@ from core.findings import FINDINGS, FindingError, record_finding, site_counts
 from core.imaging import dicom_fields_for_display
 from core.site import SiteError, configured_site
 from pages.common import active_card, escape_markdown, load_predictor, run_through_app, site_banner
+from pages.film_viewer import film_viewer
 
 STUDIES = "diagnose_studies"  # digest → worklist.Study, for the browser session
 SELECTED = "diagnose_selected"
@@ -31,15 +32,15 @@ TABLE = "diagnose_worklist_table"
 TABLE_ORDER = "diagnose_table_order"
 CALLED_CLASS = "The called class"
 FINDING_LABELS = {"agrees": "Agree with the call", "corrected": "Correct it to…", "not assessable": "Not assessable"}
-CUSTOM = "custom"
 UPLOAD_LABEL = (
     "Chest X-rays, or a zip of a folder of them: DICOM (.dcm or no extension), PNG, JPEG, BMP, TIFF, WebP or GIF"
 )
 INTERNAL_ERROR = "This study could not be analysed because of an internal error (logged for the developers)."
-VIEWER_SHARE = 0.7
+VIEWER_SHARE = 0.62  # the film's share of the page; its call, the worklist and the rest beside it
 TABLE_HEIGHT = 250  # px: about six rows, then the table scrolls (the viewer stays in sight)
 VIEWER_FILM = "diagnose_viewer_film"  # the served film's place (Streamlit frees it when no longer shown)
-FILM_CACHE = "diagnose_film"  # (study digest, level, width) and the film's JPEG
+FILM_CACHE = "diagnose_film"  # (study digest, the film's JPEG)
+VIEWER = "diagnose_viewer"
 LOG = logging.getLogger(__name__)
 
 
@@ -147,8 +148,8 @@ def add_uploads(uploads, predictor, card) -> None:
             progress.progress(number / len(fresh), text=f"Read {number} of {len(fresh)}: {escape_markdown(name)}")
     if progress is not None:
         progress.empty()
-    if fresh:
-        st.session_state[SELECTED] = next(iter(fresh))
+    if fresh:  # open the new study that comes first in the worklist
+        st.session_state[SELECTED] = worklist.table_rows({d: held[d] for d in fresh}, predictor, card)[0]["digest"]
     for problem in problems:
         st.error(escape_markdown(problem), icon=":material/error:")
     for duplicate in duplicates:
@@ -186,7 +187,8 @@ def render_worklist(predictor, card) -> None:
     """The table of studies, by priority, filterable (never to nothing by accident); the CSV export of the
     rows shown, in their order; the clear button; why each unreadable file could not be read."""
     rows = worklist.table_rows(studies(), predictor, card)
-    header, filters, export, clear = st.columns([0.46, 0.18, 0.18, 0.18], vertical_alignment="bottom")
+    header = st.container()
+    filters, export, clear = st.columns(3)
     with filters.popover("Filter", icon=":material/filter_list:", width="stretch"):
         text = st.text_input("File name contains", key="diagnose_filter_text")
         groups = kept(
@@ -234,7 +236,9 @@ def render_worklist(predictor, card) -> None:
         placeholder="—",
         column_config={
             "thumbnail": st.column_config.ImageColumn("", width="small"),
-            "p": st.column_config.NumberColumn("p(COVID-19)", format="%.3f"),
+            "file": st.column_config.TextColumn("file", width="medium"),
+            "call": st.column_config.TextColumn("call", width="small"),
+            "p": st.column_config.NumberColumn("p(COVID-19)", format="%.3f", width="small"),
             "flags": st.column_config.TextColumn("flags, or why unreadable", width="large"),
         },
     )
@@ -245,27 +249,19 @@ def render_worklist(predictor, card) -> None:
                 st.markdown(f"**{escape_markdown(row['file'])}**: {escape_markdown(row['flags'])}")
 
 
-def window_controls(study) -> tuple:
-    """Window presets and sliders above the viewer; (level, width) in the display copy's grey levels."""
-    preset_key, level_key, width_key = "diagnose_window", "diagnose_level", "diagnose_width"
-    preset_column, level_column, width_column, overlay_column = st.columns(
-        [0.44, 0.2, 0.2, 0.16], vertical_alignment="bottom"
-    )
-    with preset_column:
-        preset = kept(st.segmented_control, "Window", preset_key, "full range", [*overlay.PRESETS, CUSTOM])
-    if preset and preset != CUSTOM:
-        st.session_state[level_key], st.session_state[width_key] = overlay.window_for(study.display, preset)
+def window_presets(study) -> dict:
+    """The viewer's window presets for this film: name → (level, width) in its display greys."""
+    return {name: overlay.window_for(study.display, name) for name in overlay.PRESETS}
 
-    def to_custom():
-        st.session_state[preset_key] = CUSTOM
 
-    with level_column:
-        level = kept(st.slider, "Level", level_key, 128, min_value=0, max_value=255, on_change=to_custom)
-    with width_column:
-        width = kept(st.slider, "Width", width_key, 256, min_value=1, max_value=256, on_change=to_custom)
-    with overlay_column:
-        show = kept(st.toggle, "Overlay", "diagnose_show_overlay", True)
-    return level, width, show
+def step_study() -> None:
+    """The keyboard's next (+1) or previous (-1) study, in the worklist's order as shown."""
+    step = st.session_state[VIEWER].step
+    order = st.session_state.get(TABLE_ORDER, [])
+    if not step or st.session_state.get(SELECTED) not in order:
+        return
+    index = order.index(st.session_state[SELECTED]) + int(step)
+    st.session_state[SELECTED] = order[min(max(index, 0), len(order) - 1)]
 
 
 def film_source(jpeg: bytes) -> str:
@@ -283,49 +279,49 @@ def pdf_report(*arguments) -> bytes:
     return report_for(*arguments)
 
 
-def film(study, level: int, width: int) -> bytes:
-    """``viewer.film_jpeg`` of the study at this window, kept for the next reruns (the overlay's controls change
-    the figure, not the film): one film per session."""
-    key = (study.digest, level, width)
-    if st.session_state.get(FILM_CACHE, (None,))[0] != key:
-        st.session_state[FILM_CACHE] = (key, viewer.film_jpeg(study.data, study.display, level, width))
+def film(study) -> bytes:
+    """``viewer.film_jpeg`` of the study, kept for the next reruns (the overlay's controls change the viewer's
+    data, not the film): one film per session."""
+    if st.session_state.get(FILM_CACHE, (None,))[0] != study.digest:
+        st.session_state[FILM_CACHE] = (study.digest, viewer.film_jpeg(study.data, study.display))
     return st.session_state[FILM_CACHE][1]
 
 
-def render_study(predictor, card, controls: dict, study) -> None:
-    """The selected study: the viewer (left, large) and its card (call, flags, probabilities, downloads)."""
+def render_study(predictor, card, controls: dict, study, viewer_column, call_box, more_box) -> None:
+    """The selected study: the film in the viewer column; beside it its call, flags and probabilities (in
+    ``call_box``) and its downloads, finding form and details (in ``more_box``)."""
     if study.error:
-        st.subheader(escape_markdown(study.name))
-        st.error(escape_markdown(study.error), icon=":material/broken_image:")
+        with viewer_column:
+            st.subheader(escape_markdown(study.name))
+            st.error(escape_markdown(study.error), icon=":material/broken_image:")
         return
     called, model_ms = worklist.look(study, predictor, card)
     shown, _ = worklist.look(study, predictor, card, controls["layer"], controls["explained_class"])
     explained = predictor.class_names[shown.target]
-    viewer_column, card_column = st.columns([VIEWER_SHARE, 1 - VIEWER_SHARE])
     with viewer_column:
-        level, width, show = window_controls(study)
-        source = film_source(film(study, level, width))
-        cam = shown.maps[controls["method"]] if show else None
-        title = f"{controls['method']} of {explained} at {shown.layer}" if show else "Film"
-        figure = viewer.figure(
-            source,
+        cam = shown.maps[controls["method"]]
+        data = viewer.viewer_data(
+            study.digest,
+            film_source(film(study)),
             study.display.shape,
+            window_presets(study),
+            study.value_range,
             cam,
             controls["colormap"],
             controls["opacity"],
             controls["percentile"],
-            title=title,
-            uirevision=study.digest,
+            title=f"{controls['method']} of {explained} at {shown.layer}",
         )
-        st.plotly_chart(viewer.checked(figure), key="diagnose_viewer", config=viewer.CONFIG, width="stretch")
-    with card_column:
+        film_viewer(data, key=VIEWER, on_step=step_study)
+    with call_box:
         st.markdown(f"**{escape_markdown(study.name)}**")
-        call_box = st.container()
+        sentence_box = st.container()
         bars = viewer.probability_chart(predictor.class_names, called.probabilities, called.decision.label)
         st.plotly_chart(viewer.checked(bars), key="diagnose_probabilities", config={"displayModeBar": False})
-        flags, flags_ms = worklist.assessment(study, predictor, card)
-        with call_box:
-            render_call(call_sentence(called.decision, called.probabilities, flags, predictor.class_names, card), flags)
+    flags, flags_ms = worklist.assessment(study, predictor, card)
+    with sentence_box:
+        render_call(call_sentence(called.decision, called.probabilities, flags, predictor.class_names, card), flags)
+    with more_box:
         render_downloads(predictor, card, controls, study)
         render_finding(predictor, study, called.decision.label)
         with st.expander("Details", icon=":material/info:"):
@@ -454,8 +450,6 @@ st.caption(f"{RESEARCH_ONLY} The model's limits are under “About the model”.
 card = active_card()
 if card is not None:
     site_banner(card)
-    with st.expander("About the model", icon=":material/info:"):
-        st.markdown(escape_markdown(card.caveat))
     controls = render_controls(card)
     try:
         predictor = load_predictor(card.version)
@@ -472,18 +466,25 @@ if card is not None:
     if uploads:
         with notices:
             add_uploads(uploads, predictor, card)
-    worklist_box = st.container()
     selected = studies().get(st.session_state.get(SELECTED))
     if selected is None and studies():
         selected = next(iter(studies().values()))
     if selected is None:
+        with st.expander("About the model", icon=":material/info:"):
+            st.markdown(escape_markdown(card.caveat))
         st.info("Upload chest X-rays to see the model's call and where it looked.", icon=":material/upload_file:")
         prepare(predictor, controls["layer"])
     else:
+        viewer_column, side_column = st.columns([VIEWER_SHARE, 1 - VIEWER_SHARE])
+        with side_column:
+            call_box, worklist_box, more_box = st.container(), st.container(), st.container()
         try:
-            render_study(predictor, card, controls, selected)
+            render_study(predictor, card, controls, selected, viewer_column, call_box, more_box)
         except Exception:  # a bug must not take the worklist down with it
             LOG.exception("Diagnose failed on a study")
-            st.error(INTERNAL_ERROR)
+            with viewer_column:
+                st.error(INTERNAL_ERROR)
         with worklist_box:
             render_worklist(predictor, card)
+        with more_box, st.expander("About the model", icon=":material/info:"):
+            st.markdown(escape_markdown(card.caveat))

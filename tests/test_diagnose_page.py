@@ -39,24 +39,21 @@ def upload(app, *files):
     return app.run()
 
 
-def figures(app) -> dict:
-    """The page's plotly figures by key: the viewer and the probability bars."""
-    return {
-        name: json.loads(chart.proto.spec) for name, chart in zip(("viewer", "probabilities"), app.get("plotly_chart"))
-    }
+def viewer_data(app) -> dict:
+    """What the page sent its film viewer (``core.viewer.viewer_data``); AppTest holds the component as is."""
+    (element,) = app.get("bidi_component")
+    return json.loads(element.proto.json)
 
 
-def heat(trace) -> np.ndarray:
-    """A heatmap's z as plotly sends it (a base64 typed array, NaN where transparent)."""
-    z = trace["z"]
-    if isinstance(z, dict):
-        shape = [int(n) for n in str(z["shape"]).split(",")]
-        return np.frombuffer(base64.b64decode(z["bdata"]), dtype=z["dtype"]).reshape(shape).astype(float)
-    return np.array(z, dtype=float)
+def drawn_map(data: dict) -> np.ndarray:
+    """Where the viewer's map image is drawn (its alpha), as booleans."""
+    png = base64.b64decode(data["overlay"]["image"].split(",", 1)[1])
+    return cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)[..., 3] > 0
 
 
 def shown_probabilities(app) -> list:
-    return figures(app)["probabilities"]["data"][0]["x"]
+    (bars,) = app.get("plotly_chart")
+    return json.loads(bars.proto.spec)["data"][0]["x"]
 
 
 def calls(app) -> list:
@@ -106,20 +103,16 @@ def test_probabilities_viewer_and_call_appear_and_a_corrupt_file_does_not_stop_t
     assert calls(app) == [
         f":material/assignment_turned_in: **Called {call}: the most probable class (no operating point saved)**"
     ]
-    bars = figures(app)["probabilities"]["data"][0]
+    bars = json.loads(app.get("plotly_chart")[0].proto.spec)["data"][0]
     coloured = [name for name, colour in zip(bars["y"], bars["marker"]["color"]) if colour == "#2b6cb0"]
     assert coloured == [call]  # only the called class in the call's colour
 
-    viewer = figures(app)["viewer"]
-    heatmap = viewer["data"][0]
-    assert heatmap["type"] == "heatmap" and "colorbar" in heatmap
-    z = heat(heatmap)
-    drawn = ~np.isnan(z)
-    assert 0.05 < drawn.mean() < 0.5  # only where the map is high: transparent elsewhere
-    image = viewer["layout"]["images"][0]
-    assert image["source"].endswith(".jpg") and image["layer"] == "below"  # served by the page, not inlined
-    assert viewer["layout"]["title"]["text"] == f"Grad-CAM of {call} at block4_conv3"
-    assert viewer["layout"]["dragmode"] == "pan"
+    viewer = viewer_data(app)
+    assert "gradient" in viewer["overlay"]  # the overlay's colour scale
+    assert 0.05 < drawn_map(viewer).mean() < 0.5  # only where the map is high: transparent elsewhere
+    assert viewer["film"].endswith(".jpg")  # served by the page, not inlined
+    assert viewer["title"] == f"Grad-CAM of {call} at block4_conv3"
+    assert viewer["units"] == {"black": 0.0, "white": 255.0, "name": ""}  # an 8-bit JPEG's own grey levels
 
     table = worklist_table(app)
     assert sorted(table["file"]) == ["broken.png", "cxr.jpeg", "small [1].png"]
@@ -132,7 +125,7 @@ def test_probabilities_viewer_and_call_appear_and_a_corrupt_file_does_not_stop_t
 @pytest.mark.slow
 def test_moving_the_controls_redraws_without_rerunning_the_model_unless_needed(app):
     upload(app, ("cxr.jpeg", CXR.read_bytes()))
-    before = figures(app)["viewer"]
+    before = viewer_data(app)
     probabilities = shown_probabilities(app)
     assert looks(app) == 1
 
@@ -141,33 +134,29 @@ def test_moving_the_controls_redraws_without_rerunning_the_model_unless_needed(a
     app.slider(key="diagnose_percentile").set_value(95).run()
     app.radio(key="diagnose_method").set_value("Grad-CAM++").run()
     assert not app.exception
-    after = figures(app)["viewer"]
-    assert after["data"][0]["opacity"] == 0.8 and after["data"][0]["colorscale"] != before["data"][0]["colorscale"]
-    assert np.isnan(heat(after["data"][0])).mean() > 0.9
-    assert after["layout"]["title"]["text"].startswith("Grad-CAM++ of")
+    after = viewer_data(app)
+    assert after["overlay"]["opacity"] == 0.8 and after["overlay"]["gradient"] != before["overlay"]["gradient"]
+    assert drawn_map(after).mean() < 0.1
+    assert after["title"].startswith("Grad-CAM++ of") and after["film"] == before["film"]
     assert looks(app) == 1  # one pass gave both methods; opacity, colormap and threshold only redraw
 
     app.selectbox(key="diagnose_class").set_value("COVID-19").run()
     app.selectbox(key="diagnose_layer").set_value("block3_conv3").run()
     assert not app.exception
-    assert figures(app)["viewer"]["layout"]["title"]["text"] == "Grad-CAM++ of COVID-19 at block3_conv3"
+    assert viewer_data(app)["title"] == "Grad-CAM++ of COVID-19 at block3_conv3"
     assert looks(app) == 3
     np.testing.assert_allclose(shown_probabilities(app), probabilities, atol=PROBABILITY_ATOL)
 
 
-def test_window_presets_and_sliders_change_the_film_not_the_reading(app):
-    upload(app, ("cxr.jpeg", CXR.read_bytes()))
-    full = figures(app)["viewer"]["layout"]["images"][0]["source"]
-    app.get("button_group")[0].set_value("lung").run()
-    lung = figures(app)["viewer"]["layout"]["images"][0]["source"]
-    level, width = app.slider(key="diagnose_level").value, app.slider(key="diagnose_width").value
-    study = next(iter(app.session_state[STUDIES].values()))
+def test_the_viewer_gets_this_films_window_presets_and_the_reading_runs_once(app):
     from core import overlay
 
-    assert (level, width) == overlay.window_for(study.display, "lung") and lung != full
-    app.slider(key="diagnose_width").set_value(60).run()
-    assert app.get("button_group")[0].value == "custom"
-    assert figures(app)["viewer"]["layout"]["images"][0]["source"] not in (full, lung)
+    upload(app, ("cxr.jpeg", CXR.read_bytes()))
+    study = next(iter(app.session_state[STUDIES].values()))
+    presets = viewer_data(app)["presets"]
+    assert presets == {name: list(overlay.window_for(study.display, name)) for name in overlay.PRESETS}
+    assert presets["full range"] == [128, 256] and presets["lung"] != presets["full range"]
+    assert viewer_data(app)["id"] == study.digest  # the browser keeps the reader's view per study
     assert looks(app) == 1 and not app.exception
 
 
@@ -181,7 +170,7 @@ def test_studies_and_controls_survive_a_visit_to_another_page(app):
     assert not app.exception
     assert calls(app) == shown and sorted(worklist_table(app)["file"]) == ["cxr.jpeg", "other.jpeg"]
     assert app.slider(key="diagnose_opacity").value == 0.7
-    assert figures(app)["viewer"]["data"][0]["opacity"] == 0.7
+    assert viewer_data(app)["overlay"]["opacity"] == 0.7
 
     app.button[0].click().run()  # clear studies
     assert not app.exception and not app.session_state[STUDIES] and not calls(app)

@@ -215,6 +215,21 @@ def test_window_center_and_width_are_applied():
     assert pixels[tuple(middle)] == pytest.approx(0.5, abs=0.01)
 
 
+def test_the_values_shown_black_and_white_are_the_files_own():
+    """Window/level is read out in these units: a DICOM's modality values, a raster's own grey levels."""
+    windowed = dicom_bytes(RAMP_12BIT, bits_stored=12, WindowCenter=2000, WindowWidth=1000, RescaleIntercept=-1000)
+    assert read_image(windowed).value_range == pytest.approx((2000 - 0.5 - 499.5, 2000 - 0.5 + 499.5))  # modality units
+    plain = read_image(dicom_bytes(RAMP_12BIT, bits_stored=12))
+    assert plain.value_range == (0.0, 4095.0)
+    assert read_image(dicom_bytes(RAMP_12BIT, "MONOCHROME1", 12)).value_range == (4095.0, 0.0)
+    lut = Dataset()
+    lut.add_new(0x00283002, "US", [4096, 0, 12])
+    lut.add_new(0x00283006, "US", (np.arange(4096) // 16).tolist())
+    assert read_image(dicom_bytes(RAMP_12BIT, bits_stored=12, VOILUTSequence=[lut])).value_range is None
+    assert read_image(encode(Image.fromarray(GREY), "PNG")).value_range == (0.0, 255.0)
+    assert read_image(encode(Image.fromarray(RAMP_12BIT), "PNG")).value_range == (0.0, 65535.0)
+
+
 def test_voi_lut_is_applied_and_scaled_by_its_output_range():
     lut = Dataset()
     lut.add_new(0x00283002, "US", [4096, 0, 12])  # LUT Descriptor: 4096 entries from 0, 12 bits each

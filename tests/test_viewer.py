@@ -1,6 +1,8 @@
-"""The viewer's plotly figures (valid for plotly, the map transparent below its cut, the colour scale ours) and the
-film sent to it (the upload itself when a browser shows it as we read it, else the windowed display copy)."""
+"""What the film viewer gets (the map coloured and transparent below its cut, its colour scale ours, the window
+presets and the film's own units) and the film sent to it (the upload itself when a browser shows it as we read
+it, else the display copy); the probability bars valid for plotly."""
 
+import base64
 import io
 
 import cv2
@@ -13,31 +15,45 @@ from core import overlay, viewer
 from tests.conftest import FULLRES
 
 CAM = np.linspace(0.0, 1.0, 100, dtype=np.float32).reshape(10, 10)
+PRESETS = {"full range": (128, 256), "lung": (90, 120)}
 
 
-def test_the_viewer_figure_is_valid_plotly_and_draws_the_map_only_above_its_cut():
-    figure = viewer.figure("/media/film.jpg", (1000, 800), CAM, "inferno", 0.6, 75, title="Grad-CAM of Normal")
-    go.Figure(figure)  # plotly's own validation: the page sends these figures without it (viewer.checked)
-    heatmap = figure["data"][0]
-    z = heatmap["z"]
-    assert z.shape == (round(1000 * viewer.MAP_COLUMNS / 800), viewer.MAP_COLUMNS)
-    assert np.nanmin(z) >= overlay.cut(CAM, 75) and 0.15 < np.isfinite(z).mean() < 0.35
-    assert heatmap["opacity"] == 0.6 and heatmap["colorbar"]["title"]["text"] == "map (drawn ≥ P75)"
-    first, last = heatmap["colorscale"][0], heatmap["colorscale"][-1]
-    assert last[1] == "rgb({},{},{})".format(*overlay.RGB_COLORMAPS["inferno"][255, 0])
-    assert first[1] == "rgb({},{},{})".format(*overlay.RGB_COLORMAPS["inferno"][0, 0])
-    layout = figure["layout"]
-    assert layout["images"][0]["source"] == "/media/film.jpg" and layout["dragmode"] == "pan"
-    assert layout["yaxis"]["range"] == [1000, 0] and layout["yaxis"]["scaleanchor"] == "x"
-    assert viewer.CONFIG["scrollZoom"] is True
+def decoded_png(uri: str) -> np.ndarray:
+    assert uri.startswith("data:image/png;base64,")
+    return cv2.imdecode(np.frombuffer(base64.b64decode(uri.split(",", 1)[1]), np.uint8), cv2.IMREAD_UNCHANGED)
 
 
-def test_without_the_overlay_the_axes_stay_the_same():
-    with_map = viewer.figure("x", (600, 500), CAM)
-    without = viewer.figure("x", (600, 500), None)
-    go.Figure(without)
-    assert all(trace["type"] != "heatmap" for trace in without["data"])
-    assert without["layout"]["xaxis"] == with_map["layout"]["xaxis"]
+def test_the_viewer_gets_the_map_only_above_its_cut_in_our_colours_with_its_readout_grid():
+    data = viewer.viewer_data("s1", "/media/film.jpg", (1000, 800), PRESETS, (0, 4095), CAM, "inferno", 0.6, 75, "t")
+    assert (data["id"], data["film"], data["width"], data["height"], data["title"]) == (
+        "s1",
+        "/media/film.jpg",
+        800,
+        1000,
+        "t",
+    )
+    assert data["presets"] == {"full range": [128, 256], "lung": [90, 120]}
+    assert data["units"] == {"black": 0.0, "white": 4095.0, "name": ""}
+    image = decoded_png(data["overlay"]["image"])
+    assert image.shape == (round(1000 * viewer.MAP_IMAGE_COLUMNS / 800), viewer.MAP_IMAGE_COLUMNS, 4)
+    drawn = image[..., 3] == 255
+    assert 0.15 < drawn.mean() < 0.35 and set(np.unique(image[..., 3])) == {0, 255}
+    top = image[-1, -1, 2::-1]  # the map's highest corner, as RGB
+    assert tuple(top) == tuple(overlay.RGB_COLORMAPS["inferno"][255, 0])
+    assert data["overlay"]["opacity"] == 0.6 and data["overlay"]["caption"] == "map (drawn ≥ P75)"
+    first_colour = "rgb({},{},{})".format(*overlay.RGB_COLORMAPS["inferno"][0, 0])
+    assert data["overlay"]["gradient"].startswith(f"linear-gradient(to top, {first_colour} 0%")
+    grid = data["map"]
+    assert grid["columns"] == viewer.MAP_COLUMNS and len(grid["values"]) == grid["rows"] * grid["columns"]
+    shown = [value for value in grid["values"] if value is not None]
+    assert min(shown) >= round(overlay.cut(CAM, 75), 2) - 0.01 and max(shown) <= 1.0
+    assert grid["values"][0] is None  # the map's lowest corner is not drawn
+
+
+def test_without_the_overlay_the_viewer_gets_the_film_alone_and_units_fall_back_to_display_grey():
+    data = viewer.viewer_data("s1", "x", (600, 500), PRESETS)
+    assert data["overlay"] is None and data["map"] is None
+    assert data["units"] == {"black": 0.0, "white": 255.0, "name": "(display grey)"}
 
 
 def test_the_probability_chart_colours_only_the_called_class():
@@ -46,13 +62,13 @@ def test_the_probability_chart_colours_only_the_called_class():
     assert chart["data"][0]["marker"]["color"] == [viewer.CALL_COLOUR, viewer.OTHER_COLOUR, viewer.OTHER_COLOUR]
 
 
-def test_a_plain_jpeg_upload_goes_to_the_viewer_as_it_is_and_a_window_re_encodes_the_display_copy():
+def test_a_plain_jpeg_upload_goes_to_the_viewer_as_it_is_and_others_as_the_display_copy():
     data = (FULLRES / "COVID19__2cd63b76.jpg").read_bytes()
     display = np.full((100, 80), 100, np.uint8)
-    assert viewer.film_jpeg(data, display, overlay.LEVELS // 2, overlay.LEVELS) is data
-    windowed = viewer.film_jpeg(data, display, 100, 50)
-    decoded = cv2.imdecode(np.frombuffer(windowed, np.uint8), cv2.IMREAD_GRAYSCALE)
-    assert decoded.shape == (100, 80) and abs(int(decoded.mean()) - 128) <= 2
+    assert viewer.film_jpeg(data, display) is data
+    copy = viewer.film_jpeg(cv2.imencode(".png", display)[1].tobytes(), display)
+    decoded = cv2.imdecode(np.frombuffer(copy, np.uint8), cv2.IMREAD_GRAYSCALE)
+    assert decoded.shape == (100, 80) and abs(int(decoded.mean()) - 100) <= 2
 
 
 @pytest.mark.parametrize("orientation, as_is", [(1, True), (6, False)])
