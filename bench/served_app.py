@@ -57,13 +57,14 @@ def _wait_until_healthy(url: str, process: subprocess.Popen, log_path: Path) -> 
 
 
 @contextlib.contextmanager
-def served_app(log_path: Path, environment: dict = None, options: dict = None):
+def served_app(log_path: Path, environment: dict = None, options: dict = None, shipped_config=False):
     """``streamlit run app.py`` on a free localhost port with ``environment`` added to this process's and
-    ``options`` added to ``SERVER_OPTIONS``; yields (url, process) once it answers its health check, and stops
-    it (terminate, then kill after ``STOP_S``) on leaving. Its output goes to ``log_path``."""
+    ``options`` added to ``SERVER_OPTIONS`` (to none with ``shipped_config``: the repository's
+    .streamlit/config.toml as a department runs it); yields (url, process) once it answers its health check, and
+    stops it (terminate, then kill after ``STOP_S``) on leaving. Its output goes to ``log_path``."""
     port = free_port()
     command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port)]
-    for name, value in {**SERVER_OPTIONS, **(options or {})}.items():
+    for name, value in {**({} if shipped_config else SERVER_OPTIONS), **(options or {})}.items():
         command += [f"--{name}", str(value)]
     url = f"http://127.0.0.1:{port}"
     with open(log_path, "w") as log:

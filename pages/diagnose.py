@@ -15,8 +15,7 @@ from pathlib import Path
 import streamlit as st
 from streamlit import runtime
 
-from core import RESEARCH_ONLY, gradcam, overlay, registry, viewer, worklist
-from core.diagnosis import READING_PASS, call_sentence, look_batch
+from core import RESEARCH_ONLY, overlay, registry, viewer
 from core.findings import FINDINGS, FindingError, record_finding, site_counts
 from core.imaging import dicom_fields_for_display
 from core.site import SiteError, configured_site
@@ -450,18 +449,23 @@ st.caption(f"{RESEARCH_ONLY} The model's limits are under “About the model”.
 card = active_card()
 if card is not None:
     site_banner(card)
-    controls = render_controls(card)
-    try:
-        predictor = load_predictor(card.version)
-    except registry.ModelVersionError as error:
-        st.error(escape_markdown(str(error)))
-        st.stop()
     uploads = st.file_uploader(
         UPLOAD_LABEL,
         type=None,
         accept_multiple_files=True,
         key=f"diagnose_uploads_{st.session_state.get(UPLOADER_GENERATION, 0)}",
     )
+    # The model's stack (TensorFlow: seconds to import on a fresh server) loads once the uploader is on screen,
+    # so a first visit can choose its films meanwhile.
+    with st.spinner("Loading the model…"):
+        from core import gradcam, worklist
+        from core.diagnosis import READING_PASS, call_sentence, look_batch
+    controls = render_controls(card)
+    try:
+        predictor = load_predictor(card.version)
+    except registry.ModelVersionError as error:
+        st.error(escape_markdown(str(error)))
+        st.stop()
     notices = st.container()  # progress and messages: a fixed slot, so the elements below keep their places
     if uploads:
         with notices:

@@ -54,6 +54,7 @@ DIAGONAL = {"dash": "dot", "color": "grey"}
 MARKER = {"size": 12, "color": "red"}
 CHART = {"height": CHART_HEIGHT, "margin": CHART_MARGIN, "legend": {"orientation": "h", "y": -0.25}}
 READER_KEY, REASON_KEY, REMEMBERED_READER = "op_reader", "op_reason", "op_reader_name"
+COMMITTED = "op_committed"  # a change was saved: rerun the whole page, not the fragment
 
 
 def plot_text(text) -> str:
@@ -86,6 +87,30 @@ def cached_roc(frame: pd.DataFrame, positive: str):
     """ROC and AUC with its bootstrap interval (slow: cached per predictions and positive class)."""
     scores, truth = op.scores_and_truth(frame, positive)
     return op.roc(truth, scores)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def cached_precision_recall(frame: pd.DataFrame, positive: str):
+    scores, truth = op.scores_and_truth(frame, positive)
+    return op.precision_recall(truth, scores)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def cached_sensitivity_table(frame: pd.DataFrame, positive: str) -> pd.DataFrame:
+    scores, truth = op.scores_and_truth(frame, positive)
+    return sensitivity_table(truth, scores)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def cached_figures(frame: pd.DataFrame, positive: str, threshold: float) -> dict:
+    """``op.figures`` at a threshold (its F1 interval is a bootstrap): a slider moved back and forth costs once."""
+    scores, truth = op.scores_and_truth(frame, positive)
+    return op.figures(truth, scores, threshold)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def cached_per_source_table(frame: pd.DataFrame, positive: str, threshold: float) -> pd.DataFrame:
+    return per_source_table(frame, positive, threshold)
 
 
 # --- tables ----------------------------------------------------------------------------------------------------
@@ -270,6 +295,7 @@ def commit_change(version: str, keys: dict) -> None:
     except (ValueError, registry.ModelVersionError) as error:
         st.session_state["op_error"] = str(error)
         return
+    st.session_state[COMMITTED] = True  # the fragment reruns the whole page: the saved point above changed
     st.session_state[REMEMBERED_READER] = reader
     st.session_state[REASON_KEY] = ""
     st.session_state.pop(keys["pending"], None)
@@ -354,8 +380,7 @@ def show_test_report(card, positive: str, threshold: float) -> None:
     except registry.ModelVersionError as error:
         st.error(escape_markdown(error))
         return
-    scores, truth = op.scores_and_truth(frame, positive)
-    show_figures(op.figures(truth, scores, threshold), positive)
+    show_figures(cached_figures(frame, positive, threshold), positive)
     st.plotly_chart(
         confusion_figure(
             op.decision_matrix(frame, card.class_names, positive, threshold),
@@ -365,7 +390,7 @@ def show_test_report(card, positive: str, threshold: float) -> None:
         key="test_matrix",
     )
     st.subheader("Per source (test)")
-    st.dataframe(per_source_table(frame, positive, threshold), hide_index=True)
+    st.dataframe(cached_per_source_table(frame, positive, threshold), hide_index=True)
 
 
 def controls(frame: pd.DataFrame, card, keys: dict, choices: list):
@@ -460,21 +485,31 @@ def main() -> None:
     st.session_state.setdefault(keys["threshold"], float(saved.get("threshold", DEFAULT_THRESHOLD)))
     st.session_state.setdefault(keys["target"], DEFAULT_TARGET_PERCENT)
     st.session_state.setdefault(keys["prevalence"], DEFAULT_PREVALENCE_PERCENT)
+    workbench(frame, card, keys, choices)
+
+
+@st.fragment
+def workbench(frame: pd.DataFrame, card, keys: dict, choices: list) -> None:
+    """The controls and every figure they change: a fragment, so a move of the threshold reruns this part of
+    the page alone; a saved change reruns the whole page (the saved point and its history above)."""
+    if st.session_state.pop(COMMITTED, False):
+        st.rerun(scope="app")
+    class_names = card.class_names
     positive, scores, truth, threshold, prevalence = controls(frame, card, keys, choices)
     if st.session_state.get(keys["pending"]):
         confirmation(frame, card, keys, prevalence)
 
     validation, test = st.tabs(["Validation (choose here)", "Test report (not for choosing)"])
     with validation:
-        point = op.figures(truth, scores, threshold)
+        point = cached_figures(frame, positive, threshold)
         st.subheader("Figures at this threshold (validation)")
         show_figures(point, positive)
 
         st.subheader("Thresholds for target sensitivities")
         st.caption("For each target, the highest threshold that reaches it (as in Minaee et al., Deep-COVID).")
-        st.dataframe(sensitivity_table(truth, scores), hide_index=True)
+        st.dataframe(cached_sensitivity_table(frame, positive), hide_index=True)
 
-        curve, pr_curve = cached_roc(frame, positive), op.precision_recall(truth, scores)
+        curve, pr_curve = cached_roc(frame, positive), cached_precision_recall(frame, positive)
         left, right = st.columns(2)
         if curve:
             left.plotly_chart(roc_figure(curve, point))
@@ -506,7 +541,7 @@ def main() -> None:
 
         st.subheader("Per source (validation)")
         st.caption("A model that learnt the source instead of the disease looks good overall and bad per source.")
-        st.dataframe(per_source_table(frame, positive, threshold), hide_index=True)
+        st.dataframe(cached_per_source_table(frame, positive, threshold), hide_index=True)
     with test:
         show_test_report(card, positive, threshold)
 

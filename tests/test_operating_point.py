@@ -348,3 +348,19 @@ def test_the_shipped_operating_point_was_chosen_on_validation(shipped_version):
     assert point["positive_class"] == "COVID-19" and point["chosen_on"] == "validation"
     assert point["threshold"] == pytest.approx(op.threshold_for_sensitivity(truth, scores, 0.975), abs=1e-9)
     assert point["figures"]["sensitivity"]["value"] >= 0.975
+
+
+def test_the_f1_interval_at_once_equals_the_resample_by_resample_bootstrap():
+    from core.metrics import bootstrap_ci
+
+    rng = np.random.default_rng(4)
+    truth = rng.random(300) < 0.2
+    scores = np.clip(truth * 0.3 + rng.random(300) * 0.7, 0, 1)
+    called = scores >= 0.5
+
+    def f1_of(resampled_truth, resampled_called):
+        return op.f1(resampled_truth, resampled_called)
+
+    assert op.f1_interval(truth, called, 200, seed=3) == bootstrap_ci(f1_of, (truth, called), 200, seed=3)
+    no_positives = np.zeros(10, bool)
+    assert all(np.isnan(op.f1_interval(no_positives, no_positives, 20)))  # undefined everywhere: no interval

@@ -20,8 +20,9 @@ def test_a_pages_own_url_as_the_first_request_opens_it_inside_the_app(app_url):
             page.set_default_timeout(PAGE_TIMEOUT_MS)
             page.goto(f"{app_url}/operating_point")
             page.get_by_role("heading", name="Operating point").wait_for()
-            page.get_by_text("Active model:").wait_for()
-            navigation = page.locator('[data-testid="stSidebarNav"]').inner_text()
+            page.get_by_text("Active model:").wait_for(state="attached")  # the app's sidebar (it starts closed)
+            page.locator('[data-testid="stTopNavLink"]').first.wait_for()
+            navigation = " ".join(page.locator('[data-testid="stTopNavLink"]').all_inner_texts())
             assert "Diagnose" in navigation and "Models" in navigation
             assert "common" not in navigation and "app" not in navigation.split()
         finally:
