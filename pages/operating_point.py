@@ -54,7 +54,7 @@ DIAGONAL = {"dash": "dot", "color": "grey"}
 MARKER = {"size": 12, "color": "red"}
 CHART = {"height": CHART_HEIGHT, "margin": CHART_MARGIN, "legend": {"orientation": "h", "y": -0.25}}
 READER_KEY, REASON_KEY, REMEMBERED_READER = "op_reader", "op_reason", "op_reader_name"
-COMMITTED = "op_committed"  # a change was saved: rerun the whole page, not the fragment
+WHOLE_PAGE = "op_whole_page"  # a saved change or a new positive class: rerun the whole page, not the fragment
 
 
 def plot_text(text) -> str:
@@ -267,6 +267,7 @@ def reset_threshold(frame: pd.DataFrame, saved: dict, keys: dict) -> None:
         threshold = op.threshold_for_sensitivity(truth, scores, st.session_state[keys["target"]] / 100)
     st.session_state[keys["threshold"]] = float(DEFAULT_THRESHOLD if threshold is None else threshold)
     st.session_state.pop(keys["pending"], None)
+    st.session_state[WHOLE_PAGE] = True  # the tables outside the fragment are per positive class
 
 
 def apply_target(truth, scores, keys: dict) -> None:
@@ -295,7 +296,7 @@ def commit_change(version: str, keys: dict) -> None:
     except (ValueError, registry.ModelVersionError) as error:
         st.session_state["op_error"] = str(error)
         return
-    st.session_state[COMMITTED] = True  # the fragment reruns the whole page: the saved point above changed
+    st.session_state[WHOLE_PAGE] = True  # the saved point above the fragment changed
     st.session_state[REMEMBERED_READER] = reader
     st.session_state[REASON_KEY] = ""
     st.session_state.pop(keys["pending"], None)
@@ -374,7 +375,10 @@ def show_test_report(card, positive: str, threshold: float) -> None:
         positive, threshold = point["positive_class"], float(point["threshold"])
         st.caption("At the saved operating point.")
     else:
-        st.caption("No saved operating point: at the current validation-tab threshold.")
+        st.caption(
+            f"No saved operating point: at the validation tab's threshold when this page was drawn, "
+            f"{threshold_text(threshold)}."
+        )
     try:
         frame = predictions(card.version, "test")
     except registry.ModelVersionError as error:
@@ -485,65 +489,62 @@ def main() -> None:
     st.session_state.setdefault(keys["threshold"], float(saved.get("threshold", DEFAULT_THRESHOLD)))
     st.session_state.setdefault(keys["target"], DEFAULT_TARGET_PERCENT)
     st.session_state.setdefault(keys["prevalence"], DEFAULT_PREVALENCE_PERCENT)
-    workbench(frame, card, keys, choices)
+    validation, test = st.tabs(["Validation (choose here)", "Test report (not for choosing)"])
+    with validation:
+        workbench(frame, card, keys, choices)
+        positive = st.session_state[keys["positive"]]
+        st.subheader("Thresholds for target sensitivities")
+        st.caption("For each target, the highest threshold that reaches it (as in Minaee et al., Deep-COVID).")
+        st.dataframe(cached_sensitivity_table(frame, positive), hide_index=True)
+        st.subheader("Calibration")
+        show_calibration(card)
+    with test:
+        show_test_report(card, positive, st.session_state[keys["threshold"]])
 
 
 @st.fragment
 def workbench(frame: pd.DataFrame, card, keys: dict, choices: list) -> None:
-    """The controls and every figure they change: a fragment, so a move of the threshold reruns this part of
-    the page alone; a saved change reruns the whole page (the saved point and its history above)."""
-    if st.session_state.pop(COMMITTED, False):
+    """The controls and every figure they change: a fragment, so a move of the threshold redraws this part of the
+    page alone (what does not move with it is drawn outside); a saved change or a new positive class reruns the
+    whole page."""
+    if st.session_state.pop(WHOLE_PAGE, False):
         st.rerun(scope="app")
     class_names = card.class_names
     positive, scores, truth, threshold, prevalence = controls(frame, card, keys, choices)
     if st.session_state.get(keys["pending"]):
         confirmation(frame, card, keys, prevalence)
 
-    validation, test = st.tabs(["Validation (choose here)", "Test report (not for choosing)"])
-    with validation:
-        point = cached_figures(frame, positive, threshold)
-        st.subheader("Figures at this threshold (validation)")
-        show_figures(point, positive)
-
-        st.subheader("Thresholds for target sensitivities")
-        st.caption("For each target, the highest threshold that reaches it (as in Minaee et al., Deep-COVID).")
-        st.dataframe(cached_sensitivity_table(frame, positive), hide_index=True)
-
-        curve, pr_curve = cached_roc(frame, positive), cached_precision_recall(frame, positive)
-        left, right = st.columns(2)
-        if curve:
-            left.plotly_chart(roc_figure(curve, point))
-            right.plotly_chart(precision_recall_figure(pr_curve, point))
-        else:
-            st.caption("ROC and precision–recall need both positive and negative validation cases.")
-        left, right = st.columns(2)
-        left.plotly_chart(
-            confusion_figure(
-                op.decision_matrix(frame, class_names, positive, threshold),
-                class_names,
-                "Confusion matrix at this threshold (validation)",
-            )
+    point = cached_figures(frame, positive, threshold)
+    st.subheader("Figures at this threshold (validation)")
+    show_figures(point, positive)
+    curve, pr_curve = cached_roc(frame, positive), cached_precision_recall(frame, positive)
+    left, right = st.columns(2)
+    if curve:
+        left.plotly_chart(roc_figure(curve, point))
+        right.plotly_chart(precision_recall_figure(pr_curve, point))
+    else:
+        st.caption("ROC and precision–recall need both positive and negative validation cases.")
+    left, right = st.columns(2)
+    left.plotly_chart(
+        confusion_figure(
+            op.decision_matrix(frame, class_names, positive, threshold),
+            class_names,
+            "Confusion matrix at this threshold (validation)",
         )
-        right.plotly_chart(histogram_figure(frame, scores, class_names, positive, threshold))
+    )
+    right.plotly_chart(histogram_figure(frame, scores, class_names, positive, threshold))
 
-        st.subheader(f"Predictive values at {100 * prevalence:.1f} % prevalence")
-        predictive = op.predictive_values_at(point, prevalence)
-        columns = st.columns(2)
-        for column, key in zip(columns, ("ppv", "npv")):
-            low, high = predictive[key]["range"]
-            column.metric(f"{key.upper()} at {100 * prevalence:.1f} %", number_text(predictive[key]["value"]))
-            column.caption(
-                f"range {number_text(low)}–{number_text(high)} from the sensitivity and specificity intervals"
-            )
+    st.subheader(f"Predictive values at {100 * prevalence:.1f} % prevalence")
+    predictive = op.predictive_values_at(point, prevalence)
+    columns = st.columns(2)
+    for column, key in zip(columns, ("ppv", "npv")):
+        low, high = predictive[key]["range"]
+        column.metric(f"{key.upper()} at {100 * prevalence:.1f} %", number_text(predictive[key]["value"]))
+        column.caption(f"range {number_text(low)}–{number_text(high)} from the sensitivity and specificity intervals")
 
-        st.subheader("Calibration")
-        show_calibration(card)
-
-        st.subheader("Per source (validation)")
-        st.caption("A model that learnt the source instead of the disease looks good overall and bad per source.")
-        st.dataframe(cached_per_source_table(frame, positive, threshold), hide_index=True)
-    with test:
-        show_test_report(card, positive, threshold)
+    st.subheader("Per source (validation)")
+    st.caption("A model that learnt the source instead of the disease looks good overall and bad per source.")
+    st.dataframe(cached_per_source_table(frame, positive, threshold), hide_index=True)
 
 
 main()

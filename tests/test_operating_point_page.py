@@ -137,7 +137,7 @@ def test_page_target_sensitivity_confirmed_save_and_restart(version):
     assert expected == positive_scores[math.ceil(0.95 * len(positive_scores) - EXACT) - 1]  # the k-th highest
     assert app.slider(key=f"op_threshold_{version}").value == pytest.approx(expected, abs=EXACT)
     assert_page_shows(app, frame, "COVID-19", expected)
-    table = app.dataframe[1].value.set_index("Target sensitivity")
+    table = app.dataframe[2].value.set_index("Target sensitivity")  # after the fragment's two tables
     assert float(table.loc["95.0 %", "Threshold"]) == pytest.approx(expected, abs=THRESHOLD_SHOWN)
     assert parse_interval(table.loc["95.0 %", "Specificity (95 % CI)"])
 
