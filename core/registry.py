@@ -9,10 +9,13 @@ from several processes (the app's sessions, a CLI trainer) at once.
 """
 
 import errno
+import getpass
+import json
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import filelock
@@ -29,6 +32,8 @@ __all__ = [
     "list_versions",
     "active_version",
     "set_active",
+    "activate",
+    "activation_history",
     "resolve_version",
     "load_card",
     "load_model",
@@ -41,6 +46,7 @@ __all__ = [
 ]
 
 ACTIVE_FILE = "ACTIVE"
+ACTIVATIONS_FILE = "activations.jsonl"  # who made which version active, when and why: one JSON line each
 CARD_FILE = "card.json"
 MODEL_FILE = "model.keras"
 VAL_PREDICTIONS = "val_predictions.csv"
@@ -113,6 +119,56 @@ def _set_active_unlocked(version: str, root=None) -> None:
     atomic.write_text(weights_dir(root) / ACTIVE_FILE, version + "\n")
 
 
+def activate(version: str, reader: str, reason: str, root=None) -> dict:
+    """Make ``version`` the active one — every reader's calls change — recording who did it and why, as an
+    operating-point change is recorded: the entry (time, from, to, reader, reason) is appended to
+    ``<weights>/activations.jsonl`` under the registry lock and returned. ``ValueError`` without a name or a
+    reason; ``ModelVersionError`` for a missing version or the one already active."""
+    reader, reason = str(reader).strip(), str(reason).strip()
+    if not reader or not reason:
+        raise ValueError("Activating a version changes every reader's calls: give your name and a reason.")
+    with registry_lock(root):
+        if version == active_version(root):
+            raise ModelVersionError(f"'{version}' is already the active version.")
+        return _activate_unlocked(version, reader, reason, root)
+
+
+def _activate_unlocked(version: str, reader: str, reason: str, root=None) -> dict:
+    entry = {"time": _now(), "from": active_version(root), "to": version, "reader": reader, "reason": reason}
+    _set_active_unlocked(version, root)
+    with open(weights_dir(root) / ACTIVATIONS_FILE, "a+b") as history:
+        line = json.dumps(entry).encode("utf-8") + b"\n"
+        if history.seek(0, os.SEEK_END) > 0:
+            history.seek(-1, os.SEEK_END)
+            if history.read(1) != b"\n":  # a line torn by a crash stays apart from this one
+                line = b"\n" + line
+        history.write(line)
+        history.flush()
+        os.fsync(history.fileno())
+    return entry
+
+
+def activation_history(root=None) -> list:
+    """Every recorded activation, newest first (a line that cannot be read, e.g. cut by a crash, is skipped)."""
+    try:
+        lines = (weights_dir(root) / ACTIVATIONS_FILE).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    entries = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(entry, dict) and {"time", "to", "reader", "reason"} <= entry.keys():
+            entries.append(entry)
+    return entries[::-1]
+
+
+def _now() -> str:
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
 def resolve_version(version=None, root=None) -> str:
     """``version`` if given, else the active one; raises ``ModelVersionError`` when there is none."""
     name = version or active_version(root)
@@ -175,7 +231,8 @@ def registry_lock(root=None):
 
 
 def publish(staging: Path, version: str, activate: bool = False, root=None) -> Path:
-    """Move a finished staging folder into place as ``version``; optionally make it active.
+    """Move a finished staging folder into place as ``version``; optionally make it active (recorded in the
+    activation history as this process's user's, "published and activated in one step").
 
     Two publishes of one name, from any processes: one wins, the other gets ``ModelVersionError`` and its
     staging folder is left to its caller. The rename cannot clobber a version (it only lands on a missing
@@ -196,7 +253,7 @@ def publish(staging: Path, version: str, activate: bool = False, root=None) -> P
                 f"Model version '{version}' could not be published: {error.strerror or error}."
             ) from error
         if activate:
-            _set_active_unlocked(version, root)
+            _activate_unlocked(version, getpass.getuser(), "published and activated in one step", root)
     return target
 
 

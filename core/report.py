@@ -31,6 +31,7 @@ __all__ = [
     "score_text",
     "point_text",
     "history_rows",
+    "activation_rows",
     "change_rows",
     "card_summary",
     "headline_rows",
@@ -173,6 +174,19 @@ def history_rows(card: ModelCard, timezone=None) -> list:
     return rows
 
 
+def activation_rows(history: list, timezone=None) -> list:
+    """``core.registry.activation_history`` as rows, newest first: when, who, which version before → after, why."""
+    return [
+        {
+            "When": time_text(entry.get("time"), timezone),
+            "Reader": entry.get("reader") or DASH,
+            "Change": f"{entry.get('from') or 'none'} → {entry.get('to')}",
+            "Reason": entry.get("reason") or DASH,
+        }
+        for entry in history
+    ]
+
+
 def _data_text(data: dict, root=None) -> str:
     folders = data.get("folders") or ([{"root": data["root"]}] if data.get("root") else [])
     parts = [
@@ -263,13 +277,14 @@ def headline_rows(card: ModelCard) -> list:
     return rows
 
 
-def headline_comparison(active: dict, candidate: dict) -> pd.DataFrame:
-    """The headline figures of two cards side by side (each on its own splits), "—" where one lacks a figure."""
+def headline_comparison(active: dict, candidate: dict, titles=("Active", "Candidate")) -> pd.DataFrame:
+    """The headline figures of two cards side by side (each on its own splits), "—" where one lacks a figure;
+    ``titles`` head their columns."""
     frames = [
         pd.DataFrame(headline_rows(card), columns=["Split", "Figure", "Value (95 % CI)", "Count"])
         .drop(columns="Count")
         .rename(columns={"Value (95 % CI)": role})
-        for role, card in (("Active", active), ("Candidate", candidate))
+        for role, card in zip(titles, (active, candidate))
     ]
     return frames[0].merge(frames[1], on=["Split", "Figure"], how="outer", sort=False).fillna(DASH)
 

@@ -14,6 +14,7 @@ from core.site import configured_site, site_notice, site_setting_error, site_sta
 
 APP_RAN = "app_ran"  # set by app.py in every run of a session
 REQUESTED_PAGE = "requested_page"  # the page a session asked for before app.py had run
+ACTIVATION_PENDING = "models_activation_pending"  # the version whose activation awaits a name and a reason (Models)
 MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")  # backslash-escaped by escape_markdown
 
 

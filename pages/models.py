@@ -10,9 +10,12 @@ import streamlit as st
 
 from core import registry
 from core.report import (
+    DASH,
+    activation_rows,
     card_summary,
     cross_hospital_cells,
     figure_text,
+    headline_comparison,
     headline_rows,
     history_rows,
     point_text,
@@ -21,8 +24,15 @@ from core.report import (
 )
 from core.site import sites_rows
 from core.tables import flags_table
-from pages.common import escape_markdown, reader_timezone, run_through_app, text_table
+from pages.common import ACTIVATION_PENDING, escape_markdown, reader_timezone, run_through_app, text_table
 from train.jobs.archive import ArchiveError, export_saved_model, savedmodel_zip
+
+ACTIVATION_READER, ACTIVATION_REASON = "models_activation_reader", "models_activation_reason"
+ARGMAX_NOTE = (
+    "Accuracy and recalls at the most probable class (argmax), not at the operating point; the operating point's "
+    "own figures are on the Operating point page."
+)
+REMEMBERED_READER = "op_reader_name"  # the reader's name, as the Operating point page remembers it
 
 
 def overview(versions, active, timezone) -> pd.DataFrame:
@@ -49,6 +59,7 @@ def render_card(card, active, timezone) -> None:
     st.subheader("Card")
     text_table(card_summary(card, active, timezone), columns=["Field", "Value"])
     st.markdown("**Figures** (95 % intervals: Wilson for proportions, bootstrap for AUC)")
+    st.caption(ARGMAX_NOTE)
     figures = headline_rows(card)
     if figures:
         st.dataframe(pd.DataFrame(figures), hide_index=True)
@@ -104,18 +115,67 @@ def changed(place, action, version: str) -> None:
         st.rerun()
 
 
+def confirm_activation(version: str, active) -> None:
+    """What changes for every reader — the active version's facts and figures against ``version``'s — and the
+    reader's name and reason, required, before the pointer moves; the change goes into the activation history."""
+    after = registry.load_card(version)
+    before = registry.load_card(active) if active else None
+    with st.container(border=True):
+        st.markdown(f"**:material/rule: Confirm: make {escape_markdown(version)} the active version**")
+        st.caption(
+            "Every reader's calls change at once: Diagnose and `python -m core predict` use the active version. "
+            "The change is recorded with your name and reason in the activation history below."
+        )
+        old_point = point_text(before.operating_point) if before else DASH
+        facts = [
+            ("Version", active or "none", version),
+            ("Architecture", before.architecture if before else DASH, after.architecture),
+            ("Operating point", old_point, point_text(after.operating_point)),
+        ]
+        text_table(facts, columns=["", "Active now", "After"])
+        if before:
+            st.dataframe(headline_comparison(before, after, titles=("Active now", "After")), hide_index=True)
+            st.caption(ARGMAX_NOTE)
+        st.session_state.setdefault(ACTIVATION_READER, st.session_state.get(REMEMBERED_READER, ""))
+        name, reason = st.columns([1, 2])
+        name.text_input("Your name (required)", key=ACTIVATION_READER)
+        reason.text_input(
+            "Reason (required)", key=ACTIVATION_REASON, placeholder="e.g. roll back: v3 calls too many Normal films"
+        )
+        error = st.empty()
+        confirm, cancel = st.columns(2)
+        if confirm.button("Confirm and activate", key="activation_confirm", type="primary", icon=":material/check:"):
+            try:
+                registry.activate(
+                    version, st.session_state[ACTIVATION_READER], st.session_state.get(ACTIVATION_REASON, "")
+                )
+            except (ValueError, registry.ModelVersionError) as problem:
+                error.error(escape_markdown(problem))
+            else:
+                st.session_state[REMEMBERED_READER] = st.session_state[ACTIVATION_READER]
+                for key in (ACTIVATION_PENDING, ACTIVATION_REASON):
+                    st.session_state.pop(key, None)
+                st.toast(f"{version} is now the active version.", icon=":material/check:")
+                st.rerun()
+        if cancel.button("Cancel", key="activation_cancel", icon=":material/close:"):
+            st.session_state.pop(ACTIVATION_PENDING, None)
+            st.rerun()
+
+
 def render_actions(version: str, active) -> None:
     card = registry.load_card(version)
     activate, delete = st.columns(2)
     if version == active:
         activate.success("Active: Diagnose uses this version.", icon=":material/check_circle:")
     elif activate.button(
-        "Activate this version (roll back / forward)",
+        "Activate this version (roll back / forward)…",
         key="activate_version",
         type="primary",
         icon=":material/published_with_changes:",
     ):
-        changed(activate, registry.set_active, version)
+        st.session_state[ACTIVATION_PENDING] = version
+    if st.session_state.get(ACTIVATION_PENDING) == version and version != active:
+        confirm_activation(version, active)
     if version != active:
         confirmed = delete.checkbox("Yes, delete this version permanently", key=f"confirm_delete:{version}")
         if delete.button("Delete", key="delete_version", disabled=not confirmed, icon=":material/delete:"):
@@ -177,6 +237,12 @@ def main() -> None:
     if active is None:
         st.warning("No version is active: activate one below.")
     st.dataframe(overview(versions, active, timezone), hide_index=True)
+    history = activation_rows(registry.activation_history(), timezone)
+    with st.expander(f"Activation history ({len(history)})", icon=":material/history:"):
+        if history:
+            text_table(history)
+        else:
+            st.caption("No activation recorded in this weights folder yet.")
     if st.session_state.get("version_choice") not in versions:
         st.session_state.pop("version_choice", None)
     chosen = st.selectbox(

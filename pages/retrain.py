@@ -16,7 +16,7 @@ from core.report import (
     relative_path,
     settings_rows,
 )
-from pages.common import CHART_HEIGHT, CHART_MARGIN, confusion_figure, run_through_app, text_table
+from pages.common import ACTIVATION_PENDING, CHART_HEIGHT, CHART_MARGIN, confusion_figure, run_through_app, text_table
 from pages.common import escape_markdown as escape
 from train.evaluation import compare
 from train.jobs import datasource, planning, recipes, supervisor
@@ -193,18 +193,15 @@ def render_publish(info) -> None:
     if registry.active_version() == version:
         st.success("This version is active: Diagnose uses it. Roll back on the Models page.")
     elif st.button(
-        "Activate",
+        "Review and activate…",
         key="activate",
         type="primary",
         icon=":material/published_with_changes:",
-        help="Make this version the one Diagnose uses.",
+        help="On the Models page: what changes for every reader, then your name and a reason.",
     ):
-        try:
-            registry.set_active(version)
-        except registry.ModelVersionError as error:
-            st.error(escape(error))
-        else:
-            st.rerun()
+        st.session_state["version_choice"] = version
+        st.session_state[ACTIVATION_PENDING] = version
+        st.switch_page("pages/models.py")
 
 
 def render_run(info) -> None:

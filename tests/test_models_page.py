@@ -47,10 +47,32 @@ def test_activate_roll_back_and_confirmed_delete(two_versions):
     assert at.dataframe[0].value["Version"].tolist() == ["first", "second"]
     at.selectbox(key="version_choice").select("second").run()
     at.button(key="activate_version").click().run()
-    assert registry.active_version() == "second"
+    assert registry.active_version() == "first"  # nothing changes before the confirmation
+    comparison = at.dataframe[1].value
+    assert list(comparison.columns) == ["Split", "Figure", "Active now", "After"]  # what changes, before → after
+    at.button(key="activation_confirm").click().run()  # without a name and a reason: refused
+    assert registry.active_version() == "first" and "your name and a reason" in at.error[0].value
+    at.text_input(key="models_activation_reader").input("Dr A. Reader")
+    at.text_input(key="models_activation_reason").input("compare v2 on this week's films").run()
+    at.button(key="activation_confirm").click().run()
+    assert not at.exception and registry.active_version() == "second"
+
     at.selectbox(key="version_choice").select("first").run()
-    at.button(key="activate_version").click().run()  # roll back
+    at.button(key="activate_version").click().run()  # roll back: the name is remembered, the reason is asked
+    assert at.text_input(key="models_activation_reader").value == "Dr A. Reader"
+    at.text_input(key="models_activation_reason").input("roll back").run()
+    at.button(key="activation_confirm").click().run()
     assert registry.active_version() == "first"
+    history = registry.activation_history()
+    assert [(entry["from"], entry["to"], entry["reason"]) for entry in history[:2]] == [
+        ("second", "first", "roll back"),
+        ("first", "second", "compare v2 on this week's films"),
+    ]
+    shown = [table.value for table in at.table if "Reason" in table.value.columns][0]
+    assert [re.sub(r"\\(.)", r"\1", shown[column].iloc[0]) for column in ("Change", "Reader")] == [
+        "second → first",
+        "Dr A. Reader",
+    ]
 
     at.selectbox(key="version_choice").select("second").run()
     assert at.button(key="delete_version").disabled

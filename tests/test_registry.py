@@ -186,7 +186,9 @@ def test_a_leftover_graveyard_does_not_make_a_delete_fail(isolated_folders):
     assert registry.list_versions(root) == ["keeper"]
     assert [p.name for p in registry.stale_folders(root)] == [".deleting-v2"]
     registry.remove_stale_staging(root)
-    assert sorted(p.name for p in root.iterdir()) == sorted([registry.ACTIVE_FILE, registry.LOCK_FILE, "keeper"])
+    assert sorted(p.name for p in root.iterdir()) == sorted(
+        [registry.ACTIVE_FILE, registry.ACTIVATIONS_FILE, registry.LOCK_FILE, "keeper"]
+    )
 
 
 def test_a_publish_onto_a_folder_that_appeared_is_refused_without_clobbering(isolated_folders):
@@ -218,3 +220,28 @@ def dead_pid() -> int:
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()
     return process.pid
+
+
+def test_activation_needs_a_name_and_a_reason_and_is_recorded(isolated_folders):
+    root = isolated_folders / "weights"
+    publish_random_version(root, "v1")
+    publish_random_version(root, "v2", activate=False)
+    registry.set_active("v1", root)
+    with pytest.raises(ValueError, match="name and a reason"):
+        registry.activate("v2", "Dr A", "  ", root)
+    with pytest.raises(registry.ModelVersionError, match="already the active"):
+        registry.activate("v1", "Dr A", "again", root)
+    assert registry.active_version(root) == "v1"
+    (published,) = registry.activation_history(root)  # publish --activate records itself
+    assert (published["from"], published["to"], published["reason"]) == (
+        None,
+        "v1",
+        "published and activated in one step",
+    )
+    entry = registry.activate("v2", " Dr A ", "try v2", root)
+    assert registry.active_version(root) == "v2"
+    assert (entry["from"], entry["to"], entry["reader"], entry["reason"]) == ("v1", "v2", "Dr A", "try v2")
+    with open(root / registry.ACTIVATIONS_FILE, "a") as history:
+        history.write('{"cut by a crash"')  # a torn last line is skipped, never fatal
+    registry.activate("v1", "Dr B", "roll back", root)
+    assert [e["to"] for e in registry.activation_history(root)] == ["v1", "v2", "v1"]

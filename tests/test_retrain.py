@@ -89,8 +89,14 @@ def test_page_trains_compares_publishes_activates_and_models_page_rolls_back(tin
     assert_no_exception(at)
     assert "retrained-1" in registry.list_versions()
     assert registry.active_version() == tiny_version  # publishing does not activate
-    at.button(key="activate").click()
+    at.button(key="activate").click()  # to the Models page's confirmation: what changes, a name and a reason
     at.run()
+    assert_no_exception(at)
+    assert registry.active_version() == tiny_version and at.title[0].value == "Models"
+    at.switch_page("pages/models.py")  # where the browser now is (AppTest keeps the page it was given)
+    at.text_input(key="models_activation_reader").input("Dr A. Reader")
+    at.text_input(key="models_activation_reason").input("retrained on this week's films").run()
+    at.button(key="activation_confirm").click().run()
     assert registry.active_version() == "retrained-1"
     assert Predictor().version == "retrained-1"  # what Diagnose loads
 
@@ -99,6 +105,9 @@ def test_page_trains_compares_publishes_activates_and_models_page_rolls_back(tin
     models.run()
     models.button(key="activate_version").click()
     models.run()
+    models.text_input(key="models_activation_reader").input("Dr A. Reader")
+    models.text_input(key="models_activation_reason").input("roll back").run()
+    models.button(key="activation_confirm").click().run()
     assert_no_exception(models)
     assert registry.active_version() == tiny_version
 
