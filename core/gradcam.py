@@ -31,6 +31,7 @@ __all__ = [
     "normalise",
     "explain",
     "first",
+    "reader_layers",
 ]
 
 GRADCAM = "Grad-CAM"
@@ -148,3 +149,11 @@ def first(explanation: Explanation) -> Explanation:
         explanation.targets[0],
         {method: maps[0] for method, maps in explanation.maps.items()},
     )
+
+
+def reader_layers(layers, default: str) -> list:
+    """The layers offered to a reader: the last of each block (a name up to its last "_" names the block:
+    block3_conv3 of block3_conv1..3), in the model's order, and ``default``; a block's earlier layers add
+    little for a reader and are for model developers."""
+    last_of_block = {name.rsplit("_", 1)[0]: name for name in layers}
+    return [name for name in layers if name in last_of_block.values() or name == default] or [default]

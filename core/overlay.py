@@ -157,14 +157,25 @@ def overlay_png(
 
 
 def label_scale(band: np.ndarray, labels) -> None:
-    """Write ``(value, text)`` labels into a colour-scale band (in place), white on a dark outline, each at its
-    value's place between flush left (0) and flush right (1)."""
+    """Write ``(value, text)`` labels (in increasing value) into a colour-scale band (in place), white on a dark
+    outline, each at its value's place between flush left (0) and flush right (1), moved aside so that none
+    overprints another; a middle label with no room left is not written."""
     height, width = band.shape[:2]
     scale = height / 40.0
     thickness = max(1, round(height / 20))
-    for value, text in labels:
-        (text_width, text_height), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
-        x = int(2 + value * (width - text_width - 4))  # 0: flush left, 1: flush right
+    gap = 3 * thickness + 4
+    sizes = [cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)[0] for _, text in labels]
+    places = [int(2 + value * (width - text_width - 4)) for (value, _), (text_width, _) in zip(labels, sizes)]
+    last = len(labels) - 1
+    placed = []
+    for index, ((_, text), (text_width, text_height), x) in enumerate(zip(labels, sizes, places)):
+        if placed:
+            x = max(x, placed[-1][1] + gap)  # past the label before
+        if index < last:
+            x = min(x, places[last] - gap - text_width)  # and clear of the last one, flush right
+        if placed and x < placed[-1][1] + gap:
+            continue  # no room between its neighbours
+        placed.append((x, x + text_width))
         origin = (x, (height + text_height) // 2)
         for colour, weight in (((0, 0, 0), thickness * 3), ((255, 255, 255), thickness)):
             cv2.putText(band, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, weight, cv2.LINE_AA)

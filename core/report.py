@@ -125,6 +125,8 @@ def duration_text(seconds) -> str:
     if is_missing(seconds):
         return DASH
     minutes = seconds / 60
+    if seconds < 1:
+        return "under 1 s"
     return f"{seconds:.0f} s" if minutes < 1 else f"{minutes:.0f} min" if minutes < 90 else f"{minutes / 60:.1f} h"
 
 

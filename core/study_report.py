@@ -11,6 +11,7 @@ from fpdf import FPDF
 
 from core import RESEARCH_ONLY, overlay
 from core.card import ModelCard
+from core.report import time_text
 from core.site import site_notice
 
 __all__ = ["StudyReport", "ReportPDF", "new_pdf", "jpeg_stream", "study_pdf", "report_for"]
@@ -39,6 +40,7 @@ class StudyReport:
     colormap: str = overlay.DEFAULT_COLORMAP
     opacity: float = overlay.DEFAULT_OPACITY
     percentile: float = overlay.DEFAULT_PERCENTILE
+    timezone: str | None = None  # the reader's (an IANA name): the time of the reading is shown in it
 
 
 class ReportPDF(FPDF):
@@ -92,7 +94,7 @@ def study_pdf(report: StudyReport) -> bytes:
     pdf.set_font(family, size=9)
     for label, value in (
         ("File", entry["file"]),
-        ("Read", entry["time"]),
+        ("Read", time_text(entry["time"], report.timezone)),
         ("Model version", entry["model_version"]),
         ("Operating point", entry["operating_point"]),
         ("Site", site_notice(entry["site"])),
@@ -124,7 +126,7 @@ def study_pdf(report: StudyReport) -> bytes:
     pdf.cell(width / 2, 4, "map 0")
     pdf.cell(width / 2, 4, "1", align="R", new_x="LMARGIN", new_y="NEXT")
     pdf.set_x(MARGIN_MM + width + GAP_MM)
-    pdf.cell(
+    pdf.multi_cell(  # wraps within the overlay's column, never past the page's edge
         width,
         4,
         pdf.clean(
@@ -165,9 +167,10 @@ def report_for(
     colormap=overlay.DEFAULT_COLORMAP,
     opacity=overlay.DEFAULT_OPACITY,
     percentile=overlay.DEFAULT_PERCENTILE,
+    timezone=None,
 ) -> bytes:
     """The PDF of a ``core.worklist.Study`` as the reader sees it (the class, method and layer explained, the
-    overlay's colours), with the reading's record."""
+    overlay's colours), with the reading's record; times in the reader's ``timezone``."""
     from core import diagnosis, worklist
 
     called, _ = worklist.look(study, predictor, card)
@@ -187,5 +190,6 @@ def report_for(
         colormap,
         opacity,
         percentile,
+        timezone,
     )
     return study_pdf(report)

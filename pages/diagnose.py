@@ -18,8 +18,9 @@ from streamlit import runtime
 from core import RESEARCH_ONLY, overlay, registry, viewer
 from core.findings import FINDINGS, FindingError, record_finding, site_counts
 from core.imaging import dicom_fields_for_display
+from core.report import time_text
 from core.site import SiteError, configured_site
-from pages.common import active_card, escape_markdown, load_predictor, run_through_app, site_banner
+from pages.common import active_card, escape_markdown, load_predictor, reader_timezone, run_through_app, site_banner
 from pages.film_viewer import film_viewer
 
 STUDIES = "diagnose_studies"  # digest → worklist.Study, for the browser session
@@ -72,7 +73,15 @@ def render_controls(card) -> dict:
             st.selectbox, "Class to explain", "diagnose_class", CALLED_CLASS, [CALLED_CLASS, *card.class_names]
         )
         method = kept(st.radio, "Method", "diagnose_method", gradcam.GRADCAM, list(gradcam.METHODS), horizontal=True)
-        layer = kept(st.selectbox, "Layer", "diagnose_layer", card.gradcam_layer, layers)
+        every_layer = kept(
+            st.checkbox,
+            "Offer every layer",
+            "diagnose_every_layer",
+            False,
+            help="For model developers: the earlier layers of each block too.",
+        )
+        offered = layers if every_layer else gradcam.reader_layers(layers, card.gradcam_layer)
+        layer = kept(st.selectbox, "Layer", "diagnose_layer", card.gradcam_layer, offered)
         percentile = kept(
             st.slider,
             "Draw the map where it is above its percentile",
@@ -271,11 +280,11 @@ def film_source(jpeg: bytes) -> str:
     return viewer.data_uri(jpeg)
 
 
-def pdf_report(*arguments) -> bytes:
+def pdf_report(*arguments, **options) -> bytes:
     """``core.study_report.report_for``, imported when a report is asked for (fpdf takes up to 1.5 s to load)."""
     from core.study_report import report_for
 
-    return report_for(*arguments)
+    return report_for(*arguments, **options)
 
 
 def film(study) -> bytes:
@@ -326,7 +335,7 @@ def render_study(predictor, card, controls: dict, study, viewer_column, call_box
         with st.expander("Details", icon=":material/info:"):
             st.caption(
                 f"Model {escape_markdown(predictor.version)} · operating point "
-                f"{escape_markdown(worklist.describe_point(card))} · read {study.read_at}"
+                f"{escape_markdown(worklist.describe_point(card))} · read {time_text(study.read_at, reader_timezone())}"
             )
             st.caption(
                 f"{study.full_shape[1]} × {study.full_shape[0]} px · decode {study.decode_ms:.0f} ms · model "
@@ -404,7 +413,14 @@ def render_downloads(predictor, card, controls: dict, study) -> None:
         on_click="ignore",
         width="stretch",
         data=lambda: pdf_report(
-            study, predictor, card, controls["method"], controls["explained_class"], controls["layer"], *drawing
+            study,
+            predictor,
+            card,
+            controls["method"],
+            controls["explained_class"],
+            controls["layer"],
+            *drawing,
+            timezone=reader_timezone(),
         ),
     )
     png_column.download_button(

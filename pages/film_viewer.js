@@ -29,6 +29,17 @@ export default function (component) {
   if (keyListener) document.removeEventListener("keydown", keyListener);
   keyListener = (event) => activeViewer && activeViewer.key(event);
   document.addEventListener("keydown", keyListener);
+  window.removeEventListener("beforeunload", warnBeforeLeaving);
+  window.addEventListener("beforeunload", warnBeforeLeaving);
+}
+
+// The session's studies live in the server's memory for this tab only: a reload or a closed tab loses them, so
+// the browser asks first while a film is open.
+function warnBeforeLeaving(event) {
+  if (activeViewer && activeViewer.root.isConnected) {
+    event.preventDefault();
+    event.returnValue = "";
+  }
 }
 
 // Whether the focused element uses the keys itself: text fields, sliders, menus, the worklist's grid.

@@ -3,10 +3,13 @@ train in the background, follow the run, compare its model with the active versi
 as separate steps. The logic lives in ``train.jobs.datasource``, ``train.jobs.planning``, ``train.jobs.recipes``,
 ``train.jobs.supervisor`` and ``train.evaluation.compare``; the text of every figure in ``core.report``."""
 
+from pathlib import Path
+
 import plotly.graph_objects as go
 import streamlit as st
 
 from core import CLASS_NAMES, registry, settings
+from core.card import CardError, ModelCard
 from core.report import (
     DASH,
     difference_rows,
@@ -25,7 +28,7 @@ from train.trainer.architectures import ARCHITECTURES
 from train.trainer.checkpoints import read_state
 from train.trainer.config import CHECKPOINTS, INTENSITIES, SAMPLINGS, TrainConfig
 from train.trainer.datasets import DatasetError
-from train.trainer.run import device_description
+from train.trainer.run import CANDIDATE, device_description
 from train.trainer.schedules import SCHEDULES
 
 REFRESH_SECONDS = 2
@@ -75,9 +78,16 @@ def comparison(run_dir: str, version: str) -> dict:
 # --- runs -----------------------------------------------------------------------------------------------------
 
 
+SHORT_CURVE = 20  # points; fewer are drawn as markers too
+FEW_TRAINING_IMAGES = 300  # below: publishing asks for a second thought
+
+
 def lr_figure(curve, title: str) -> go.Figure:
     figure = go.Figure(layout={**FIGURE_LAYOUT, "title": title, "xaxis_title": "epoch", "showlegend": False})
-    figure.add_scatter(x=curve["epoch"], y=curve["lr"], mode="lines", name="learning rate")
+    short = len(curve) < SHORT_CURVE  # a run of a step or two: points, or nothing would show
+    figure.add_scatter(
+        x=curve["epoch"], y=curve["lr"], mode="lines+markers" if short else "lines", name="learning rate"
+    )
     return figure.update_yaxes(**LR_AXIS)
 
 
@@ -164,6 +174,15 @@ def render_comparison(info) -> None:
         )
 
 
+def training_images_of(run_dir) -> int | None:
+    """How many images the run's candidate was trained on (its card's split sizes), or None when unknown."""
+    try:
+        card = ModelCard.load(Path(run_dir) / CANDIDATE / registry.CARD_FILE)
+    except CardError:
+        return None
+    return (card.data.get("split_sizes") or {}).get("train")
+
+
 def render_publish(info) -> None:
     st.subheader("Publish and activate")
     published = [v for v in info.published if v in registry.list_versions()]
@@ -174,10 +193,20 @@ def render_publish(info) -> None:
             key="version_name",
             help="Letters, digits, '.', '_' or '-'; must not exist yet.",
         )
+        trained_on = training_images_of(info.path)
+        few = trained_on is not None and trained_on < FEW_TRAINING_IMAGES
+        if few:
+            st.warning(
+                f"This model was trained on {trained_on:,} images: its figures have wide intervals and it is "
+                "unlikely to serve readers. Publish it only to try the workflow.",
+                icon=":material/warning:",
+            )
+        anyway = few and st.checkbox(f"Publish it anyway ({trained_on:,} training images)", key="publish_few")
         if st.button(
             "Publish",
             key="publish",
             icon=":material/publish:",
+            disabled=few and not anyway,
             help="Copies the model into the versions folder; does not activate it.",
         ):
             try:

@@ -85,3 +85,17 @@ def test_predict_report_dir_writes_a_pdf_per_readable_file(tiny_version, tmp_pat
     text = " ".join(" ".join(page.extract_text().split()) for page in PdfReader(report).pages)
     assert f"Called {line['prediction']}" in text and f"Model version: {tiny_version}" in text
     assert "Operating point: none (most probable class)" in text
+
+
+def test_a_cancelled_run_says_whether_and_how_it_can_be_resumed(tmp_path, monkeypatch):
+    from train.__main__ import cancelled_message
+    from train.trainer.checkpoints import STATE_FILE
+
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "runs" / "20261206-a"
+    run_dir.mkdir(parents=True)
+    assert "no epoch was saved" in cancelled_message(run_dir) and "--resume" not in cancelled_message(run_dir)
+    (run_dir / STATE_FILE).write_text('{"epoch": 3}')
+    assert (
+        cancelled_message(run_dir) == "cancelled after epoch 3; resume with: python -m train --resume runs/20261206-a"
+    )

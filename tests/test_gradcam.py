@@ -300,3 +300,15 @@ def test_cli_cam_dir_writes_overlays_and_keeps_the_json(tiny_version, tmp_path, 
     drawn = cv2.imread(str(tmp_path / "cams" / written[0]))
     height, width = read_image(cxr).pixels.shape
     assert drawn.shape[1] == width and drawn.shape[0] > height  # the colour scale under the image
+
+
+def test_a_reader_is_offered_the_last_layer_of_each_block_and_the_default():
+    layers = ["block1_conv1", "block1_conv2", "block2_conv1", "block2_conv2", "block3_conv1", "block3_conv2"]
+    assert gradcam.reader_layers(layers, "block3_conv1") == [
+        "block1_conv2",
+        "block2_conv2",
+        "block3_conv1",
+        "block3_conv2",
+    ]
+    assert gradcam.reader_layers(["conv"], "conv") == ["conv"]
+    assert gradcam.reader_layers([], "x") == ["x"]

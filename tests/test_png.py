@@ -43,3 +43,26 @@ def test_rgb_png_stores_blocks_of_at_most_64_kib_and_a_valid_zlib_stream():
     stream = b"".join(body for kind, body in chunks if kind == b"IDAT")
     assert zlib.decompress(stream) == scanlines_of(rgb).tobytes()
     assert max(len(body) for kind, body in chunks if kind == b"IDAT") == 5 + png.STORED_BLOCK_MAX
+
+
+@pytest.mark.parametrize("low", [0.0, 0.02, 0.5, 0.97, 1.0])
+def test_the_colour_scale_labels_never_overprint(low, monkeypatch):
+
+    from core import overlay
+
+    written = []
+    real = cv2.putText
+
+    def recording(image, text, origin, font, scale, colour, weight, *rest):
+        if colour == (255, 255, 255):
+            (width, _), _ = cv2.getTextSize(text, font, scale, weight)
+            written.append((origin[0], origin[0] + width, text))
+        return real(image, text, origin, font, scale, colour, weight, *rest)
+
+    monkeypatch.setattr(overlay.cv2, "putText", recording)
+    band = np.zeros((30, 300, 3), np.uint8)
+    overlay.label_scale(band, [(0.0, "map 0"), (low, f"drawn from {low:.2f}"), (1.0, "1")])
+    texts = [text for _, _, text in written]
+    assert texts[0] == "map 0" and texts[-1] == "1"  # the ends always
+    assert all(end <= start for (_, end, _), (start, _, _) in zip(written, written[1:]))
+    assert all(0 <= start and end <= 300 for start, end, _ in written)

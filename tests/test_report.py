@@ -86,6 +86,7 @@ def test_time_text_without_a_known_zone_uses_this_machines(monkeypatch):
     [
         (None, DASH),
         (math.nan, DASH),
+        (0.3, "under 1 s"),
         (42, "42 s"),
         (811.3, "14 min"),
         (5340, "89 min"),

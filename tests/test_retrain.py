@@ -84,6 +84,9 @@ def test_page_trains_compares_publishes_activates_and_models_page_rolls_back(tin
     assert len(at.get("plotly_chart")) >= 6  # curves, confusion matrices of both models
 
     at.text_input(key="version_name").input("retrained-1")
+    assert at.button(key="publish").disabled  # a model of a few dozen images: a second thought first
+    assert any("unlikely to serve readers" in warning.value for warning in at.warning)
+    at.checkbox(key="publish_few").check().run()
     at.button(key="publish").click()
     at.run()
     assert_no_exception(at)

@@ -19,6 +19,7 @@ import psutil  # noqa: E402
 from core import atomic, registry  # noqa: E402
 from core.card import ModelCard  # noqa: E402
 from train.jobs import supervisor  # noqa: E402
+from train.trainer.checkpoints import read_state  # noqa: E402
 from train.trainer.config import TrainConfig, argument_parser, config_from_arguments  # noqa: E402
 from train.trainer.datasets import DatasetError  # noqa: E402
 from train.trainer.progress import CANCEL_REQUESTED, write_event  # noqa: E402
@@ -56,6 +57,19 @@ def print_summary(card: ModelCard) -> None:
     print(info_text(card), flush=True)
 
 
+def cancelled_message(run_dir: Path) -> str:
+    """What a cancelled run can do next: resume from its last saved epoch (the folder named as the reader knows
+    it: relative to where the command ran, or by its name), or nothing when no epoch was saved."""
+    saved = read_state(run_dir)["epoch"]
+    if not saved:
+        return "cancelled before the first epoch ended: no epoch was saved; start the run again"
+    try:
+        shown = run_dir.resolve().relative_to(Path.cwd())
+    except ValueError:
+        shown = run_dir.name
+    return f"cancelled after epoch {saved}; resume with: python -m train --resume {shown}"
+
+
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     parser = argument_parser()
@@ -79,7 +93,7 @@ def main(argv=None) -> int:
             print(f"published {target}{' (active)' if args.activate else ''}", flush=True)
     except KeyboardInterrupt:
         write_event(run_dir, "cancelled")
-        print("cancelled; resume with: python -m train --resume " + str(run_dir), file=sys.stderr)
+        print(cancelled_message(run_dir), file=sys.stderr)
         return 130
     except (DatasetError, registry.ModelVersionError, ValueError) as error:
         write_event(run_dir, "failed", error=str(error))
