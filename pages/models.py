@@ -76,7 +76,9 @@ def render_card(card, active, timezone) -> None:
     if card.cross_hospital:
         st.markdown("**Across hospitals** (leave one source out: each fold trained without it, tested on all of it)")
         header, cells = cross_hospital_cells(card.cross_hospital)
-        st.dataframe(pd.DataFrame(cells, columns=header), hide_index=True)
+        table = pd.DataFrame(cells, columns=header).drop(columns=["run", "epochs"])  # in the card and `core info`
+        pinned = st.column_config.Column(pinned=True)
+        st.dataframe(table, hide_index=True, column_config={"held out": pinned, "population": pinned})
     if card.flags:
         st.markdown(
             "**Flags** (share of images flagged; *out_of_depth* calls become “uncertain — read without the model”)"

@@ -12,6 +12,7 @@ import time
 import cv2
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -146,7 +147,9 @@ def test_stale_lock_is_taken_over_and_a_run_cancels_cleanly(isolated_folders):
     with pytest.raises(supervisor.RunBusyError):
         supervisor.start_run(TrainConfig(data=str(CXR_POOL), **QUICK))
     wait_until(lambda: (run_dir / "split.csv").exists(), RUN_TIMEOUT, "the trainer to be at work")
+    trainer = json.loads((run_dir / supervisor.PROCESS_FILE).read_text())["pid"]
     assert supervisor.cancel_run(run_dir) == "cancelled"
+    assert not psutil.pid_exists(trainer)  # ended and reaped: no <defunct> trainer left behind
     info = supervisor.run_info(run_dir)
     assert (info.status, info.resumable, info.pid) == ("cancelled", True, None)
     assert [e for e in info.events if e["event"] == "cancelled"] and not info.events[-1].get("forced")

@@ -35,6 +35,7 @@ __all__ = [
     "RunBusyError",
     "RunInfo",
     "process_alive",
+    "reap_children",
     "lock_holder",
     "take_lock",
     "release_lock",
@@ -126,10 +127,17 @@ def process_alive(record) -> bool:
         return False
 
 
+def reap_children() -> None:
+    """Collect the exit status of the trainers this process started that have ended, so that none stays
+    <defunct> in the process table."""
+    for child in list(_children):
+        if child.poll() is not None:
+            _children.remove(child)
+
+
 def lock_holder(root=None):
     """The lock's record ({"pid", "started", "run"}) while its trainer lives; None when the lock is free."""
-    for child in _children:
-        child.poll()
+    reap_children()
     record = _read_json(Path(root or settings.runs_dir()) / LOCK_FILE)
     return record if process_alive(record) else None
 
@@ -324,6 +332,7 @@ def cancel_run(run_dir, grace: float = CANCEL_GRACE_SECONDS) -> str:
             raise RunBusyError(f"Run {info.name}'s trainer (process {info.pid}) did not end after SIGKILL.")
     if not _cancelled_since(read_events(run_dir), asked):
         write_event(run_dir, "cancelled", forced=True)
+    reap_children()
     return run_info(run_dir).status
 
 
