@@ -6,7 +6,9 @@ layout ``train.site`` reads: class folders (``COVID19/``, ``NORMAL/``, ``PNEUMON
 patient ids are hashes of the DICOM PatientID (taken before it is removed; one per file for raster images).
 Every finding, not-assessable ones included, is logged with who and when in ``findings.csv``. A DICOM file is
 stored without its identifying attributes (pydicom: private tags removed, patient, staff, institution and
-accession attributes blanked or removed, new UIDs); a raster file as uploaded (text burnt into pixels stays).
+accession attributes blanked or removed, new UIDs) — DICOM is recognised by its content, with or without the
+preamble; a raster file as a new PNG of its pixels alone (no EXIF, text chunks or comments; text burnt into the
+pixels stays). What cannot be de-identified or re-encoded is refused, never stored as it came.
 """
 
 import csv
@@ -18,9 +20,18 @@ from pathlib import Path
 import filelock
 
 from core import settings
+from core.imaging import is_dicom
 from core.site import SiteError, checked_site_name
 
-__all__ = ["FINDINGS", "FindingError", "record_finding", "deidentified_dicom", "site_counts", "CLASS_FOLDERS"]
+__all__ = [
+    "FINDINGS",
+    "FindingError",
+    "record_finding",
+    "deidentified_dicom",
+    "clean_raster",
+    "site_counts",
+    "CLASS_FOLDERS",
+]
 
 FINDINGS = ("agrees", "corrected", "not assessable")
 CLASS_FOLDERS = {"COVID-19": "COVID19", "Normal": "NORMAL", "Pneumonia": "PNEUMONIA"}
@@ -62,12 +73,43 @@ class FindingError(ValueError):
 
 
 def _dicom(data: bytes):
+    """The DICOM dataset of ``data`` when it is DICOM by its content (with or without the preamble, as the app
+    reads it), else None (a raster upload); ``FindingError`` when it is DICOM that pydicom cannot parse."""
     import pydicom
 
-    try:
-        return pydicom.dcmread(io.BytesIO(data))
-    except Exception:  # not DICOM: a raster upload
+    if not is_dicom(data):
         return None
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(data), force=True)
+        for _ in dataset.iterall():  # parse every element now: a damaged one fails here, not half-way through
+            pass
+    except Exception as error:  # whatever a damaged file makes pydicom raise
+        raise FindingError(
+            f"The DICOM file could not be read to de-identify it ({error}); nothing was stored."
+        ) from None
+    if "PixelData" not in dataset:
+        raise FindingError("The DICOM file holds no image (it may be cut short); nothing was stored.")
+    return dataset
+
+
+def clean_raster(data: bytes) -> bytes:
+    """A raster upload's pixels, upright, as a new PNG with no metadata (EXIF, PNG text chunks, ICC profile and
+    comments stay behind); ``FindingError`` when it cannot be decoded: never a verbatim copy."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            image = ImageOps.exif_transpose(opened)
+            if image.mode not in ("1", "L", "I;16", "I", "RGB"):
+                image = image.convert("RGB")
+            pixels = Image.frombytes(image.mode, image.size, image.tobytes())  # pixels only, no .info
+    except Exception as error:  # whatever a damaged file makes Pillow raise
+        raise FindingError(
+            f"The image could not be re-encoded without its metadata ({error}); nothing was stored."
+        ) from None
+    stream = io.BytesIO()
+    pixels.save(stream, format="PNG")
+    return stream.getvalue()
 
 
 def deidentified_dicom(dataset) -> bytes:
@@ -89,7 +131,7 @@ def deidentified_dicom(dataset) -> bytes:
     dataset.PatientIdentityRemoved = "YES"
     dataset.DeidentificationMethod = "CXR Triage: identifying attributes removed"  # LO: at most 64 characters
     stream = io.BytesIO()
-    dataset.save_as(stream)
+    dataset.save_as(stream, enforce_file_format=True)  # a standard file: preamble and file meta, whatever came in
     return stream.getvalue()
 
 
@@ -154,8 +196,7 @@ def _store(folder: Path, data: bytes, name: str, digest: str, label: str, site: 
         patient_id = f"dicom:{hashlib.sha256(patient.encode()).hexdigest()[:16]}" if patient else f"file:{digest[:16]}"
         content, suffix = deidentified_dicom(dataset), ".dcm"
     else:
-        patient_id, content = f"file:{digest[:16]}", data
-        suffix = Path(name).suffix.lower() if Path(name).suffix.lower() in (".png", ".jpg", ".jpeg") else ".img"
+        patient_id, content, suffix = f"file:{digest[:16]}", clean_raster(data), ".png"
     _forget(folder, digest)
     relative = f"{CLASS_FOLDERS[label]}/{digest[:16]}{suffix}"
     (folder / relative).parent.mkdir(parents=True, exist_ok=True)

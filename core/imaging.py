@@ -34,6 +34,7 @@ from core.radiograph import (
 __all__ = [
     "read_image",
     "read_grey",
+    "is_dicom",
     "Radiograph",
     "UnusableImageError",
     "Hint",
@@ -79,6 +80,12 @@ def read_grey(source) -> np.ndarray:
     """The greyscale pixels of ``source``: 2-D float32 in [0, 1], as ``read_image(source).pixels`` (without
     computing the intensity hints: training reads thousands of files)."""
     return _decode(source).pixels
+
+
+def is_dicom(data: bytes) -> bool:
+    """Whether ``data`` is DICOM by its content, as the reader decides: the "DICM" magic after the preamble, or a
+    file without preamble (as PACS exports and C-STORE dumps often are) that starts with group 0002 or 0008."""
+    return data[DICOM_PREAMBLE_BYTES : DICOM_PREAMBLE_BYTES + 4] == DICOM_MAGIC or data.startswith(DICOM_BARE_STARTS)
 
 
 def _decode(source) -> Radiograph:
