@@ -1,11 +1,14 @@
 """Diagnose: a reading room. Upload chest X-rays (several files or a zip of a folder); each becomes a study in the
-session's worklist, sorted by priority; the selected study opens large in a viewer (zoom, pan, window/level,
-the Grad-CAM overlay drawn only where the map is high, with its colour scale) beside its call, probabilities and
-flags. Studies and controls stay for the browser session across page changes; nothing is written to disk.
+session's worklist, sorted by priority; the selected study opens in the film viewer (``pages/film_viewer.js``:
+zoom, pan, window/level in the film's own units, invert, full screen, the Grad-CAM overlay drawn only where the
+map is high, with its colour scale; the reader's view kept per study across reruns) with its call,
+probabilities, flags and the worklist beside it. Studies and controls stay for the browser session across page
+changes; nothing is written to disk unless the reader records a finding.
 
 Reading, drawing and exporting live in ``core`` (worklist, diagnosis, viewer, overlay, study_report); this page
-lays them out. The viewer and the probabilities are drawn before the flags are computed (one more forward pass),
-so the reader sees the film as early as possible.
+lays them out. The uploader is drawn before the model's stack is imported (a first visit can pick its films
+meanwhile); the viewer and the probabilities are drawn before the flags are computed (one more forward pass), so
+the reader sees the film as early as possible.
 """
 
 import hashlib

@@ -68,8 +68,7 @@ class FilmViewer {
     this.grey = null; // the film's grey levels (one byte a pixel), from the served image
     this.overlay = null; // the colour map image (transparent where not drawn)
     this.pointer = null;
-    new ResizeObserver(() => this.draw()).observe(root);
-    document.addEventListener("fullscreenchange", () => this.draw());
+    new ResizeObserver(() => this.draw()).observe(root); // full screen in and out resizes the root too
     this.listen();
   }
 
