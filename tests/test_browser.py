@@ -55,9 +55,13 @@ def wait_for_viewer(page, study=None) -> None:
 
 
 def wait_for_rerun(page) -> None:
-    """Until the page's rerun is over (Streamlit's running indicator gone)."""
-    page.wait_for_timeout(300)
-    page.wait_for_function("""() => !document.querySelector('[data-testid="stStatusWidget"]')""")
+    """Until the page's reruns are over: the script not running, twice half a second apart (a rerun can start
+    another, e.g. the worklist's tick following the study)."""
+    for _ in range(2):
+        page.wait_for_timeout(500)
+        page.wait_for_function(
+            """() => document.querySelector('[data-testid="stApp"]').dataset.testScriptState === 'notRunning'"""
+        )
 
 
 def wait_for_card(page, name: str) -> None:
