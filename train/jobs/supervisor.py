@@ -332,8 +332,20 @@ def cancel_run(run_dir, grace: float = CANCEL_GRACE_SECONDS) -> str:
             raise RunBusyError(f"Run {info.name}'s trainer (process {info.pid}) did not end after SIGKILL.")
     if not _cancelled_since(read_events(run_dir), asked):
         write_event(run_dir, "cancelled", forced=True)
-    reap_children()
+    _reap(info.pid, KILL_WAIT_SECONDS)
     return run_info(run_dir).status
+
+
+def _reap(pid: int, seconds: float) -> None:
+    """Wait at most ``seconds`` for this process's trainer ``pid`` to exit, killing it if it outlives them (it
+    may linger after recording its cancel: tf.data threads), and collect its exit status: no <defunct> left."""
+    for child in [child for child in _children if child.pid == pid]:
+        try:
+            child.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    reap_children()
 
 
 def log_tail(run_dir, lines: int = LOG_TAIL_LINES) -> str:
