@@ -48,6 +48,7 @@ __all__ = [
     "over_cap",
     "duplicate_message",
     "table_rows",
+    "call_rank",
     "filtered",
     "studies_title",
 ]
@@ -337,6 +338,16 @@ def table_rows(studies: dict, predictor, card: ModelCard) -> list:
         rows.append(row)
     rows.sort(key=lambda row: (row["rank"], -(row["p"] if row["p"] is not None else -1.0), row["file"]))
     return rows
+
+
+def call_rank(study: Study, predictor, card: ModelCard) -> tuple:
+    """Where the study's call alone puts it in the worklist (``priority`` without the flags, then p(COVID-19)
+    descending): to open the most urgent new upload before its flags are computed. Unreadable studies last."""
+    if study.error:
+        return (priority("", False, error=True), 0.0)
+    called, _ = look(study, predictor, card)
+    p_positive = float(called.probabilities[list(predictor.class_names).index(POSITIVE_CLASS)])
+    return (priority(called.decision.label, False), -p_positive)
 
 
 def filtered(rows: list, groups, text: str) -> list:

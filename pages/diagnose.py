@@ -159,8 +159,8 @@ def add_uploads(uploads, predictor, card) -> None:
             progress.progress(number / len(fresh), text=f"Read {number} of {len(fresh)}: {escape_markdown(name)}")
     if progress is not None:
         progress.empty()
-    if fresh:  # open the new study that comes first in the worklist
-        st.session_state[SELECTED] = worklist.table_rows({d: held[d] for d in fresh}, predictor, card)[0]["digest"]
+    if fresh:  # open the most urgent new study by its call (its flags come after the film is on screen)
+        st.session_state[SELECTED] = min(fresh, key=lambda digest: worklist.call_rank(held[digest], predictor, card))
     for problem in problems:
         st.error(escape_markdown(problem), icon=":material/error:")
     for duplicate in duplicates:

@@ -116,6 +116,8 @@ def test_table_rows_follow_priority_then_p_and_an_unreadable_row_says_why(tiny_v
     assert rows[-1]["file"] == "bad.png" and rows[-1]["p"] is None and rows[-1]["flags"] == studies["bad"].error
     keys = [(row["rank"], -row["p"]) for row in rows[:-1]]
     assert keys == sorted(keys) and len(rows) == 4
+    by_call = sorted(studies, key=lambda digest: worklist.call_rank(studies[digest], predictor, predictor.card))
+    assert by_call[-1] == "bad"  # opening the most urgent new upload needs no flags, and never an unreadable one
 
 
 def test_the_filter_never_hides_everything_by_accident():
