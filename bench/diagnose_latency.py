@@ -96,9 +96,8 @@ def on_screen(predictor, data: bytes) -> dict:
     look, _ = worklist.look(study, predictor, predictor.card)
     times["reading"], start = lap(start)
     film = viewer.film_jpeg(study.data, study.display)
-    presets = {name: overlay.window_for(study.display, name) for name in overlay.PRESETS}
     data = viewer.viewer_data(
-        study.digest, served(film), study.display.shape, presets, study.value_range, look.maps[gradcam.GRADCAM]
+        study.digest, served(film), study.display.shape, study.presets, study.value_range, look.maps[gradcam.GRADCAM]
     )
     json.dumps(data)  # as the viewer component sends it
     sent(viewer.probability_chart(predictor.class_names, look.probabilities, look.decision.label))

@@ -82,6 +82,7 @@ class Study:
     metadata: dict = field(default_factory=dict)
     full_shape: tuple = ()
     value_range: tuple | None = None  # the file's own values shown black and white (window/level's units)
+    presets: dict = field(default_factory=dict)  # window preset → (level, width) in the display copy's greys
     inputs: dict = field(default_factory=dict)  # version → model input (S, S, 3) float32
     looks: dict = field(default_factory=dict)  # (version, operating point, layer, class) → (Look, ms)
     assessments: dict = field(default_factory=dict)  # (version, operating point) → (Assessment, ms)
@@ -119,6 +120,7 @@ def decoded_study(name: str, data: bytes, digest: str, predictor) -> Study:
         metadata=radiograph.metadata,
         full_shape=radiograph.pixels.shape,
         value_range=radiograph.value_range,
+        presets={name: overlay.window_for(display, name) for name in overlay.PRESETS},
         inputs={predictor.version: predictor.preprocess(radiograph.pixels)},
         read_at=now(),
     )
@@ -317,11 +319,14 @@ def duplicate_message(name: str, first: str) -> str:
     return f"{name} is the same file as {first}, already in the worklist; it was not added again."
 
 
+def _p_positive(called, predictor) -> float:
+    return float(called.probabilities[list(predictor.class_names).index(POSITIVE_CLASS)])
+
+
 def table_rows(studies: dict, predictor, card: ModelCard) -> list:
     """The worklist's rows (dicts), in its order: by ``priority``, then p(COVID-19) descending, then name.
     An unreadable study's row has no probability and says why in ``flags``."""
     rows = []
-    positive = list(predictor.class_names).index(POSITIVE_CLASS)
     for digest, study in studies.items():
         row = {"digest": digest, "file": study.name, "thumbnail": study.thumbnail or None}
         if study.error:
@@ -332,7 +337,7 @@ def table_rows(studies: dict, predictor, card: ModelCard) -> list:
             row.update(
                 rank=priority(called.decision.label, flags.out_of_depth),
                 call=shown_call(called.decision.label, flags.out_of_depth),
-                p=float(called.probabilities[positive]),
+                p=_p_positive(called, predictor),
                 flags=", ".join(flags.flags),
             )
         rows.append(row)
@@ -346,8 +351,7 @@ def call_rank(study: Study, predictor, card: ModelCard) -> tuple:
     if study.error:
         return (priority("", False, error=True), 0.0)
     called, _ = look(study, predictor, card)
-    p_positive = float(called.probabilities[list(predictor.class_names).index(POSITIVE_CLASS)])
-    return (priority(called.decision.label, False), -p_positive)
+    return (priority(called.decision.label, False), -_p_positive(called, predictor))
 
 
 def filtered(rows: list, groups, text: str) -> list:

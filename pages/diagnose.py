@@ -260,11 +260,6 @@ def render_worklist(predictor, card) -> None:
                 st.markdown(f"**{escape_markdown(row['file'])}**: {escape_markdown(row['flags'])}")
 
 
-def window_presets(study) -> dict:
-    """The viewer's window presets for this film: name → (level, width) in its display greys."""
-    return {name: overlay.window_for(study.display, name) for name in overlay.PRESETS}
-
-
 def step_study() -> None:
     """The keyboard's next (+1) or previous (-1) study, in the worklist's order as shown."""
     step = st.session_state[VIEWER].step
@@ -315,7 +310,7 @@ def render_study(predictor, card, controls: dict, study, viewer_column, call_box
             study.digest,
             film_source(film(study)),
             study.display.shape,
-            window_presets(study),
+            study.presets,
             study.value_range,
             cam,
             controls["colormap"],
